@@ -1,0 +1,391 @@
+"""TensorMask's tensor-representation ops in pure TensorFlow (SPEC.md section 2).
+
+A mask tensor is `[N, H, W, S*S]` (NHWC) with channel `c = v*S + u`; `(v, u)`
+is the offset inside a window of side S. The ops move between the *aligned*
+representation (channel (v, u) at (y, x) is the mask pixel at image offset
+(v, u) relative to the pixel (y, x)) and the *natural* one (channel (v, u) at
+(y, x) is pixel (v, u) of the window *centred* at (y, x)), optionally
+upsampling the window by an integer factor `lam`:
+
+- `swap_align2nat(x, lam)`: aligned input whose (V, U) unit is `lam` times
+  coarser than its (H, W) unit -> natural output on a `lam` times coarser grid,
+  `[N, ceil(H/lam), ceil(W/lam), (lam*S)**2]`.
+- `swap_align2nat_gather(x, indices, lam)`: the same values at K selected
+  output windows only, `[K, lam*S, lam*S]`.
+- `up_align2nat(x, lam)`: every input position is a window,
+  `[N, H, W, (lam*S)**2]`; `interpolation="nearest"` repeats window pixels.
+- `align2nat(x)` = `up_align2nat(x, 1)`; `nat2align(x)` is its inverse shift.
+
+All are standard TF ops (gather, transpose, multiply-add), differentiable,
+XLA-compilable and backend-free; H, W and the channel count must be static.
+float16 and bfloat16 inputs are computed in float32 and returned in their own
+dtype. Taps outside the input read `pad` (default -6.0: sigmoid(-6) ~ 0, "no
+mask there"), including window taps past the border of the window.
+"""
+
+import math
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from tensormask_tf.ops import window_taps
+
+DEFAULT_PAD = -6.0
+
+_FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+_INTERPOLATIONS = ("bilinear", "nearest")
+
+
+# ---------------------------------------------------------------------------
+# The coordinate formulas of SPEC.md section 2, one axis at a time. `stride` is
+# the spacing of the output windows in input cells (lam for swap_align2nat, 1
+# otherwise); T = lam * S is the output window side.
+# ---------------------------------------------------------------------------
+def _window_offsets(lam: int, window: int) -> np.ndarray:
+  """[T] output window offsets v (or u), float64."""
+  return np.arange(lam * window, dtype=np.float64)
+
+
+def _align2nat_taps(size: int, window: int, lam: int, stride: int,
+                    interpolation: str = "bilinear") -> window_taps.AxisTaps:
+  """Taps of `oy = stride*y + v - T/2 + 0.5`, `ov = (v + 0.5)/lam - 0.5`."""
+  t = lam * window
+  v = _window_offsets(lam, window)
+  positions = np.arange(-(-size // stride), dtype=np.float64)
+  spatial = stride * positions[:, None] + v[None, :] - t / 2.0 + 0.5
+  if interpolation == "nearest":
+    window_coord = np.floor(v / lam)
+  else:
+    window_coord = (v + 0.5) / lam - 0.5
+  return window_taps.axis_taps(spatial, window_coord, size, window)
+
+
+def _nat2align_taps(size: int, window: int) -> window_taps.AxisTaps:
+  """Taps of `oy = y - v + (S-1)/2`, `ov = v` (odd S: every tap integral)."""
+  v = _window_offsets(1, window)
+  positions = np.arange(size, dtype=np.float64)
+  spatial = positions[:, None] - v[None, :] + (window - 1) / 2.0
+  return window_taps.axis_taps(spatial, v, size, window)
+
+
+# ---------------------------------------------------------------------------
+# Argument checks.
+# ---------------------------------------------------------------------------
+def check_lam(lam, op_name: str) -> int:
+  """Returns lam as an int, or raises ValueError unless it is an integer >= 1."""
+  if isinstance(lam, bool) or not isinstance(lam, numbers.Integral):
+    raise ValueError(
+        f"{op_name}: lam must be a Python integer >= 1, got {lam!r} "
+        f"({type(lam).__name__}).")
+  if lam < 1:
+    raise ValueError(f"{op_name}: lam must be >= 1, got {lam}.")
+  return int(lam)
+
+
+def check_pad(pad, op_name: str) -> float:
+  """Returns pad as a float, or raises ValueError unless it is a finite real."""
+  if isinstance(pad, bool) or not isinstance(pad, numbers.Real):
+    raise ValueError(f"{op_name}: pad must be a real number, got {pad!r}.")
+  if not math.isfinite(pad):
+    raise ValueError(f"{op_name}: pad must be finite, got {pad}.")
+  return float(pad)
+
+
+def _check_input(x, op_name: str) -> tuple[tf.Tensor, int]:
+  """Validates x and casts it to the compute dtype; returns (x, S)."""
+  x = tf.convert_to_tensor(x)
+  if x.dtype not in _FLOAT_DTYPES:
+    raise ValueError(
+        f"{op_name}: x must be float16, bfloat16, float32 or float64, got "
+        f"{x.dtype.name}.")
+  if x.shape.rank != 4:
+    raise ValueError(
+        f"{op_name}: x must have rank 4 [N, H, W, S*S], got shape {x.shape}.")
+  _, height, width, channels = x.shape.as_list()
+  if height is None or width is None or channels is None:
+    raise ValueError(
+        f"{op_name}: H, W and the channel count of x must be static, got "
+        f"shape {x.shape}.")
+  if height < 1 or width < 1:
+    raise ValueError(f"{op_name}: H and W must be >= 1, got shape {x.shape}.")
+  window = math.isqrt(channels)
+  if window < 1 or window * window != channels:
+    raise ValueError(
+        f"{op_name}: the channel count of x must be S*S for a window side "
+        f"S >= 1, got {channels} channels, which is not a non-zero square.")
+  compute_dtype = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
+  return tf.cast(x, compute_dtype), window
+
+
+def _check_gather_indices(indices, batch: tf.Tensor, out_height: int,
+                          out_width: int) -> tf.Tensor:
+  """Validates `[K, 3]` rows `(n, y, x)` against the batch and output grid."""
+  indices = tf.convert_to_tensor(indices)
+  if indices.dtype not in (tf.int32, tf.int64):
+    raise ValueError(
+        "swap_align2nat_gather: indices must be int32 or int64, got "
+        f"{indices.dtype.name}.")
+  if indices.shape.rank != 2 or indices.shape[-1] != 3:
+    raise ValueError(
+        "swap_align2nat_gather: indices must have shape [K, 3] with rows "
+        f"(n, y, x), got shape {indices.shape}.")
+  indices = tf.cast(indices, tf.int32)
+  n, y, x = tf.unstack(indices, axis=1)
+  checks = [
+      tf.debugging.assert_non_negative(
+          indices, message="swap_align2nat_gather: negative index in indices"),
+      tf.debugging.assert_less(
+          n, tf.cast(batch, tf.int32),
+          message="swap_align2nat_gather: batch index n outside the batch"),
+      tf.debugging.assert_less(
+          y, out_height,
+          message=("swap_align2nat_gather: row y outside the output grid of "
+                   f"height {out_height}")),
+      tf.debugging.assert_less(
+          x, out_width,
+          message=("swap_align2nat_gather: column x outside the output grid "
+                   f"of width {out_width}")),
+  ]
+  with tf.control_dependencies(checks):
+    return tf.identity(indices)
+
+
+# ---------------------------------------------------------------------------
+# Applying the taps.
+# ---------------------------------------------------------------------------
+def _pad_term(pad: float, row_outside: tf.Tensor,
+              col_outside: tf.Tensor) -> tf.Tensor:
+  """`pad` times the weight of the 4D taps outside the input.
+
+  A 4D tap reads the input only if its row and its column tap do, so the
+  weight outside is `1 - (1 - r)(1 - c) = r + c - r*c` (each axis' weights sum
+  to one). Computed from the per-axis tables by broadcasting, so no
+  output-sized constant enters the graph.
+  """
+  return pad * (row_outside + col_outside - row_outside * col_outside)
+
+
+def _apply_dense(x: tf.Tensor, window: int, rows: window_taps.AxisTaps,
+                 cols: window_taps.AxisTaps, pad: float) -> tf.Tensor:
+  """Evaluates the separable interpolation at every output position.
+
+  Rows first: for each row tap, gather the (spatial row, window row) pairs of
+  every (y, v) and weight them; then the same for columns. Both gathers read
+  small static index tables, so nothing larger than the output (plus one
+  intermediate of about the same size) is built.
+
+  Args:
+    x: [N, H, W, S*S] input in the compute dtype.
+    window: S.
+    rows, cols: the taps of each axis, [Py, T, Kr] and [Px, T, Kc].
+    pad: value read outside the input.
+
+  Returns:
+    [N, Py, Px, T*T] output in the compute dtype.
+  """
+  dtype = x.dtype
+  _, height, width, _ = x.shape.as_list()
+  batch = tf.shape(x)[0]
+  out_height, t, _ = rows.weight.shape
+  out_width = cols.weight.shape[0]
+
+  # [N, H*S, W, S]: row index a*S + c addresses (spatial row a, window row c).
+  x_rows = tf.reshape(
+      tf.transpose(tf.reshape(x, [batch, height, width, window, window]),
+                   [0, 1, 3, 2, 4]),
+      [batch, height * window, width, window])
+  by_rows = None
+  for k in range(rows.num_taps):
+    index = rows.spatial[..., k] * window + rows.window[..., k]  # [Py, T]
+    weight = tf.constant(rows.weight[..., k][None, :, :, None, None], dtype)
+    term = tf.gather(x_rows, index, axis=1) * weight  # [N, Py, T, W, S]
+    by_rows = term if by_rows is None else by_rows + term
+
+  # [N, Py, T, W*S]: column index b*S + d addresses (column b, window col d).
+  by_rows = tf.reshape(by_rows, [batch, out_height, t, width * window])
+  out = None
+  for k in range(cols.num_taps):
+    index = cols.spatial[..., k] * window + cols.window[..., k]  # [Px, T]
+    weight = tf.constant(cols.weight[..., k][None, None, None], dtype)
+    term = tf.gather(by_rows, index, axis=3) * weight  # [N, Py, T, Px, T]
+    out = term if out is None else out + term
+  out = tf.transpose(out, [0, 1, 3, 2, 4])  # [N, Py, Px, T, T]
+
+  if pad != 0.0:
+    out += _pad_term(pad,
+                     tf.constant(rows.outside[:, None, :, None], dtype),
+                     tf.constant(cols.outside[None, :, None, :], dtype))
+  return tf.reshape(out, [batch, out_height, out_width, t * t])
+
+
+def _dense_op(op_name: str, x, pad, make_taps) -> tf.Tensor:
+  """Shared driver of the dense ops: checks, taps, evaluation, output dtype."""
+  pad = check_pad(pad, op_name)
+  out_dtype = tf.convert_to_tensor(x).dtype
+  x, window = _check_input(x, op_name)
+  _, height, width, _ = x.shape.as_list()
+  rows, cols = make_taps(height, window), make_taps(width, window)
+  return tf.cast(_apply_dense(x, window, rows, cols, pad), out_dtype)
+
+
+# ---------------------------------------------------------------------------
+# Public ops.
+# ---------------------------------------------------------------------------
+def swap_align2nat(x, lam: int, pad: float = DEFAULT_PAD,
+                   name: str | None = None) -> tf.Tensor:
+  """Aligned -> natural representation with swapped units (SPEC.md 2).
+
+  Args:
+    x: [N, H, W, S*S] aligned mask tensor whose (V, U) unit is `lam` times
+      coarser than its (H, W) unit (e.g. a conv1x1 output on the P2 grid).
+    lam: Python int >= 1, the window upscale factor (2**k at pyramid level k).
+    pad: value read for taps outside the input.
+    name: optional name scope.
+
+  Returns:
+    [N, ceil(H/lam), ceil(W/lam), (lam*S)**2] natural masks, channel
+    `v*lam*S + u`; the output's (H, W) unit is lam times the input's and its
+    (V, U) unit equals the input's (H, W) unit.
+  """
+  lam = check_lam(lam, "swap_align2nat")
+  with tf.name_scope(name or "swap_align2nat"):
+    return _dense_op(
+        "swap_align2nat", x, pad,
+        lambda size, window: _align2nat_taps(size, window, lam, stride=lam))
+
+
+def up_align2nat(x, lam: int, interpolation: str = "bilinear",
+                 pad: float = DEFAULT_PAD,
+                 name: str | None = None) -> tf.Tensor:
+  """Aligned -> natural representation, upsampling windows by `lam`.
+
+  Args:
+    x: [N, H, W, S*S] aligned mask tensor.
+    lam: Python int >= 1, the window upscale factor.
+    interpolation: "bilinear" (the aligned upscale of SPEC.md 2) or
+      "nearest" (window taps `floor(v/lam)`, the unaligned ablation).
+    pad: value read for taps outside the input.
+    name: optional name scope.
+
+  Returns:
+    [N, H, W, (lam*S)**2] natural masks, one window per input position.
+  """
+  lam = check_lam(lam, "up_align2nat")
+  if interpolation not in _INTERPOLATIONS:
+    raise ValueError(
+        f"up_align2nat: interpolation must be one of {_INTERPOLATIONS}, got "
+        f"{interpolation!r}.")
+  with tf.name_scope(name or "up_align2nat"):
+    return _dense_op(
+        "up_align2nat", x, pad,
+        lambda size, window: _align2nat_taps(
+            size, window, lam, stride=1, interpolation=interpolation))
+
+
+def align2nat(x, pad: float = DEFAULT_PAD,
+              name: str | None = None) -> tf.Tensor:
+  """Aligned -> natural representation at the same scale: `up_align2nat(x, 1)`.
+
+  For odd S this is the shift of the paper's eq. (1),
+  `Y[y, x, v, u] = X[y + v - (S-1)/2, x + u - (S-1)/2, v, u]`.
+
+  Args:
+    x: [N, H, W, S*S] aligned mask tensor.
+    pad: value read for taps outside the input.
+    name: optional name scope.
+
+  Returns:
+    [N, H, W, S*S] natural masks.
+  """
+  return up_align2nat(x, 1, pad=pad, name=name or "align2nat")
+
+
+def nat2align(x, pad: float = DEFAULT_PAD,
+              name: str | None = None) -> tf.Tensor:
+  """Natural -> aligned representation, the inverse shift of `align2nat`.
+
+  `Xhat[y, x, v, u] = X[y - v + c, x - u + c, v, u]` with `c = (S-1)/2`.
+
+  Args:
+    x: [N, H, W, S*S] natural mask tensor with odd S.
+    pad: value read for taps outside the input.
+    name: optional name scope.
+
+  Returns:
+    [N, H, W, S*S] aligned masks.
+  """
+  with tf.name_scope(name or "nat2align"):
+    channels = tf.convert_to_tensor(x).shape[-1]
+    window = math.isqrt(channels) if channels else 0
+    if window * window == channels and window % 2 == 0:
+      raise ValueError(
+          f"nat2align: the window side S must be odd (a window has a centre "
+          f"pixel), got S={window}.")
+    return _dense_op("nat2align", x, pad, _nat2align_taps)
+
+
+def swap_align2nat_gather(x, indices, lam: int, pad: float = DEFAULT_PAD,
+                          name: str | None = None) -> tf.Tensor:
+  """`swap_align2nat` evaluated at K selected output windows only.
+
+  Costs O(K * (lam*S)**2) time and memory and never builds the dense output:
+  each output pixel reads its taps straight from x through flat indices.
+
+  Args:
+    x: [N, H, W, S*S] aligned mask tensor, as for `swap_align2nat`.
+    indices: [K, 3] int32 (or int64) rows `(n, y, x)`, a batch index and a
+      position on the output grid `[ceil(H/lam), ceil(W/lam)]`. Indices
+      outside the batch or grid raise InvalidArgumentError (outside XLA, where
+      the checks cannot run).
+    lam: Python int >= 1, the window upscale factor.
+    pad: value read for taps outside the input.
+    name: optional name scope.
+
+  Returns:
+    [K, lam*S, lam*S] natural masks; row k equals
+    `reshape(swap_align2nat(x, lam, pad)[n_k, y_k, x_k], [lam*S, lam*S])`.
+  """
+  op_name = "swap_align2nat_gather"
+  lam = check_lam(lam, op_name)
+  pad = check_pad(pad, op_name)
+  with tf.name_scope(name or op_name):
+    out_dtype = tf.convert_to_tensor(x).dtype
+    x, window = _check_input(x, op_name)
+    dtype = x.dtype
+    batch_static, height, width, _ = x.shape.as_list()
+    rows = _align2nat_taps(height, window, lam, stride=lam)
+    cols = _align2nat_taps(width, window, lam, stride=lam)
+    indices = _check_gather_indices(indices, tf.shape(x)[0],
+                                    rows.weight.shape[0], cols.weight.shape[0])
+
+    # Flat offset of x[n, a, b, c, d] = n*H*W*S*S + (a*W*S*S + c*S) +
+    # (b*S*S + d): a row part and a column part, each a static table.
+    image_size = height * width * window * window
+    small = batch_static is not None and batch_static * image_size < 2**31
+    index_dtype = tf.int32 if small else tf.int64
+    row_offset = rows.spatial * (width * window * window) + rows.window * window
+    col_offset = cols.spatial * (window * window) + cols.window
+    n, y, x_pos = tf.unstack(indices, axis=1)
+    row_offset = tf.gather(tf.constant(row_offset, index_dtype), y)  # [K,T,Kr]
+    col_offset = tf.gather(tf.constant(col_offset, index_dtype), x_pos)
+    row_weight = tf.gather(tf.constant(rows.weight, dtype), y)  # [K, T, Kr]
+    col_weight = tf.gather(tf.constant(cols.weight, dtype), x_pos)
+    base = tf.cast(n, index_dtype) * image_size
+
+    flat = tf.reshape(x, [-1])
+    out = None
+    for i in range(rows.num_taps):
+      row = (base[:, None] + row_offset[..., i])[:, :, None]  # [K, T, 1]
+      row_w = row_weight[:, :, None, i]
+      for j in range(cols.num_taps):
+        term = (tf.gather(flat, row + col_offset[:, None, :, j]) *
+                (row_w * col_weight[:, None, :, j]))  # [K, T, T]
+        out = term if out is None else out + term
+
+    if pad != 0.0:
+      out += _pad_term(
+          pad,
+          tf.gather(tf.constant(rows.outside, dtype), y)[:, :, None],
+          tf.gather(tf.constant(cols.outside, dtype), x_pos)[:, None, :])
+    return tf.cast(out, out_dtype)

@@ -1,0 +1,334 @@
+"""Tests of the pure-TF representation ops against the numpy reference."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tensormask_tf import ops
+from tests import reference
+
+WINDOWS = (2, 3, 5, 11, 15)
+LAMS = (1, 2, 3, 4, 8)
+PADS = (-6.0, 0.0, 0.5)
+# Odd and even sizes, divisible by lam and not.
+SIZES = ((5, 8), (9, 6), (7, 7), (12, 11), (8, 13))
+CASES = [(s, lam, PADS[k % 3], SIZES[k % len(SIZES)])
+         for k, (s, lam) in enumerate(itertools.product(WINDOWS, LAMS))]
+
+
+def _random(shape, seed=0):
+  return np.random.RandomState(seed).uniform(-3.0, 3.0, shape)
+
+
+def _case_id(case):
+  s, lam, pad, (h, w) = case
+  return f"S{s}-lam{lam}-pad{pad}-{h}x{w}"
+
+
+# ---------------------------------------------------------------------------
+# The reference checks itself and hand-computed cases.
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("s,lam,h,w", [(2, 1, 3, 2), (3, 2, 3, 4), (2, 3, 4, 3),
+                                       (3, 1, 4, 3)])
+def test_vectorised_reference_equals_scalar_loops(s, lam, h, w):
+  x = _random((2, h, w, s * s), seed=1)
+  np.testing.assert_allclose(reference.swap_align2nat(x, lam, pad=0.5),
+                             reference.swap_align2nat_loops(x, lam, pad=0.5),
+                             rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("pad", [0.0, -6.0])
+def test_hand_computed_even_window_averages_2x2_block(pad):
+  # S=2, lam=1, one pixel: oy = v - 0.5, so each axis has one tap inside
+  # (weight 0.5) and one outside; Y = 0.25 * X + 0.75 * pad.
+  x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 1, 4)
+  expected = 0.25 * x + 0.75 * pad
+  np.testing.assert_allclose(ops.swap_align2nat(x, 1, pad=pad), expected,
+                             rtol=0, atol=1e-15)
+
+
+def test_hand_computed_upsampled_window_blends_pad():
+  # S=1, lam=2, one pixel: per axis, spatial weight inside 0.5 and window
+  # weight inside 0.75 (ov = -0.25 or 0.25), so every output pixel is
+  # 0.375**2 * x + (1 - 0.375**2) * pad.
+  x = np.full((1, 1, 1, 1), 2.0)
+  w = 0.375**2
+  expected = np.full((1, 1, 1, 4), w * 2.0 + (1 - w) * -6.0)
+  np.testing.assert_allclose(ops.swap_align2nat(x, 2), expected,
+                             rtol=0, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------
+# Forward against the reference.
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_swap_align2nat_matches_reference(case):
+  s, lam, pad, (h, w) = case
+  x = _random((2, h, w, s * s))
+  expected = reference.swap_align2nat(x, lam, pad)
+  out = ops.swap_align2nat(x, lam, pad=pad)
+  assert out.shape == (2, math.ceil(h / lam), math.ceil(w / lam),
+                       (lam * s)**2)
+  assert out.dtype == tf.float64
+  np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
+  out32 = ops.swap_align2nat(x.astype(np.float32), lam, pad=pad)
+  assert out32.dtype == tf.float32
+  np.testing.assert_allclose(out32, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_swap_align2nat_gather_matches_reference(case):
+  s, lam, pad, (h, w) = case
+  x = _random((2, h, w, s * s), seed=2)
+  expected = reference.swap_align2nat(x, lam, pad)
+  out_h, out_w = expected.shape[1:3]
+  rng = np.random.RandomState(3)
+  indices = np.stack([rng.randint(0, 2, 7), rng.randint(0, out_h, 7),
+                      rng.randint(0, out_w, 7)], axis=1).astype(np.int32)
+  out = ops.swap_align2nat_gather(x, indices, lam, pad=pad)
+  t = lam * s
+  assert out.shape == (7, t, t)
+  want = expected[indices[:, 0], indices[:, 1], indices[:, 2]].reshape(7, t, t)
+  np.testing.assert_allclose(out, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+def test_up_align2nat_matches_reference(case, interpolation):
+  s, lam, pad, (h, w) = case
+  if lam * s > 40:  # Output (lam*S)^2 per position: keep the reference quick.
+    h, w = min(h, 5), min(w, 4)
+  x = _random((1, h, w, s * s), seed=4)
+  out = ops.up_align2nat(x, lam, interpolation=interpolation, pad=pad)
+  np.testing.assert_allclose(
+      out, reference.up_align2nat(x, lam, interpolation, pad),
+      rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("s", [1, 3, 5, 11, 15])
+@pytest.mark.parametrize("pad", PADS)
+def test_align2nat_and_nat2align_match_reference(s, pad):
+  x = _random((2, 9, 14, s * s), seed=5)
+  np.testing.assert_allclose(ops.align2nat(x, pad=pad),
+                             reference.up_align2nat(x, 1, "bilinear", pad),
+                             rtol=0, atol=1e-12)
+  np.testing.assert_allclose(ops.nat2align(x, pad=pad),
+                             reference.nat2align(x, pad), rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Identities.
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("s", [3, 11, 15])
+def test_lam1_odd_window_is_the_pure_shift_of_eq1(s):
+  # Y[y, x, v, u] = X[y + v - c, x + u - c, v, u], c = (S-1)/2, by slicing.
+  h, w, c = 13, 17, (s - 1) // 2
+  x = _random((2, h, w, s * s), seed=6)
+  x5 = x.reshape(2, h, w, s, s)
+  padded = np.pad(x5, ((0, 0), (c, c), (c, c), (0, 0), (0, 0)),
+                  constant_values=-6.0)
+  expected = np.empty_like(x5)
+  for v in range(s):
+    for u in range(s):
+      expected[..., v, u] = padded[:, v:v + h, u:u + w, v, u]
+  np.testing.assert_array_equal(ops.swap_align2nat(x, 1),
+                                expected.reshape(x.shape))
+  np.testing.assert_array_equal(ops.align2nat(x), expected.reshape(x.shape))
+
+
+@pytest.mark.parametrize("s,lam", [(2, 2), (3, 3), (5, 4), (3, 8)])
+def test_swap_equals_up_subsampled_by_lam(s, lam):
+  x = _random((2, 11, 9, s * s), seed=7)
+  up = ops.up_align2nat(x, lam, pad=0.5).numpy()
+  np.testing.assert_allclose(ops.swap_align2nat(x, lam, pad=0.5),
+                             up[:, ::lam, ::lam], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("s,lam", [(3, 1), (2, 2), (5, 3), (15, 4)])
+def test_gather_equals_dense_at_every_position(s, lam):
+  x = _random((2, 10, 7, s * s), seed=8)
+  dense = ops.swap_align2nat(x, lam).numpy()
+  grid = np.stack(np.meshgrid(*[np.arange(d) for d in dense.shape[:3]],
+                              indexing="ij"), axis=-1).reshape(-1, 3)
+  out = ops.swap_align2nat_gather(x, grid.astype(np.int32), lam)
+  np.testing.assert_allclose(
+      out.numpy().reshape(dense.shape), dense, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("s", [3, 5, 11])
+def test_nat2align_inverts_align2nat_away_from_borders(s):
+  c = (s - 1) // 2
+  x = _random((2, 16, 15, s * s), seed=9)
+  round_trip = ops.nat2align(ops.align2nat(x)).numpy()
+  np.testing.assert_array_equal(round_trip[:, c:-c, c:-c],
+                                x[:, c:-c, c:-c])
+
+
+def test_gather_with_no_indices_returns_empty():
+  x = _random((1, 4, 4, 9))
+  out = ops.swap_align2nat_gather(x, np.zeros((0, 3), np.int32), 2)
+  assert out.shape == (0, 6, 6)
+
+
+# ---------------------------------------------------------------------------
+# Gradients.
+# ---------------------------------------------------------------------------
+def _jacobian_by_reference(fn_ref, x):
+  """Jacobian of an affine reference op: columns fn(e_i) - fn(0)."""
+  base = fn_ref(np.zeros_like(x)).ravel()
+  cols = []
+  for i in range(x.size):
+    e = np.zeros(x.size)
+    e[i] = 1.0
+    cols.append(fn_ref(e.reshape(x.shape)).ravel() - base)
+  return np.stack(cols, axis=1)  # [out, in], like tf.test.compute_gradient.
+
+
+GRADIENT_CASES = {
+    "swap_S3_lam1": (lambda x: ops.swap_align2nat(x, 1),
+                     lambda x: reference.swap_align2nat(x, 1), (1, 4, 5, 9)),
+    "swap_S2_lam2": (lambda x: ops.swap_align2nat(x, 2, pad=0.5),
+                     lambda x: reference.swap_align2nat(x, 2, 0.5),
+                     (2, 3, 5, 4)),
+    "swap_S3_lam3": (lambda x: ops.swap_align2nat(x, 3),
+                     lambda x: reference.swap_align2nat(x, 3), (1, 4, 4, 9)),
+    "gather_S3_lam2": (
+        lambda x: ops.swap_align2nat_gather(
+            x, [[0, 0, 0], [1, 1, 2], [1, 1, 2], [0, 2, 1]], 2),
+        lambda x: reference.swap_align2nat(x, 2)[
+            [0, 1, 1, 0], [0, 1, 1, 2], [0, 2, 2, 1]],
+        (2, 5, 5, 9)),
+    "up_nearest_S2_lam3": (
+        lambda x: ops.up_align2nat(x, 3, "nearest"),
+        lambda x: reference.up_align2nat(x, 3, "nearest"), (1, 3, 4, 4)),
+    "up_bilinear_S3_lam2": (
+        lambda x: ops.up_align2nat(x, 2),
+        lambda x: reference.up_align2nat(x, 2), (1, 3, 3, 9)),
+    "nat2align_S3": (lambda x: ops.nat2align(x),
+                     lambda x: reference.nat2align(x), (1, 4, 5, 9)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRADIENT_CASES))
+def test_gradient_matches_finite_differences_and_reference(name):
+  fn, fn_ref, shape = GRADIENT_CASES[name]
+  x = _random(shape, seed=10)
+  theoretical, numerical = tf.test.compute_gradient(fn, [x])
+  np.testing.assert_allclose(theoretical[0], numerical[0], rtol=0, atol=1e-7)
+  np.testing.assert_allclose(theoretical[0], _jacobian_by_reference(fn_ref, x),
+                             rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# dtypes and XLA.
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,atol", [(tf.float16, 2e-2), (tf.bfloat16, 1e-1)])
+def test_half_precision_is_computed_in_float32(dtype, atol):
+  x = tf.cast(_random((1, 6, 6, 9)), dtype)
+  expected = reference.swap_align2nat(tf.cast(x, tf.float64).numpy(), 2)
+  out = ops.swap_align2nat(x, 2)
+  assert out.dtype == dtype
+  np.testing.assert_allclose(tf.cast(out, tf.float64), expected, atol=atol)
+  gathered = ops.swap_align2nat_gather(x, [[0, 1, 2]], 2)
+  assert gathered.dtype == dtype
+
+
+XLA_OPS = {
+    "swap": lambda x: ops.swap_align2nat(x, 4),
+    "gather": lambda x: ops.swap_align2nat_gather(
+        x, tf.constant([[0, 1, 2], [1, 0, 0]]), 4),
+    "up_nearest": lambda x: ops.up_align2nat(x, 2, "nearest"),
+    "up_bilinear": lambda x: ops.up_align2nat(x, 2),
+    "align2nat": ops.align2nat,
+    "nat2align": ops.nat2align,
+}
+
+
+@pytest.mark.parametrize("name", sorted(XLA_OPS))
+def test_op_and_gradient_compile_with_xla(name):
+  op = XLA_OPS[name]
+  x = tf.constant(_random((2, 9, 11, 9), seed=11), tf.float32)
+
+  def forward_and_gradient(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = op(x)
+      loss = tf.reduce_sum(y * tf.sin(y))
+    return y, tape.gradient(loss, x)
+
+  y_xla, g_xla = tf.function(forward_and_gradient, jit_compile=True)(x)
+  # The compiled function really is an XLA cluster, not a silent fallback.
+  hlo = tf.function(forward_and_gradient, jit_compile=True
+                    ).experimental_get_compiler_ir(x)(stage="hlo")
+  assert "gather" in hlo
+  y_eager, g_eager = forward_and_gradient(x)
+  np.testing.assert_allclose(y_xla, y_eager, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(g_xla, g_eager, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Bad input.
+# ---------------------------------------------------------------------------
+BAD_CALLS = {
+    "non_square_channels": (lambda: ops.swap_align2nat(np.zeros((1, 4, 4, 8)), 2),
+                            "not a non-zero square"),
+    "zero_channels": (lambda: ops.align2nat(np.zeros((1, 4, 4, 0))),
+                      "not a non-zero square"),
+    "lam_zero": (lambda: ops.swap_align2nat(np.zeros((1, 4, 4, 9)), 0),
+                 "lam must be >= 1"),
+    "lam_float": (lambda: ops.swap_align2nat(np.zeros((1, 4, 4, 9)), 2.0),
+                  "lam must be a Python integer"),
+    "lam_bool": (lambda: ops.up_align2nat(np.zeros((1, 4, 4, 9)), True),
+                 "lam must be a Python integer"),
+    "rank_3": (lambda: ops.swap_align2nat(np.zeros((4, 4, 9)), 1),
+               "rank 4"),
+    "int_input": (lambda: ops.align2nat(np.zeros((1, 4, 4, 9), np.int32)),
+                  "must be float16, bfloat16, float32 or float64"),
+    "nat2align_even_window": (lambda: ops.nat2align(np.zeros((1, 4, 4, 4))),
+                              "must be odd"),
+    "bad_interpolation": (
+        lambda: ops.up_align2nat(np.zeros((1, 4, 4, 9)), 2, "bicubic"),
+        "interpolation must be one of"),
+    "nan_pad": (lambda: ops.align2nat(np.zeros((1, 4, 4, 9)), pad=float("nan")),
+                "pad must be finite"),
+    "gather_indices_shape": (
+        lambda: ops.swap_align2nat_gather(np.zeros((1, 4, 4, 9)),
+                                          np.zeros((3, 2), np.int32), 2),
+        r"shape \[K, 3\]"),
+    "gather_float_indices": (
+        lambda: ops.swap_align2nat_gather(np.zeros((1, 4, 4, 9)),
+                                          np.zeros((3, 3), np.float32), 2),
+        "must be int32 or int64"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALLS))
+def test_bad_input_raises_value_error(name):
+  call, message = BAD_CALLS[name]
+  with pytest.raises(ValueError, match=message):
+    call()
+
+
+def test_dynamic_spatial_shape_is_refused_with_a_clear_error():
+  fn = tf.function(lambda x: ops.swap_align2nat(x, 2), input_signature=[
+      tf.TensorSpec([None, None, None, 9], tf.float32)])
+  with pytest.raises(ValueError, match="must be static"):
+    fn.get_concrete_function()
+
+
+@pytest.mark.parametrize("index,message", [
+    ([2, 0, 0], "outside the batch"),       # N = 2
+    ([0, 2, 0], "row y outside"),           # ceil(4/2) = 2 rows
+    ([0, 0, 3], "column x outside"),        # ceil(5/2) = 3 columns
+    ([0, -1, 0], "negative index"),
+])
+def test_gather_indices_outside_the_grid_raise(index, message):
+  x = np.zeros((2, 4, 5, 9))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    ops.swap_align2nat_gather(x, np.array([[0, 0, 0], index], np.int32), 2)
+  graph_fn = tf.function(lambda i: ops.swap_align2nat_gather(x, i, 2))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    graph_fn(tf.constant([index], tf.int32))
