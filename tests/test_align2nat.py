@@ -17,6 +17,8 @@ PADS = (-6.0, 0.0, 0.5)
 SIZES = ((5, 8), (9, 6), (7, 7), (12, 11), (8, 13))
 CASES = [(s, lam, PADS[k % 3], SIZES[k % len(SIZES)])
          for k, (s, lam) in enumerate(itertools.product(WINDOWS, LAMS))]
+# swap_align2nat and its gathered form have two backends with the same numbers.
+BACKENDS = ("tf", "custom")
 
 
 def _random(shape, seed=0):
@@ -64,23 +66,26 @@ def test_hand_computed_upsampled_window_blends_pad():
 # ---------------------------------------------------------------------------
 # Forward against the reference.
 # ---------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_swap_align2nat_matches_reference(case):
+def test_swap_align2nat_matches_reference(case, backend):
   s, lam, pad, (h, w) = case
   x = _random((2, h, w, s * s))
   expected = reference.swap_align2nat(x, lam, pad)
-  out = ops.swap_align2nat(x, lam, pad=pad)
+  out = ops.swap_align2nat(x, lam, pad=pad, backend=backend)
   assert out.shape == (2, math.ceil(h / lam), math.ceil(w / lam),
                        (lam * s)**2)
   assert out.dtype == tf.float64
   np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
-  out32 = ops.swap_align2nat(x.astype(np.float32), lam, pad=pad)
+  out32 = ops.swap_align2nat(x.astype(np.float32), lam, pad=pad,
+                             backend=backend)
   assert out32.dtype == tf.float32
   np.testing.assert_allclose(out32, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_swap_align2nat_gather_matches_reference(case):
+def test_swap_align2nat_gather_matches_reference(case, backend):
   s, lam, pad, (h, w) = case
   x = _random((2, h, w, s * s), seed=2)
   expected = reference.swap_align2nat(x, lam, pad)
@@ -88,11 +93,14 @@ def test_swap_align2nat_gather_matches_reference(case):
   rng = np.random.RandomState(3)
   indices = np.stack([rng.randint(0, 2, 7), rng.randint(0, out_h, 7),
                       rng.randint(0, out_w, 7)], axis=1).astype(np.int32)
-  out = ops.swap_align2nat_gather(x, indices, lam, pad=pad)
+  out = ops.swap_align2nat_gather(x, indices, lam, pad=pad, backend=backend)
   t = lam * s
   assert out.shape == (7, t, t)
   want = expected[indices[:, 0], indices[:, 1], indices[:, 2]].reshape(7, t, t)
   np.testing.assert_allclose(out, want, rtol=0, atol=1e-12)
+  out32 = ops.swap_align2nat_gather(x.astype(np.float32), indices, lam,
+                                    pad=pad, backend=backend)
+  np.testing.assert_allclose(out32, want, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
@@ -139,21 +147,25 @@ def test_lam1_odd_window_is_the_pure_shift_of_eq1(s):
   np.testing.assert_array_equal(ops.align2nat(x), expected.reshape(x.shape))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("s,lam", [(2, 2), (3, 3), (5, 4), (3, 8)])
-def test_swap_equals_up_subsampled_by_lam(s, lam):
+def test_swap_equals_up_subsampled_by_lam(s, lam, backend):
   x = _random((2, 11, 9, s * s), seed=7)
   up = ops.up_align2nat(x, lam, pad=0.5).numpy()
-  np.testing.assert_allclose(ops.swap_align2nat(x, lam, pad=0.5),
+  np.testing.assert_allclose(ops.swap_align2nat(x, lam, pad=0.5,
+                                                backend=backend),
                              up[:, ::lam, ::lam], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("s,lam", [(3, 1), (2, 2), (5, 3), (15, 4)])
-def test_gather_equals_dense_at_every_position(s, lam):
+def test_gather_equals_dense_at_every_position(s, lam, backend):
   x = _random((2, 10, 7, s * s), seed=8)
-  dense = ops.swap_align2nat(x, lam).numpy()
+  dense = ops.swap_align2nat(x, lam, backend=backend).numpy()
   grid = np.stack(np.meshgrid(*[np.arange(d) for d in dense.shape[:3]],
                               indexing="ij"), axis=-1).reshape(-1, 3)
-  out = ops.swap_align2nat_gather(x, grid.astype(np.int32), lam)
+  out = ops.swap_align2nat_gather(x, grid.astype(np.int32), lam,
+                                  backend=backend)
   np.testing.assert_allclose(
       out.numpy().reshape(dense.shape), dense, rtol=0, atol=1e-12)
 
@@ -167,9 +179,11 @@ def test_nat2align_inverts_align2nat_away_from_borders(s):
                                 x[:, c:-c, c:-c])
 
 
-def test_gather_with_no_indices_returns_empty():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_with_no_indices_returns_empty(backend):
   x = _random((1, 4, 4, 9))
-  out = ops.swap_align2nat_gather(x, np.zeros((0, 3), np.int32), 2)
+  out = ops.swap_align2nat_gather(x, np.zeros((0, 3), np.int32), 2,
+                                  backend=backend)
   assert out.shape == (0, 6, 6)
 
 
@@ -187,20 +201,31 @@ def _jacobian_by_reference(fn_ref, x):
   return np.stack(cols, axis=1)  # [out, in], like tf.test.compute_gradient.
 
 
+def _swap_gradient_cases(backend):
+  return {
+      f"swap_S3_lam1_{backend}": (
+          lambda x: ops.swap_align2nat(x, 1, backend=backend),
+          lambda x: reference.swap_align2nat(x, 1), (1, 4, 5, 9)),
+      f"swap_S2_lam2_{backend}": (
+          lambda x: ops.swap_align2nat(x, 2, pad=0.5, backend=backend),
+          lambda x: reference.swap_align2nat(x, 2, 0.5), (2, 3, 5, 4)),
+      f"swap_S3_lam3_{backend}": (
+          lambda x: ops.swap_align2nat(x, 3, backend=backend),
+          lambda x: reference.swap_align2nat(x, 3), (1, 4, 4, 9)),
+      # Duplicate rows: their gradients add up.
+      f"gather_S3_lam2_{backend}": (
+          lambda x: ops.swap_align2nat_gather(
+              x, [[0, 0, 0], [1, 1, 2], [1, 1, 2], [0, 2, 1]], 2,
+              backend=backend),
+          lambda x: reference.swap_align2nat(x, 2)[
+              [0, 1, 1, 0], [0, 1, 1, 2], [0, 2, 2, 1]],
+          (2, 5, 5, 9)),
+  }
+
+
 GRADIENT_CASES = {
-    "swap_S3_lam1": (lambda x: ops.swap_align2nat(x, 1),
-                     lambda x: reference.swap_align2nat(x, 1), (1, 4, 5, 9)),
-    "swap_S2_lam2": (lambda x: ops.swap_align2nat(x, 2, pad=0.5),
-                     lambda x: reference.swap_align2nat(x, 2, 0.5),
-                     (2, 3, 5, 4)),
-    "swap_S3_lam3": (lambda x: ops.swap_align2nat(x, 3),
-                     lambda x: reference.swap_align2nat(x, 3), (1, 4, 4, 9)),
-    "gather_S3_lam2": (
-        lambda x: ops.swap_align2nat_gather(
-            x, [[0, 0, 0], [1, 1, 2], [1, 1, 2], [0, 2, 1]], 2),
-        lambda x: reference.swap_align2nat(x, 2)[
-            [0, 1, 1, 0], [0, 1, 1, 2], [0, 2, 2, 1]],
-        (2, 5, 5, 9)),
+    **_swap_gradient_cases("tf"),
+    **_swap_gradient_cases("custom"),
     "up_nearest_S2_lam3": (
         lambda x: ops.up_align2nat(x, 3, "nearest"),
         lambda x: reference.up_align2nat(x, 3, "nearest"), (1, 3, 4, 4)),
@@ -225,21 +250,24 @@ def test_gradient_matches_finite_differences_and_reference(name):
 # ---------------------------------------------------------------------------
 # dtypes and XLA.
 # ---------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype,atol", [(tf.float16, 2e-2), (tf.bfloat16, 1e-1)])
-def test_half_precision_is_computed_in_float32(dtype, atol):
+def test_half_precision_is_computed_in_float32(dtype, atol, backend):
   x = tf.cast(_random((1, 6, 6, 9)), dtype)
   expected = reference.swap_align2nat(tf.cast(x, tf.float64).numpy(), 2)
-  out = ops.swap_align2nat(x, 2)
+  out = ops.swap_align2nat(x, 2, backend=backend)
   assert out.dtype == dtype
   np.testing.assert_allclose(tf.cast(out, tf.float64), expected, atol=atol)
-  gathered = ops.swap_align2nat_gather(x, [[0, 1, 2]], 2)
+  gathered = ops.swap_align2nat_gather(x, [[0, 1, 2]], 2, backend=backend)
   assert gathered.dtype == dtype
+  np.testing.assert_allclose(tf.cast(gathered, tf.float64),
+                             expected[0, 1, 2].reshape(1, 6, 6), atol=atol)
 
 
-XLA_OPS = {
-    "swap": lambda x: ops.swap_align2nat(x, 4),
+XLA_OPS = {  # Custom ops cannot be XLA-compiled: XLA code asks for "tf".
+    "swap": lambda x: ops.swap_align2nat(x, 4, backend="tf"),
     "gather": lambda x: ops.swap_align2nat_gather(
-        x, tf.constant([[0, 1, 2], [1, 0, 0]]), 4),
+        x, tf.constant([[0, 1, 2], [1, 0, 0]]), 4, backend="tf"),
     "up_nearest": lambda x: ops.up_align2nat(x, 2, "nearest"),
     "up_bilinear": lambda x: ops.up_align2nat(x, 2),
     "align2nat": ops.align2nat,
@@ -319,16 +347,19 @@ def test_dynamic_spatial_shape_is_refused_with_a_clear_error():
     fn.get_concrete_function()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("index,message", [
     ([2, 0, 0], "outside the batch"),       # N = 2
     ([0, 2, 0], "row y outside"),           # ceil(4/2) = 2 rows
     ([0, 0, 3], "column x outside"),        # ceil(5/2) = 3 columns
     ([0, -1, 0], "negative index"),
 ])
-def test_gather_indices_outside_the_grid_raise(index, message):
+def test_gather_indices_outside_the_grid_raise(index, message, backend):
   x = np.zeros((2, 4, 5, 9))
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-    ops.swap_align2nat_gather(x, np.array([[0, 0, 0], index], np.int32), 2)
-  graph_fn = tf.function(lambda i: ops.swap_align2nat_gather(x, i, 2))
+    ops.swap_align2nat_gather(x, np.array([[0, 0, 0], index], np.int32), 2,
+                              backend=backend)
+  graph_fn = tf.function(
+      lambda i: ops.swap_align2nat_gather(x, i, 2, backend=backend))
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
     graph_fn(tf.constant([index], tf.int32))

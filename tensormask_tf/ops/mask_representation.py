@@ -16,8 +16,11 @@ upsampling the window by an integer factor `lam`:
   `[N, H, W, (lam*S)**2]`; `interpolation="nearest"` repeats window pixels.
 - `align2nat(x)` = `up_align2nat(x, 1)`; `nat2align(x)` is its inverse shift.
 
-All are standard TF ops (gather, transpose, multiply-add), differentiable,
-XLA-compilable and backend-free; H, W and the channel count must be static.
+These are standard TF ops (gather, transpose, multiply-add), differentiable
+and XLA-compilable; H, W and the channel count must be static.
+`swap_align2nat` and `swap_align2nat_gather` also have a compiled custom-op
+backend with the same numbers, chosen by their `backend` argument
+(`backend.py`).
 float16 and bfloat16 inputs are computed in float32 and returned in their own
 dtype. Taps outside the input read `pad` (default -6.0: sigmoid(-6) ~ 0, "no
 mask there"), including window taps past the border of the window.
@@ -29,6 +32,8 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from tensormask_tf.ops import backend as backend_lib
+from tensormask_tf.ops import custom_op_library
 from tensormask_tf.ops import window_taps
 
 DEFAULT_PAD = -6.0
@@ -219,11 +224,22 @@ def _apply_dense(x: tf.Tensor, window: int, rows: window_taps.AxisTaps,
   return tf.reshape(out, [batch, out_height, out_width, t * t])
 
 
-def _dense_op(op_name: str, x, pad, make_taps) -> tf.Tensor:
-  """Shared driver of the dense ops: checks, taps, evaluation, output dtype."""
+def _dense_op(op_name: str, x, pad, make_taps, custom_op=None) -> tf.Tensor:
+  """Shared driver of the dense ops: checks, evaluation, output dtype.
+
+  Args:
+    op_name: the public op's name, for error messages.
+    x: the input as given by the caller.
+    pad: value read outside the input.
+    make_taps: `(size, S) -> AxisTaps` of one axis, for the pure-TF backend.
+    custom_op: `(x, pad) -> y` on the compute-dtype input when the custom-op
+      backend was chosen, else None.
+  """
   pad = check_pad(pad, op_name)
   out_dtype = tf.convert_to_tensor(x).dtype
   x, window = _check_input(x, op_name)
+  if custom_op is not None:
+    return tf.cast(custom_op(x, pad), out_dtype)
   _, height, width, _ = x.shape.as_list()
   rows, cols = make_taps(height, window), make_taps(width, window)
   return tf.cast(_apply_dense(x, window, rows, cols, pad), out_dtype)
@@ -233,6 +249,7 @@ def _dense_op(op_name: str, x, pad, make_taps) -> tf.Tensor:
 # Public ops.
 # ---------------------------------------------------------------------------
 def swap_align2nat(x, lam: int, pad: float = DEFAULT_PAD,
+                   backend: str = "auto",
                    name: str | None = None) -> tf.Tensor:
   """Aligned -> natural representation with swapped units (SPEC.md 2).
 
@@ -241,6 +258,8 @@ def swap_align2nat(x, lam: int, pad: float = DEFAULT_PAD,
       coarser than its (H, W) unit (e.g. a conv1x1 output on the P2 grid).
     lam: Python int >= 1, the window upscale factor (2**k at pyramid level k).
     pad: value read for taps outside the input.
+    backend: "auto", "tf" or "custom" (see `backend.py`); use "tf" inside
+      XLA-compiled functions.
     name: optional name scope.
 
   Returns:
@@ -250,9 +269,14 @@ def swap_align2nat(x, lam: int, pad: float = DEFAULT_PAD,
   """
   lam = check_lam(lam, "swap_align2nat")
   with tf.name_scope(name or "swap_align2nat"):
+    custom_op = None
+    if backend_lib.resolve(backend) == "custom":
+      library = custom_op_library.load()
+      custom_op = lambda x, pad: library.swap_align2_nat(x, lam=lam, pad=pad)
     return _dense_op(
         "swap_align2nat", x, pad,
-        lambda size, window: _align2nat_taps(size, window, lam, stride=lam))
+        lambda size, window: _align2nat_taps(size, window, lam, stride=lam),
+        custom_op)
 
 
 def up_align2nat(x, lam: int, interpolation: str = "bilinear",
@@ -326,6 +350,7 @@ def nat2align(x, pad: float = DEFAULT_PAD,
 
 
 def swap_align2nat_gather(x, indices, lam: int, pad: float = DEFAULT_PAD,
+                          backend: str = "auto",
                           name: str | None = None) -> tf.Tensor:
   """`swap_align2nat` evaluated at K selected output windows only.
 
@@ -340,6 +365,8 @@ def swap_align2nat_gather(x, indices, lam: int, pad: float = DEFAULT_PAD,
       the checks cannot run).
     lam: Python int >= 1, the window upscale factor.
     pad: value read for taps outside the input.
+    backend: "auto", "tf" or "custom" (see `backend.py`); use "tf" inside
+      XLA-compiled functions.
     name: optional name scope.
 
   Returns:
@@ -354,11 +381,14 @@ def swap_align2nat_gather(x, indices, lam: int, pad: float = DEFAULT_PAD,
     x, window = _check_input(x, op_name)
     dtype = x.dtype
     batch_static, height, width, _ = x.shape.as_list()
+    indices = _check_gather_indices(indices, tf.shape(x)[0],
+                                    -(-height // lam), -(-width // lam))
+    if backend_lib.resolve(backend) == "custom":
+      return tf.cast(custom_op_library.load().swap_align2_nat_gather(
+          x, indices, lam=lam, pad=pad), out_dtype)
+
     rows = _align2nat_taps(height, window, lam, stride=lam)
     cols = _align2nat_taps(width, window, lam, stride=lam)
-    indices = _check_gather_indices(indices, tf.shape(x)[0],
-                                    rows.weight.shape[0], cols.weight.shape[0])
-
     # Flat offset of x[n, a, b, c, d] = n*H*W*S*S + (a*W*S*S + c*S) +
     # (b*S*S + d): a row part and a column part, each a static table.
     image_size = height * width * window * window

@@ -1,0 +1,117 @@
+"""Builds the swap_align2nat custom-op library for the installed TensorFlow.
+
+    python custom_ops/build.py [--cuda auto|on|off] [--force]
+
+Compiles `custom_ops/kernels/` with g++ and TensorFlow's own flags
+(`tf.sysconfig`), plus the CUDA kernels with nvcc when nvcc is found (or
+`--cuda on`; the environment variable TENSORMASK_BUILD_CUDA=auto|on|off sets
+the default), into `tensormask_tf/ops/_swap_align2nat_ops.so`. A JSON record
+beside it (TF version and flags, CPU features, source digest) lets the loader
+refuse a stale or mismatched library. An up-to-date library is not rebuilt
+unless `--force`. Exits non-zero, with the compiler's message, on failure.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tensormask_tf  # noqa: E402,F401  (TF log level before TF loads)
+import tensorflow as tf  # noqa: E402
+
+from tensormask_tf.ops import custom_op_library  # noqa: E402
+
+KERNELS = ROOT / "custom_ops" / "kernels"
+# x86-64-v3 (AVX2 + FMA) when the building CPU has it; recorded, and checked
+# by the loader, so the library never runs on a CPU without them.
+_ISA = {"avx2": "-mavx2", "fma": "-mfma"}
+CUDA_ARCHS = ("-gencode", "arch=compute_80,code=sm_80",
+              "-gencode", "arch=compute_90,code=sm_90",
+              "-gencode", "arch=compute_90,code=compute_90")
+
+
+def _run(cmd: list[str]) -> None:
+  print("[build] " + " ".join(cmd), flush=True)
+  result = subprocess.run(cmd, capture_output=True, text=True)
+  if result.returncode != 0:
+    sys.stderr.write(result.stdout + result.stderr)
+    raise SystemExit(f"[build] FAILED: {cmd[0]} exited {result.returncode}")
+
+
+def _cuda_home(nvcc: str) -> pathlib.Path:
+  return pathlib.Path(os.path.realpath(nvcc)).parents[1]
+
+
+def build(cuda: str = "auto", force: bool = False) -> pathlib.Path:
+  """Builds the library if missing or stale; returns its path."""
+  out = custom_op_library.LIBRARY_PATH
+  manifest_path = custom_op_library.MANIFEST_PATH
+  nvcc = shutil.which("nvcc")
+  if cuda == "on" and nvcc is None:
+    raise SystemExit("[build] --cuda on, but nvcc is not on PATH")
+  with_cuda = cuda == "on" or (cuda == "auto" and nvcc is not None)
+
+  if not force and out.exists() and manifest_path.exists():
+    manifest = json.loads(manifest_path.read_text())
+    if (custom_op_library.staleness(manifest) is None and
+        manifest.get("cuda") == with_cuda):
+      print(f"[build] {out} is up to date", flush=True)
+      return out
+
+  cpu_flags = [f for f in _ISA if custom_op_library.cpu_supports([f])]
+  cxx = os.environ.get("CXX", "g++")
+  cxx_flags = ["-std=c++17", "-shared", "-fPIC", "-O3",
+               *[_ISA[f] for f in cpu_flags],
+               *tf.sysconfig.get_compile_flags(), f"-I{KERNELS}"]
+  link_flags = list(tf.sysconfig.get_link_flags())
+  objects = []
+  with tempfile.TemporaryDirectory() as tmp:
+    if with_cuda:
+      cuda_home = _cuda_home(nvcc)
+      cuda_object = pathlib.Path(tmp) / "swap_align2nat_cuda.o"
+      _run([nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
+            "--expt-relaxed-constexpr", *CUDA_ARCHS, f"-I{KERNELS}",
+            "-c", str(KERNELS / "swap_align2nat_cuda.cu.cc"),
+            "-o", str(cuda_object)])
+      objects.append(str(cuda_object))
+      cxx_flags += ["-DGOOGLE_CUDA=1", f"-I{cuda_home / 'include'}"]
+      # Static cudart: the library needs no libcudart at load time, so the
+      # same build also loads on machines without CUDA.
+      link_flags += [f"-L{cuda_home / 'lib64'}", "-lcudart_static",
+                     "-ldl", "-lrt", "-lpthread"]
+    tmp_library = pathlib.Path(tmp) / out.name
+    _run([cxx, *cxx_flags, str(KERNELS / "swap_align2nat_ops.cc"), *objects,
+          "-o", str(tmp_library), *link_flags])
+    shutil.copyfile(tmp_library, out)
+
+  manifest = {**custom_op_library.build_record(),
+              "sources": custom_op_library.sources_digest(),
+              "cpu_flags": cpu_flags, "cuda": with_cuda,
+              "compiler": cxx, "cxx_flags": cxx_flags}
+  manifest_path.write_text(json.dumps(manifest, indent=1))
+  print(f"[build] wrote {out} (cuda={'on' if with_cuda else 'off'})",
+        flush=True)
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument(
+      "--cuda", choices=("auto", "on", "off"),
+      default=os.environ.get("TENSORMASK_BUILD_CUDA", "auto"),
+      help="build the CUDA kernels: auto = when nvcc is on PATH")
+  parser.add_argument("--force", action="store_true",
+                      help="rebuild even if the library is up to date")
+  args = parser.parse_args()
+  build(cuda=args.cuda, force=args.force)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,526 @@
+// TensorFlow ops SwapAlign2Nat, SwapAlign2NatGrad, SwapAlign2NatGather and
+// SwapAlign2NatGatherGrad: definitions, shape functions and the CPU (and,
+// when built with GOOGLE_CUDA, GPU) kernels. The arithmetic lives in
+// swap_align2nat_math.h; the loops in swap_align2nat_cpu.h and
+// swap_align2nat_cuda.cu.cc. Gradients are registered in Python
+// (tensormask_tf/ops/custom_op_library.py).
+//
+// Only float and double are registered: the Python wrapper computes half and
+// bfloat16 in float32, like the pure-TF backend.
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+#include "swap_align2nat_cpu.h"
+#include "swap_align2nat_math.h"
+
+#if GOOGLE_CUDA
+#include "swap_align2nat_cuda.h"
+#include "xla/stream_executor/stream.h"
+#endif
+
+namespace tensormask {
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Status;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+// ---------------------------------------------------------------------------
+// Op definitions.
+// ---------------------------------------------------------------------------
+constexpr char kPoisonDoc[] =
+    "poison_output: test hook: fill the output with NaN before the kernel "
+    "writes it, so a test can prove that every element is written.";
+
+// Window side S from a channel count, or -1 if it is not a non-zero square.
+int64_t WindowSide(int64_t channels) {
+  if (channels < 1) return -1;
+  int64_t s = static_cast<int64_t>(std::llround(std::sqrt(double(channels))));
+  while (s * s > channels) --s;
+  while ((s + 1) * (s + 1) <= channels) ++s;
+  return s * s == channels ? s : -1;
+}
+
+Status SwapAlign2NatShape(InferenceContext* c) {
+  ShapeHandle x;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+  int lam;
+  TF_RETURN_IF_ERROR(c->GetAttr("lam", &lam));
+  auto coarse = [&](DimensionHandle d) -> DimensionHandle {
+    if (!c->ValueKnown(d)) return c->UnknownDim();
+    return c->MakeDim((c->Value(d) + lam - 1) / lam);
+  };
+  DimensionHandle channels = c->Dim(x, 3);
+  DimensionHandle out_channels = c->UnknownDim();
+  if (c->ValueKnown(channels)) {
+    const int64_t s = WindowSide(c->Value(channels));
+    if (s < 0) {
+      return InvalidArgument("swap_align2nat: the channel count of x must be "
+                             "S*S for a window side S >= 1, got ",
+                             c->Value(channels), " channels.");
+    }
+    out_channels = c->MakeDim(lam * s * lam * s);
+  }
+  c->set_output(0, c->MakeShape({c->Dim(x, 0), coarse(c->Dim(x, 1)),
+                                 coarse(c->Dim(x, 2)), out_channels}));
+  return Status();
+}
+
+Status GatherShape(InferenceContext* c) {
+  ShapeHandle x, indices;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &indices));
+  DimensionHandle unused;
+  TF_RETURN_IF_ERROR(c->WithValue(c->Dim(indices, 1), 3, &unused));
+  int lam;
+  TF_RETURN_IF_ERROR(c->GetAttr("lam", &lam));
+  DimensionHandle side = c->UnknownDim();
+  DimensionHandle channels = c->Dim(x, 3);
+  if (c->ValueKnown(channels)) {
+    const int64_t s = WindowSide(c->Value(channels));
+    if (s < 0) {
+      return InvalidArgument("swap_align2nat_gather: the channel count of x "
+                             "must be S*S for a window side S >= 1, got ",
+                             c->Value(channels), " channels.");
+    }
+    side = c->MakeDim(lam * s);
+  }
+  c->set_output(0, c->MakeShape({c->Dim(indices, 0), side, side}));
+  return Status();
+}
+
+// The gradients take the input's shape as a host int64 vector x_shape.
+Status GradShape(InferenceContext* c, int shape_input) {
+  ShapeHandle shape;
+  TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(shape_input, &shape));
+  TF_RETURN_IF_ERROR(c->WithRank(shape, 4, &shape));
+  c->set_output(0, shape);
+  return Status();
+}
+
+REGISTER_OP("SwapAlign2Nat")
+    .Input("x: T")
+    .Output("y: T")
+    .Attr("lam: int >= 1")
+    .Attr("pad: float = -6.0")
+    .Attr("poison_output: bool = false")
+    .Attr("T: {float, double}")
+    .SetShapeFn(SwapAlign2NatShape)
+    .Doc(R"doc(
+Aligned [N,H,W,S*S] -> natural [N,ceil(H/lam),ceil(W/lam),(lam*S)^2] (SPEC.md 2).
+)doc");
+
+REGISTER_OP("SwapAlign2NatGrad")
+    .Input("dy: T")
+    .Input("x_shape: int64")
+    .Output("dx: T")
+    .Attr("lam: int >= 1")
+    .Attr("poison_output: bool = false")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) { return GradShape(c, 1); });
+
+REGISTER_OP("SwapAlign2NatGather")
+    .Input("x: T")
+    .Input("indices: int32")
+    .Output("y: T")
+    .Attr("lam: int >= 1")
+    .Attr("pad: float = -6.0")
+    .Attr("poison_output: bool = false")
+    .Attr("T: {float, double}")
+    .SetShapeFn(GatherShape);
+
+REGISTER_OP("SwapAlign2NatGatherGrad")
+    .Input("dy: T")
+    .Input("indices: int32")
+    .Input("x_shape: int64")
+    .Output("dx: T")
+    .Attr("lam: int >= 1")
+    .Attr("poison_output: bool = false")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) { return GradShape(c, 2); });
+
+// ---------------------------------------------------------------------------
+// Shared checks.
+// ---------------------------------------------------------------------------
+Status GeometryFromShape(const TensorShape& shape, int lam, const char* op,
+                         Geometry* g) {
+  if (shape.dims() != 4) {
+    return InvalidArgument(op, ": x must have rank 4 [N, H, W, S*S], got shape ",
+                           shape.DebugString(), ".");
+  }
+  const int64_t s = WindowSide(shape.dim_size(3));
+  if (s < 0) {
+    return InvalidArgument(op, ": the channel count of x must be S*S for a "
+                           "window side S >= 1, got ", shape.dim_size(3),
+                           " channels, which is not a non-zero square.");
+  }
+  if (shape.dim_size(1) < 1 || shape.dim_size(2) < 1) {
+    return InvalidArgument(op, ": H and W must be >= 1, got shape ",
+                           shape.DebugString(), ".");
+  }
+  *g = MakeGeometry(shape.dim_size(0), shape.dim_size(1), shape.dim_size(2),
+                    static_cast<int>(s), lam);
+  return Status();
+}
+
+Status ShapeFromTensor(const Tensor& t, TensorShape* shape) {
+  if (t.dims() != 1 || t.NumElements() != 4) {
+    return InvalidArgument("x_shape must be a vector of 4 dimensions, got ",
+                           t.shape().DebugString(), ".");
+  }
+  auto v = t.vec<int64_t>();
+  return TensorShape::BuildTensorShape({v(0), v(1), v(2), v(3)}, shape);
+}
+
+// Same messages as the pure-TF backend's checks (mask_representation.py).
+Status CheckIndices(const Tensor& indices, const Geometry& g) {
+  if (indices.dims() != 2 || indices.dim_size(1) != 3) {
+    return InvalidArgument("swap_align2nat_gather: indices must have shape "
+                           "[K, 3] with rows (n, y, x), got shape ",
+                           indices.shape().DebugString(), ".");
+  }
+  auto rows = indices.matrix<int32_t>();
+  for (int64_t k = 0; k < indices.dim_size(0); ++k) {
+    const int64_t n = rows(k, 0), y = rows(k, 1), x = rows(k, 2);
+    if (n < 0 || y < 0 || x < 0) {
+      return InvalidArgument("swap_align2nat_gather: negative index in "
+                             "indices, row ", k, " = (", n, ", ", y, ", ", x,
+                             ").");
+    }
+    if (n >= g.batch) {
+      return InvalidArgument("swap_align2nat_gather: batch index n outside "
+                             "the batch, row ", k, " has n = ", n,
+                             " for a batch of ", g.batch, ".");
+    }
+    if (y >= g.out_height) {
+      return InvalidArgument("swap_align2nat_gather: row y outside the output "
+                             "grid of height ", g.out_height, ", row ", k,
+                             " has y = ", y, ".");
+    }
+    if (x >= g.out_width) {
+      return InvalidArgument("swap_align2nat_gather: column x outside the "
+                             "output grid of width ", g.out_width, ", row ", k,
+                             " has x = ", x, ".");
+    }
+  }
+  return Status();
+}
+
+template <typename T>
+void Poison(Tensor* t) {
+  t->flat<T>().setConstant(std::numeric_limits<T>::quiet_NaN());
+}
+
+cpu::ParallelFor CpuParallelFor(OpKernelContext* context) {
+  auto* workers = context->device()->tensorflow_cpu_worker_threads();
+  return [workers](int64_t units, int64_t cost,
+                   std::function<void(int64_t, int64_t)> fn) {
+    tensorflow::Shard(workers->num_threads, workers->workers, units, cost, fn);
+  };
+}
+
+// Accumulation type: double for double, float otherwise.
+template <typename T> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+
+// ---------------------------------------------------------------------------
+// Kernels. `Device` dispatch is in the Run* functions below.
+// ---------------------------------------------------------------------------
+struct CpuDevice {};
+struct GpuDevice {};
+
+template <typename Device, typename T>
+struct Runner;
+
+template <typename T>
+struct Runner<CpuDevice, T> {
+  using Acc = typename AccType<T>::type;
+  static Status Forward(OpKernelContext* c, const Geometry& g, float pad,
+                        const Tensor& x, Tensor* y) {
+    cpu::SwapAlign2NatForward<T, Acc>(g, static_cast<T>(pad), x.flat<T>().data(),
+                                      y->flat<T>().data(), CpuParallelFor(c));
+    return Status();
+  }
+  static Status Backward(OpKernelContext* c, const Geometry& g,
+                         const Tensor& dy, Tensor* dx) {
+    cpu::SwapAlign2NatBackward<T, Acc>(g, dy.flat<T>().data(),
+                                       dx->flat<T>().data(), CpuParallelFor(c));
+    return Status();
+  }
+  static Status GatherForward(OpKernelContext* c, const Geometry& g, float pad,
+                              const Tensor& x, const Tensor& indices,
+                              Tensor* y) {
+    TF_RETURN_IF_ERROR(CheckIndices(indices, g));
+    cpu::SwapAlign2NatGatherForward<T, Acc>(
+        g, static_cast<T>(pad), x.flat<T>().data(),
+        indices.flat<int32_t>().data(), indices.dim_size(0),
+        y->flat<T>().data(), CpuParallelFor(c));
+    return Status();
+  }
+  static Status GatherBackward(OpKernelContext* c, const Geometry& g,
+                               const Tensor& dy, const Tensor& indices,
+                               Tensor* dx) {
+    TF_RETURN_IF_ERROR(CheckIndices(indices, g));
+    cpu::SwapAlign2NatGatherBackward<T, Acc>(
+        g, dy.flat<T>().data(), indices.flat<int32_t>().data(),
+        indices.dim_size(0), dx->flat<T>().data(), CpuParallelFor(c));
+    return Status();
+  }
+};
+
+#if GOOGLE_CUDA
+cudaStream_t GpuStream(OpKernelContext* c) {
+  return static_cast<cudaStream_t>(
+      c->op_device_context()->stream()->platform_specific_handle().stream);
+}
+
+Status CudaStatus(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return Status();
+  return tensorflow::errors::Internal(what, " failed: ",
+                                      cudaGetErrorString(err));
+}
+
+template <typename T>
+struct Runner<GpuDevice, T> {
+  static Status Forward(OpKernelContext* c, const Geometry& g, float pad,
+                        const Tensor& x, Tensor* y) {
+    return CudaStatus(LaunchSwapAlign2NatForward<T>(
+                          g, static_cast<T>(pad), x.flat<T>().data(),
+                          y->flat<T>().data(), GpuStream(c)),
+                      "SwapAlign2Nat CUDA kernel");
+  }
+  static Status Backward(OpKernelContext* c, const Geometry& g,
+                         const Tensor& dy, Tensor* dx) {
+    return CudaStatus(LaunchSwapAlign2NatBackward<T>(
+                          g, dy.flat<T>().data(), dx->flat<T>().data(),
+                          GpuStream(c)),
+                      "SwapAlign2NatGrad CUDA kernel");
+  }
+  // Index rows are validated by the Python wrapper (tf.debugging asserts);
+  // the CUDA kernels write pad for (and ignore in the gradient) any row that
+  // is still out of range, so no memory outside the tensors is touched.
+  static Status GatherForward(OpKernelContext* c, const Geometry& g, float pad,
+                              const Tensor& x, const Tensor& indices,
+                              Tensor* y) {
+    return CudaStatus(LaunchSwapAlign2NatGatherForward<T>(
+                          g, static_cast<T>(pad), x.flat<T>().data(),
+                          indices.flat<int32_t>().data(), indices.dim_size(0),
+                          y->flat<T>().data(), GpuStream(c)),
+                      "SwapAlign2NatGather CUDA kernel");
+  }
+  static Status GatherBackward(OpKernelContext* c, const Geometry& g,
+                               const Tensor& dy, const Tensor& indices,
+                               Tensor* dx) {
+    const int64_t bytes =
+        SwapAlign2NatGatherBackwardWorkspaceBytes(g, indices.dim_size(0));
+    Tensor workspace;
+    TF_RETURN_IF_ERROR(c->allocate_temp(tensorflow::DT_INT8,
+                                        TensorShape({bytes > 0 ? bytes : 1}),
+                                        &workspace));
+    return CudaStatus(LaunchSwapAlign2NatGatherBackward<T>(
+                          g, dy.flat<T>().data(),
+                          indices.flat<int32_t>().data(), indices.dim_size(0),
+                          workspace.flat<int8_t>().data(), dx->flat<T>().data(),
+                          GpuStream(c)),
+                      "SwapAlign2NatGatherGrad CUDA kernel");
+  }
+};
+
+template <typename T>
+void GpuPoison(OpKernelContext* c, Tensor* t) {
+  // NaN bytes for float and double alike: all bits set is a quiet NaN.
+  cudaMemsetAsync(t->flat<T>().data(), 0xFF, t->TotalBytes(), GpuStream(c));
+}
+#endif  // GOOGLE_CUDA
+
+template <typename Device, typename T>
+void MaybePoison(OpKernelContext* c, bool poison, Tensor* t) {
+  if (!poison) return;
+#if GOOGLE_CUDA
+  if (std::is_same<Device, GpuDevice>::value) {
+    GpuPoison<T>(c, t);
+    return;
+  }
+#endif
+  Poison<T>(t);
+}
+
+class SwapAlign2NatBase : public OpKernel {
+ public:
+  explicit SwapAlign2NatBase(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("lam", &lam_));
+    OP_REQUIRES_OK(c, c->GetAttr("poison_output", &poison_));
+    if (c->HasAttr("pad")) OP_REQUIRES_OK(c, c->GetAttr("pad", &pad_));
+    OP_REQUIRES(c, std::isfinite(pad_),
+                InvalidArgument("pad must be finite, got ", pad_, "."));
+  }
+
+ protected:
+  int lam_ = 1;
+  float pad_ = -6.0f;
+  bool poison_ = false;
+};
+
+template <typename Device, typename T>
+class SwapAlign2NatOp : public SwapAlign2NatBase {
+ public:
+  using SwapAlign2NatBase::SwapAlign2NatBase;
+  void Compute(OpKernelContext* c) override {
+    const Tensor& x = c->input(0);
+    Geometry g;
+    OP_REQUIRES_OK(c, GeometryFromShape(x.shape(), lam_, "swap_align2nat", &g));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(c, c->allocate_output(
+                          0,
+                          TensorShape({g.batch, g.out_height, g.out_width,
+                                       int64_t{g.out_window} * g.out_window}),
+                          &y));
+    if (y->NumElements() == 0) return;
+    MaybePoison<Device, T>(c, poison_, y);
+    OP_REQUIRES_OK(c, (Runner<Device, T>::Forward(c, g, pad_, x, y)));
+  }
+};
+
+template <typename Device, typename T>
+class SwapAlign2NatGradOp : public SwapAlign2NatBase {
+ public:
+  using SwapAlign2NatBase::SwapAlign2NatBase;
+  void Compute(OpKernelContext* c) override {
+    const Tensor& dy = c->input(0);
+    TensorShape x_shape;
+    OP_REQUIRES_OK(c, ShapeFromTensor(c->input(1), &x_shape));
+    Geometry g;
+    OP_REQUIRES_OK(c, GeometryFromShape(x_shape, lam_, "swap_align2nat", &g));
+    const TensorShape want({g.batch, g.out_height, g.out_width,
+                            int64_t{g.out_window} * g.out_window});
+    OP_REQUIRES(c, dy.shape() == want,
+                InvalidArgument("SwapAlign2NatGrad: dy has shape ",
+                                dy.shape().DebugString(), ", expected ",
+                                want.DebugString(), "."));
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(c, c->allocate_output(0, x_shape, &dx));
+    if (dx->NumElements() == 0) return;
+    MaybePoison<Device, T>(c, poison_, dx);
+    OP_REQUIRES_OK(c, (Runner<Device, T>::Backward(c, g, dy, dx)));
+  }
+};
+
+template <typename Device, typename T>
+class SwapAlign2NatGatherOp : public SwapAlign2NatBase {
+ public:
+  using SwapAlign2NatBase::SwapAlign2NatBase;
+  void Compute(OpKernelContext* c) override {
+    const Tensor& x = c->input(0);
+    const Tensor& indices = c->input(1);
+    Geometry g;
+    OP_REQUIRES_OK(c, GeometryFromShape(x.shape(), lam_,
+                                        "swap_align2nat_gather", &g));
+    OP_REQUIRES(c, indices.dims() == 2 && indices.dim_size(1) == 3,
+                InvalidArgument("swap_align2nat_gather: indices must have "
+                                "shape [K, 3] with rows (n, y, x), got shape ",
+                                indices.shape().DebugString(), "."));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(c, c->allocate_output(
+                          0,
+                          TensorShape({indices.dim_size(0), g.out_window,
+                                       g.out_window}),
+                          &y));
+    if (y->NumElements() == 0) return;
+    MaybePoison<Device, T>(c, poison_, y);
+    OP_REQUIRES_OK(c, (Runner<Device, T>::GatherForward(c, g, pad_, x, indices,
+                                                        y)));
+  }
+};
+
+template <typename Device, typename T>
+class SwapAlign2NatGatherGradOp : public SwapAlign2NatBase {
+ public:
+  using SwapAlign2NatBase::SwapAlign2NatBase;
+  void Compute(OpKernelContext* c) override {
+    const Tensor& dy = c->input(0);
+    const Tensor& indices = c->input(1);
+    TensorShape x_shape;
+    OP_REQUIRES_OK(c, ShapeFromTensor(c->input(2), &x_shape));
+    Geometry g;
+    OP_REQUIRES_OK(c, GeometryFromShape(x_shape, lam_,
+                                        "swap_align2nat_gather", &g));
+    OP_REQUIRES(c, indices.dims() == 2 && indices.dim_size(1) == 3,
+                InvalidArgument("swap_align2nat_gather: indices must have "
+                                "shape [K, 3] with rows (n, y, x), got shape ",
+                                indices.shape().DebugString(), "."));
+    const TensorShape want({indices.dim_size(0), g.out_window, g.out_window});
+    OP_REQUIRES(c, dy.shape() == want,
+                InvalidArgument("SwapAlign2NatGatherGrad: dy has shape ",
+                                dy.shape().DebugString(), ", expected ",
+                                want.DebugString(), "."));
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(c, c->allocate_output(0, x_shape, &dx));
+    if (dx->NumElements() == 0) return;
+    MaybePoison<Device, T>(c, poison_, dx);
+    OP_REQUIRES_OK(c, (Runner<Device, T>::GatherBackward(c, g, dy, indices,
+                                                         dx)));
+  }
+};
+
+#define REGISTER_CPU(T)                                                    \
+  REGISTER_KERNEL_BUILDER(                                                 \
+      Name("SwapAlign2Nat").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
+      SwapAlign2NatOp<CpuDevice, T>);                                      \
+  REGISTER_KERNEL_BUILDER(                                                 \
+      Name("SwapAlign2NatGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+      SwapAlign2NatGradOp<CpuDevice, T>);                                  \
+  REGISTER_KERNEL_BUILDER(Name("SwapAlign2NatGather")                      \
+                              .Device(DEVICE_CPU)                          \
+                              .TypeConstraint<T>("T"),                     \
+                          SwapAlign2NatGatherOp<CpuDevice, T>);            \
+  REGISTER_KERNEL_BUILDER(Name("SwapAlign2NatGatherGrad")                  \
+                              .Device(DEVICE_CPU)                          \
+                              .TypeConstraint<T>("T"),                     \
+                          SwapAlign2NatGatherGradOp<CpuDevice, T>);
+REGISTER_CPU(float);
+REGISTER_CPU(double);
+#undef REGISTER_CPU
+
+#if GOOGLE_CUDA
+using ::tensorflow::DEVICE_GPU;
+#define REGISTER_GPU(T)                                                    \
+  REGISTER_KERNEL_BUILDER(                                                 \
+      Name("SwapAlign2Nat").Device(DEVICE_GPU).TypeConstraint<T>("T"),     \
+      SwapAlign2NatOp<GpuDevice, T>);                                      \
+  REGISTER_KERNEL_BUILDER(Name("SwapAlign2NatGrad")                        \
+                              .Device(DEVICE_GPU)                          \
+                              .TypeConstraint<T>("T")                      \
+                              .HostMemory("x_shape"),                      \
+                          SwapAlign2NatGradOp<GpuDevice, T>);              \
+  REGISTER_KERNEL_BUILDER(Name("SwapAlign2NatGather")                      \
+                              .Device(DEVICE_GPU)                          \
+                              .TypeConstraint<T>("T"),                     \
+                          SwapAlign2NatGatherOp<GpuDevice, T>);            \
+  REGISTER_KERNEL_BUILDER(Name("SwapAlign2NatGatherGrad")                  \
+                              .Device(DEVICE_GPU)                          \
+                              .TypeConstraint<T>("T")                      \
+                              .HostMemory("x_shape"),                      \
+                          SwapAlign2NatGatherGradOp<GpuDevice, T>);
+REGISTER_GPU(float);
+REGISTER_GPU(double);
+#undef REGISTER_GPU
+#endif  // GOOGLE_CUDA
+
+}  // namespace
+}  // namespace tensormask

@@ -1,0 +1,120 @@
+"""Loading the compiled swap_align2nat custom op and registering its gradients.
+
+The library `_swap_align2nat_ops.so` is built next to this file by
+`custom_ops/build.py` (run by `pip install`, `scripts/venv.sh`, or by hand)
+for the installed TensorFlow. Beside it, `_swap_align2nat_ops.json` records
+what it was built for; a library whose record does not match the running
+TensorFlow, its compile flags, the CPU, or (in a source checkout) the kernel
+sources is refused with a message that says why and how to rebuild, never
+loaded.
+"""
+
+import functools
+import hashlib
+import json
+import pathlib
+import platform
+
+import tensorflow as tf
+
+LIBRARY_PATH = pathlib.Path(__file__).with_name("_swap_align2nat_ops.so")
+MANIFEST_PATH = LIBRARY_PATH.with_suffix(".json")
+KERNEL_DIR = pathlib.Path(__file__).resolve().parents[2] / "custom_ops" / "kernels"
+REBUILD_HINT = "rebuild it with `python custom_ops/build.py`"
+
+
+class CustomOpUnavailable(RuntimeError):
+  """The compiled library is missing, stale, or failed to load."""
+
+
+def sources_digest(kernel_dir: pathlib.Path = KERNEL_DIR) -> str | None:
+  """sha256 over the kernel sources, or None outside a source checkout."""
+  files = sorted(p for p in kernel_dir.glob("*") if p.suffix in (".h", ".cc"))
+  if not files:
+    return None
+  digest = hashlib.sha256()
+  for path in files:
+    digest.update(path.name.encode())
+    digest.update(path.read_bytes())
+  return digest.hexdigest()
+
+
+def cpu_supports(isa_flags: list[str]) -> bool:
+  """Whether this CPU has every instruction set the library was built for."""
+  if not isa_flags:
+    return True
+  try:
+    cpuinfo = pathlib.Path("/proc/cpuinfo").read_text().split()
+  except OSError:
+    return False
+  return all(flag in cpuinfo for flag in isa_flags)
+
+
+def build_record() -> dict:
+  """What a library built now for this TensorFlow would be recorded with."""
+  return {
+      "tensorflow": tf.__version__,
+      "compile_flags": tf.sysconfig.get_compile_flags(),
+      "link_flags": tf.sysconfig.get_link_flags(),
+      "machine": platform.machine(),
+  }
+
+
+def staleness(manifest: dict) -> str | None:
+  """Why a built library must not be loaded here, or None if it may be."""
+  want = build_record()
+  for key, value in want.items():
+    if manifest.get(key) != value:
+      return (f"it was built for {key}={manifest.get(key)!r}, but this "
+              f"environment has {value!r}")
+  if not cpu_supports(manifest.get("cpu_flags", [])):
+    return (f"it was built for CPU features {manifest.get('cpu_flags')} that "
+            "this CPU lacks")
+  digest = sources_digest()
+  if digest is not None and manifest.get("sources") != digest:
+    return "the kernel sources in custom_ops/kernels changed since it was built"
+  return None
+
+
+@functools.cache
+def load():
+  """Loads the library once and registers its gradients.
+
+  Returns:
+    The module of generated op wrappers (`swap_align2_nat`, ...).
+
+  Raises:
+    CustomOpUnavailable: missing, stale or unloadable library; the message
+      says which and how to rebuild.
+  """
+  if not LIBRARY_PATH.exists() or not MANIFEST_PATH.exists():
+    raise CustomOpUnavailable(
+        f"the custom-op library {LIBRARY_PATH.name} is not built; "
+        f"{REBUILD_HINT}")
+  reason = staleness(json.loads(MANIFEST_PATH.read_text()))
+  if reason is not None:
+    raise CustomOpUnavailable(
+        f"refusing to load {LIBRARY_PATH}: {reason}; {REBUILD_HINT}")
+  try:
+    library = tf.load_op_library(str(LIBRARY_PATH))
+  except (tf.errors.NotFoundError, OSError) as e:
+    raise CustomOpUnavailable(
+        f"loading {LIBRARY_PATH} failed ({e}); {REBUILD_HINT}") from e
+  _register_gradients(library)
+  return library
+
+
+def _register_gradients(library) -> None:
+  """Gradients w.r.t. x; pad and the integer indices get none."""
+
+  @tf.RegisterGradient("SwapAlign2Nat")
+  def _swap_align2nat_grad(op, dy):
+    return library.swap_align2_nat_grad(
+        dy, tf.shape(op.inputs[0], out_type=tf.int64), lam=op.get_attr("lam"))
+
+  @tf.RegisterGradient("SwapAlign2NatGather")
+  def _swap_align2nat_gather_grad(op, dy):
+    dx = library.swap_align2_nat_gather_grad(
+        dy, op.inputs[1], tf.shape(op.inputs[0], out_type=tf.int64),
+        lam=op.get_attr("lam"))
+    return dx, None
