@@ -1,6 +1,22 @@
-"""Install tensormask-tf: `pip install -e .[test]` (scripts/venv.sh does it)."""
+"""Install tensormask-tf: `pip install -e .[test]` (scripts/venv.sh does it).
+
+The custom-op library is compiled for the TensorFlow of the environment being
+installed into, so it is built here only when TensorFlow is importable at
+build time (`pip install --no-build-isolation ...` after TensorFlow is
+installed); otherwise build it with `python custom_ops/build.py`, which
+scripts/venv.sh runs. Without it the pure-TF ops are used, with a warning.
+"""
+
+import pathlib
+import shutil
+import subprocess
+import sys
 
 import setuptools
+from setuptools.command import build_ext
+
+ROOT = pathlib.Path(__file__).resolve().parent
+LIBRARY = pathlib.Path("tensormask_tf", "ops", "_swap_align2nat_ops")
 
 # The one list of runtime dependencies (README.md, "Dependencies", says why).
 INSTALL_REQUIRES = [
@@ -12,6 +28,33 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
 ]
 
+class BuildCustomOps(build_ext.build_ext):
+  """Runs custom_ops/build.py with the target environment's TensorFlow."""
+
+  def run(self):
+    super().run()
+    try:
+      import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      print("tensormask-tf: TensorFlow is not importable while building, so "
+            "the custom op is not compiled now; run `python "
+            "custom_ops/build.py` once TensorFlow is installed.")
+      return
+    subprocess.check_call([sys.executable, str(ROOT / "custom_ops" / "build.py")])
+    if not self.inplace and not getattr(self, "editable_mode", False):
+      for suffix in (".so", ".json"):
+        target = pathlib.Path(self.build_lib) / LIBRARY.with_suffix(suffix)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / LIBRARY.with_suffix(suffix), target)
+
+
+class BinaryDistribution(setuptools.Distribution):
+  """The package carries a compiled library: platform-specific, with build_ext."""
+
+  def has_ext_modules(self):
+    return True
+
+
 setuptools.setup(
     name="tensormask-tf",
     version="0.1.0",
@@ -22,4 +65,6 @@ setuptools.setup(
     python_requires=">=3.10,<3.14",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest>=7"]},
+    cmdclass={"build_ext": BuildCustomOps},
+    distclass=BinaryDistribution,
 )

@@ -46,7 +46,17 @@ def _run(cmd: list[str]) -> None:
 
 
 def _cuda_home(nvcc: str) -> pathlib.Path:
-  return pathlib.Path(os.path.realpath(nvcc)).parents[1]
+  """The CUDA toolkit's root: CUDA_HOME / CUDA_PATH, nvcc's, /usr/local/cuda."""
+  candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                pathlib.Path(os.path.realpath(nvcc)).parents[1],
+                "/usr/local/cuda"]
+  for home in candidates:
+    if home and (pathlib.Path(home) / "include" / "cuda_runtime.h").exists():
+      return pathlib.Path(home)
+  raise SystemExit(
+      f"[build] nvcc is {nvcc}, but no CUDA toolkit with "
+      "include/cuda_runtime.h was found; set CUDA_HOME, or build without the "
+      "CUDA kernels with --cuda off")
 
 
 def build(cuda: str = "auto", force: bool = False) -> pathlib.Path:
@@ -77,7 +87,7 @@ def build(cuda: str = "auto", force: bool = False) -> pathlib.Path:
       cuda_home = _cuda_home(nvcc)
       cuda_object = pathlib.Path(tmp) / "swap_align2nat_cuda.o"
       _run([nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
-            "--expt-relaxed-constexpr", *CUDA_ARCHS, f"-I{KERNELS}",
+            "--expt-relaxed-constexpr", *CUDA_ARCHS, f"-I{KERNELS}", "-x", "cu",
             "-c", str(KERNELS / "swap_align2nat_cuda.cu.cc"),
             "-o", str(cuda_object)])
       objects.append(str(cuda_object))

@@ -1,7 +1,10 @@
 # Sourced by the project's commands: `ensure_venv` creates (or reuses) the
-# virtual environment .venv/ in the repo root and installs the project into it.
-# The install is skipped while the files that define it are unchanged (a stamp
-# in .venv/ records their hash); PYTHON picks the interpreter (default python3).
+# virtual environment .venv/ in the repo root, installs the project into it,
+# and builds the custom-op library for the installed TensorFlow.
+# The pip install is skipped while setup.py is unchanged (a stamp in .venv/
+# records its hash); the library build is skipped while it is up to date
+# (custom_ops/build.py checks its record). PYTHON picks the interpreter
+# (default python3); TENSORMASK_BUILD_CUDA=auto|on|off the CUDA kernels.
 
 ensure_venv() {
   local root stamp want
@@ -20,4 +23,6 @@ ensure_venv() {
         echo "[venv] ERROR: pip install failed (see above)" >&2; return 1; }
     echo "$want" > "$stamp"
   fi
+  "$root/.venv/bin/python" "$root/custom_ops/build.py" || {
+    echo "[venv] ERROR: building the custom-op library failed (see above)" >&2; return 1; }
 }

@@ -4,6 +4,7 @@ import tensorflow as tf
 import tf_keras
 
 from tensormask_tf import ops
+from tensormask_tf.ops import backend as backend_lib
 from tensormask_tf.ops import mask_representation
 
 
@@ -15,23 +16,30 @@ class SwapAlign2Nat(tf_keras.layers.Layer):
   (SPEC.md section 2). The layer has no weights.
   """
 
-  def __init__(self, lam: int, pad: float = ops.DEFAULT_PAD, **kwargs):
+  def __init__(self, lam: int, pad: float = ops.DEFAULT_PAD,
+               backend: str = "auto", **kwargs):
     """Initializes the layer.
 
     Args:
       lam: Python int >= 1, the window upscale factor (2**k at level k).
       pad: value read for taps outside the input; -6.0 is sigmoid ~ 0.
+      backend: "auto", "tf" or "custom" (tensormask_tf/ops/backend.py); a
+        model compiled with XLA is built with "tf".
       **kwargs: other keyword arguments of `tf_keras.layers.Layer`.
     """
     super().__init__(**kwargs)
     # Fail at construction, not at the first call, on a bad configuration.
     mask_representation.check_lam(lam, type(self).__name__)
     mask_representation.check_pad(pad, type(self).__name__)
-    self._config_dict = {"lam": lam, "pad": pad}
+    if backend not in backend_lib.BACKENDS:
+      raise ValueError(f"{type(self).__name__}: backend must be one of "
+                       f"{backend_lib.BACKENDS}, got {backend!r}.")
+    self._config_dict = {"lam": lam, "pad": pad, "backend": backend}
 
   def call(self, inputs: tf.Tensor) -> tf.Tensor:
     return ops.swap_align2nat(inputs, self._config_dict["lam"],
-                              pad=self._config_dict["pad"])
+                              pad=self._config_dict["pad"],
+                              backend=self._config_dict["backend"])
 
   def compute_output_shape(self, input_shape) -> tf.TensorShape:
     input_shape = tf.TensorShape(input_shape)

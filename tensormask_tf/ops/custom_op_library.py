@@ -78,7 +78,7 @@ def staleness(manifest: dict) -> str | None:
 
 @functools.cache
 def load():
-  """Loads the library once and registers its gradients.
+  """Loads the library once (its gradients are registered at import).
 
   Returns:
     The module of generated op wrappers (`swap_align2_nat`, ...).
@@ -100,21 +100,21 @@ def load():
   except (tf.errors.NotFoundError, OSError) as e:
     raise CustomOpUnavailable(
         f"loading {LIBRARY_PATH} failed ({e}); {REBUILD_HINT}") from e
-  _register_gradients(library)
   return library
 
 
-def _register_gradients(library) -> None:
-  """Gradients w.r.t. x; pad and the integer indices get none."""
+# Gradients w.r.t. x (pad is an attribute, indices are integers). Registered
+# once, at import; they reach the grad ops through load(), which has already
+# succeeded whenever a forward op exists to differentiate.
+@tf.RegisterGradient("SwapAlign2Nat")
+def _swap_align2nat_grad(op, dy):
+  return load().swap_align2_nat_grad(
+      dy, tf.shape(op.inputs[0], out_type=tf.int64), lam=op.get_attr("lam"))
 
-  @tf.RegisterGradient("SwapAlign2Nat")
-  def _swap_align2nat_grad(op, dy):
-    return library.swap_align2_nat_grad(
-        dy, tf.shape(op.inputs[0], out_type=tf.int64), lam=op.get_attr("lam"))
 
-  @tf.RegisterGradient("SwapAlign2NatGather")
-  def _swap_align2nat_gather_grad(op, dy):
-    dx = library.swap_align2_nat_gather_grad(
-        dy, op.inputs[1], tf.shape(op.inputs[0], out_type=tf.int64),
-        lam=op.get_attr("lam"))
-    return dx, None
+@tf.RegisterGradient("SwapAlign2NatGather")
+def _swap_align2nat_gather_grad(op, dy):
+  dx = load().swap_align2_nat_gather_grad(
+      dy, op.inputs[1], tf.shape(op.inputs[0], out_type=tf.int64),
+      lam=op.get_attr("lam"))
+  return dx, None

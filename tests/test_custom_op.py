@@ -1,0 +1,214 @@
+"""Tests specific to the compiled custom op: every output written, determinism,
+errors of the raw ops, and the loader / backend switch.
+
+Numerical agreement with the numpy reference and the pure-TF backend, forward
+and gradient, is in test_align2nat.py (every swap/gather test runs on both
+backends).
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tensormask_tf import ops
+from tensormask_tf.ops import backend as backend_lib
+from tensormask_tf.ops import custom_op_library
+from tests import reference
+
+SHAPE_CASES = [(2, 1, 5, 8), (3, 2, 9, 6), (5, 3, 7, 7), (11, 4, 12, 11),
+               (15, 8, 8, 13), (15, 1, 6, 5)]
+
+
+@pytest.fixture(scope="module")
+def library():
+  return custom_op_library.load()
+
+
+def _random(shape, seed=0):
+  return np.random.RandomState(seed).uniform(-3.0, 3.0, shape)
+
+
+def _indices(rng, batch, out_h, out_w, k):
+  return np.stack([rng.randint(0, batch, k), rng.randint(0, out_h, k),
+                   rng.randint(0, out_w, k)], axis=1).astype(np.int32)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+@pytest.mark.parametrize("s,lam,h,w", SHAPE_CASES)
+def test_every_output_element_is_written(library, s, lam, h, w, dtype):
+  # poison_output fills the buffer with NaN first: any element the kernel
+  # leaves alone stays NaN.
+  x = tf.constant(_random((2, h, w, s * s)), dtype)
+  y = library.swap_align2_nat(x, lam=lam, pad=-6.0, poison_output=True)
+  dx = library.swap_align2_nat_grad(
+      tf.ones_like(y), tf.shape(x, out_type=tf.int64), lam=lam,
+      poison_output=True)
+  indices = _indices(np.random.RandomState(1), 2, y.shape[1], y.shape[2], 5)
+  g = library.swap_align2_nat_gather(x, indices, lam=lam, pad=0.5,
+                                     poison_output=True)
+  # Few windows: most of dx is read by none of them and must still be zero.
+  dxg = library.swap_align2_nat_gather_grad(
+      tf.ones_like(g), indices, tf.shape(x, out_type=tf.int64), lam=lam,
+      poison_output=True)
+  for name, value in [("forward", y), ("gradient", dx), ("gather", g),
+                      ("gather gradient", dxg)]:
+    assert not np.isnan(value.numpy()).any(), f"{name} left elements unwritten"
+  np.testing.assert_allclose(y, reference.swap_align2nat(x.numpy(), lam),
+                             rtol=0, atol=1e-5 if dtype == tf.float32 else 1e-12)
+
+
+def test_gradients_are_deterministic(library):
+  x = tf.constant(_random((2, 24, 20, 25)), tf.float32)
+  dy = tf.constant(_random((2, 6, 5, 400), seed=2), tf.float32)
+  shape = tf.shape(x, out_type=tf.int64)
+  runs = [library.swap_align2_nat_grad(dy, shape, lam=4).numpy()
+          for _ in range(3)]
+  # Many duplicate windows: their sums must not depend on thread timing.
+  rng = np.random.RandomState(3)
+  indices = np.concatenate([_indices(rng, 2, 6, 5, 40)] * 3)
+  dyg = tf.constant(_random((120, 20, 20), seed=4), tf.float32)
+  gather_runs = [library.swap_align2_nat_gather_grad(
+      dyg, indices, shape, lam=4).numpy() for _ in range(3)]
+  for run in runs[1:]:
+    np.testing.assert_array_equal(run, runs[0])
+  for run in gather_runs[1:]:
+    np.testing.assert_array_equal(run, gather_runs[0])
+
+
+def test_gather_gradient_is_the_adjoint_of_gather_forward(library):
+  # <gather(x), dy> == <x, gather_grad(dy)> in float64, for any x and dy.
+  x = _random((2, 9, 10, 9), seed=5)
+  rng = np.random.RandomState(6)
+  indices = _indices(rng, 2, 3, 4, 17)
+  dy = _random((17, 9, 9), seed=7)
+  y = library.swap_align2_nat_gather(x, indices, lam=3, pad=0.0)
+  dx = library.swap_align2_nat_gather_grad(
+      dy, indices, np.array(x.shape, np.int64), lam=3)
+  np.testing.assert_allclose(np.sum(y.numpy() * dy), np.sum(x * dx.numpy()),
+                             rtol=1e-12)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda lib: lib.swap_align2_nat(np.zeros((1, 4, 4, 8)), lam=2),
+     "not a non-zero square|must be S\\*S"),
+    (lambda lib: lib.swap_align2_nat(np.zeros((4, 4, 9)), lam=2),
+     "rank 4|must be rank 4"),
+    (lambda lib: lib.swap_align2_nat_gather(
+        np.zeros((2, 4, 5, 9)), np.array([[2, 0, 0]], np.int32), lam=2),
+     "outside the batch"),
+    (lambda lib: lib.swap_align2_nat_gather(
+        np.zeros((2, 4, 5, 9)), np.array([[0, 2, 0]], np.int32), lam=2),
+     "row y outside"),
+    (lambda lib: lib.swap_align2_nat_gather(
+        np.zeros((2, 4, 5, 9)), np.array([[0, 0, 3]], np.int32), lam=2),
+     "column x outside"),
+    (lambda lib: lib.swap_align2_nat_gather(
+        np.zeros((2, 4, 5, 9)), np.array([[0, -1, 0]], np.int32), lam=2),
+     "negative index"),
+    (lambda lib: lib.swap_align2_nat_grad(
+        np.zeros((1, 2, 2, 9)), np.array([1, 4, 4, 9], np.int64), lam=2),
+     "dy has shape"),
+    (lambda lib: lib.swap_align2_nat(np.zeros((1, 4, 4, 9)), lam=0),
+     "lam"),
+])
+def test_raw_ops_reject_bad_input(library, call, message):
+  with pytest.raises((tf.errors.InvalidArgumentError, ValueError),
+                     match=message):
+    call(library)
+
+
+def test_public_ops_raise_the_same_errors_on_both_backends():
+  for backend in ("tf", "custom"):
+    with pytest.raises(ValueError, match="not a non-zero square"):
+      ops.swap_align2nat(np.zeros((1, 4, 4, 8)), 2, backend=backend)
+    with pytest.raises(ValueError, match="lam must be >= 1"):
+      ops.swap_align2nat_gather(np.zeros((1, 4, 4, 9)), [[0, 0, 0]], 0,
+                                backend=backend)
+
+
+# ---------------------------------------------------------------------------
+# Loader and backend switch.
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def relocated_library(tmp_path, monkeypatch):
+  """A copy of the built library and its record, for the loader to judge."""
+  library = tmp_path / custom_op_library.LIBRARY_PATH.name
+  manifest = tmp_path / custom_op_library.MANIFEST_PATH.name
+  shutil.copyfile(custom_op_library.LIBRARY_PATH, library)
+  shutil.copyfile(custom_op_library.MANIFEST_PATH, manifest)
+  monkeypatch.setattr(custom_op_library, "LIBRARY_PATH", library)
+  monkeypatch.setattr(custom_op_library, "MANIFEST_PATH", manifest)
+  custom_op_library.load.cache_clear()
+  yield library, manifest
+  custom_op_library.load.cache_clear()
+
+
+def _edit_manifest(manifest, **changes):
+  record = json.loads(manifest.read_text())
+  record.update(changes)
+  manifest.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("changes,reason", [
+    ({"tensorflow": "2.19.0"}, "built for tensorflow='2.19.0'"),
+    ({"compile_flags": ["-D_GLIBCXX_USE_CXX11_ABI=0"]},
+     "built for compile_flags"),
+    ({"sources": "0" * 64}, "kernel sources in custom_ops/kernels changed"),
+    ({"cpu_flags": ["avx2", "no_such_isa"]}, "CPU features"),
+])
+def test_stale_or_mismatched_library_is_refused(relocated_library, changes,
+                                                reason):
+  _, manifest = relocated_library
+  _edit_manifest(manifest, **changes)
+  with pytest.raises(custom_op_library.CustomOpUnavailable,
+                     match=f"refusing to load .*{reason}.*custom_ops/build.py"):
+    custom_op_library.load()
+
+
+def test_missing_library_makes_auto_fall_back_with_one_warning(
+    relocated_library, monkeypatch):
+  library, _ = relocated_library
+  library.unlink()
+  monkeypatch.delenv(backend_lib.ENV_VAR, raising=False)
+  with pytest.warns(RuntimeWarning, match="using the pure-TF ops because .*"
+                    "not built"):
+    assert backend_lib.resolve("auto") == "tf"
+  # The op still works, on the pure-TF backend.
+  x = _random((1, 4, 4, 9))
+  with pytest.warns(RuntimeWarning):
+    np.testing.assert_allclose(ops.swap_align2nat(x, 2),
+                               reference.swap_align2nat(x, 2), atol=1e-12)
+  with pytest.raises(custom_op_library.CustomOpUnavailable, match="not built"):
+    backend_lib.resolve("custom")
+
+
+def test_environment_variable_forces_a_backend(relocated_library, monkeypatch):
+  library, _ = relocated_library
+  monkeypatch.setenv(backend_lib.ENV_VAR, "tf")
+  assert backend_lib.resolve("auto") == "tf"
+  assert backend_lib.resolve("custom") == "custom"  # An explicit choice wins.
+  monkeypatch.setenv(backend_lib.ENV_VAR, "custom")
+  assert backend_lib.resolve("auto") == "custom"
+  library.unlink()
+  custom_op_library.load.cache_clear()
+  with pytest.raises(custom_op_library.CustomOpUnavailable):
+    backend_lib.resolve("auto")  # Forced custom fails loudly, no fallback.
+  monkeypatch.setenv(backend_lib.ENV_VAR, "cuda")
+  with pytest.raises(ValueError, match="must be 'tf' or 'custom'"):
+    backend_lib.resolve("auto")
+  with pytest.raises(ValueError, match="backend must be one of"):
+    backend_lib.resolve("xla")
+
+
+def test_custom_backend_builds_a_graph_with_the_custom_op():
+  fn = tf.function(lambda x: ops.swap_align2nat(x, 2, backend="custom"))
+  graph = fn.get_concrete_function(tf.TensorSpec([1, 4, 4, 9])).graph
+  types = {op.type for op in graph.get_operations()}
+  assert "SwapAlign2Nat" in types
+  fn_tf = tf.function(lambda x: ops.swap_align2nat(x, 2, backend="tf"))
+  graph_tf = fn_tf.get_concrete_function(tf.TensorSpec([1, 4, 4, 9])).graph
+  assert not any(op.type.startswith("SwapAlign2Nat")
+                 for op in graph_tf.get_operations())
