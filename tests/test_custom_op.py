@@ -60,6 +60,17 @@ def test_every_output_element_is_written(library, s, lam, h, w, dtype):
                              rtol=0, atol=1e-5 if dtype == tf.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_large_windows_match_reference(library, dtype):
+  # An output row of 10 windows of 120x120 (> 512 KB) makes the CPU forward
+  # split work per window row instead of per output row; check that path.
+  x = _random((1, 9, 80, 225), seed=12)
+  out = library.swap_align2_nat(tf.constant(x, dtype), lam=8, pad=-6.0)
+  assert out.shape == (1, 2, 10, 120 * 120)
+  np.testing.assert_allclose(out, reference.swap_align2nat(x, 8), rtol=0,
+                             atol=1e-4 if dtype == tf.float32 else 1e-12)
+
+
 def test_gradients_are_deterministic(library):
   x = tf.constant(_random((2, 24, 20, 25)), tf.float32)
   dy = tf.constant(_random((2, 6, 5, 400), seed=2), tf.float32)
