@@ -1,6 +1,6 @@
 """Builds the swap_align2nat custom-op library for the installed TensorFlow.
 
-    python custom_ops/build.py [--cuda auto|on|off] [--force]
+    python custom_ops/build.py [--cuda auto|on|off] [--force] [--record_only]
 
 Compiles `custom_ops/kernels/` with g++ and TensorFlow's own flags
 (`tf.sysconfig`), plus the CUDA kernels with nvcc when nvcc is found (or
@@ -8,7 +8,9 @@ Compiles `custom_ops/kernels/` with g++ and TensorFlow's own flags
 the default), into `tensormask_tf/ops/_swap_align2nat_ops.so`. A JSON record
 beside it (TF version and flags, CPU features, source digest) lets the loader
 refuse a stale or mismatched library. An up-to-date library is not rebuilt
-unless `--force`. Exits non-zero, with the compiler's message, on failure.
+unless `--force`. `--record_only` writes the record for a library built
+some other way (Bazel, see BUILD) without compiling. Exits non-zero, with the
+compiler's message, on failure.
 """
 
 import argparse
@@ -101,14 +103,18 @@ def build(cuda: str = "auto", force: bool = False) -> pathlib.Path:
           "-o", str(tmp_library), *link_flags])
     shutil.copyfile(tmp_library, out)
 
-  manifest = {**custom_op_library.build_record(),
-              "sources": custom_op_library.sources_digest(),
-              "cpu_flags": cpu_flags, "cuda": with_cuda,
-              "compiler": cxx, "cxx_flags": cxx_flags}
-  manifest_path.write_text(json.dumps(manifest, indent=1))
+  write_record(with_cuda, cpu_flags, {"compiler": cxx, "cxx_flags": cxx_flags})
   print(f"[build] wrote {out} (cuda={'on' if with_cuda else 'off'})",
         flush=True)
   return out
+
+
+def write_record(with_cuda: bool, cpu_flags: list[str], extra: dict) -> None:
+  """Writes the record the loader checks before loading the library."""
+  manifest = {**custom_op_library.build_record(),
+              "sources": custom_op_library.sources_digest(),
+              "cpu_flags": cpu_flags, "cuda": with_cuda, **extra}
+  custom_op_library.MANIFEST_PATH.write_text(json.dumps(manifest, indent=1))
 
 
 def main() -> None:
@@ -119,7 +125,17 @@ def main() -> None:
       help="build the CUDA kernels: auto = when nvcc is on PATH")
   parser.add_argument("--force", action="store_true",
                       help="rebuild even if the library is up to date")
+  parser.add_argument(
+      "--record_only", action="store_true",
+      help="only record an existing library (built with Bazel) as built for "
+           "this TensorFlow and these sources; --cuda on if it has CUDA")
   args = parser.parse_args()
+  if args.record_only:
+    if not custom_op_library.LIBRARY_PATH.exists():
+      raise SystemExit(f"[build] no library at {custom_op_library.LIBRARY_PATH}")
+    write_record(args.cuda == "on", [], {"compiler": "external"})
+    print(f"[build] recorded {custom_op_library.LIBRARY_PATH}", flush=True)
+    return
   build(cuda=args.cuda, force=args.force)
 
 

@@ -271,62 +271,148 @@ HitTable<Acc> MakeHitTable(int64_t size, int lam, int window,
   return table;
 }
 
-// Dense gradient. Unit (n, a), an input row: every dx[n, a, b, c, d] gathers
-// wr*wc*dy over its <= 4 row hits x <= 4 column hits. No two units write the
-// same element and each sums in a fixed order: deterministic, no atomics.
-template <typename T, typename Acc>
-void SwapAlign2NatBackward(const Geometry& g, const T* dy, T* dx,
-                           const ParallelFor& parallel_for) {
-  const int s = g.window, t_size = g.out_window;
-  const int64_t out_pixels = static_cast<int64_t>(t_size) * t_size;
-  const HitTable<Acc> rows = MakeHitTable<Acc>(g.height, g.lam, s, g.out_height);
-  const HitTable<Acc> cols = MakeHitTable<Acc>(g.width, g.lam, s, g.out_width);
-  const int rs = rows.slots, cs = cols.slots;
-  // Column hits as offsets into one dy row (n, y): x*T*T + u.
-  std::vector<int64_t> col_offset(cols.position.size());
-  for (size_t k = 0; k < col_offset.size(); ++k) {
-    col_offset[k] = cols.position[k] * out_pixels + cols.offset[k];
-  }
-  const int64_t units = g.batch * g.height;
-  parallel_for(units, g.width * s * s * rs * cs, [&](int64_t begin, int64_t end) {
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t a = unit % g.height;
-      const int64_t n = unit / g.height;
-      T* dx_row = dx + unit * g.width * s * s;
-      for (int c = 0; c < s; ++c) {
-        const int64_t ac = (a * s + c) * rs;
-        int64_t row_offset[kMaxAxisHits];
-        Acc row_weight[kMaxAxisHits];
-        for (int i = 0; i < rs; ++i) {
-          row_offset[i] = ((n * g.out_height + rows.position[ac + i]) *
-                           g.out_width) * out_pixels +
-                          static_cast<int64_t>(rows.offset[ac + i]) * t_size;
-          row_weight[i] = rows.weight[ac + i];
-        }
-        for (int64_t b = 0; b < g.width; ++b) {
-          for (int d = 0; d < s; ++d) {
-            const int64_t bd = (b * s + d) * cs;
-            Acc acc = Acc(0);
-            for (int i = 0; i < rs; ++i) {
-              if (row_weight[i] == Acc(0)) continue;
-              Acc partial = Acc(0);
-              for (int j = 0; j < cs; ++j) {
-                partial += cols.weight[bd + j] *
-                           static_cast<Acc>(dy[row_offset[i] + col_offset[bd + j]]);
-              }
-              acc += row_weight[i] * partial;
-            }
-            dx_row[(b * s + c) * s + d] = static_cast<T>(acc);
-          }
-        }
-      }
-    }
-  });
+// Workspace of the dense gradient, in elements of Acc: one line of the
+// input width per output row (n, y) and window row v.
+inline int64_t BackwardWorkspaceSize(const Geometry& g) {
+  return g.batch * g.out_height * g.out_window * g.width * g.window;
 }
 
-// Gather forward. Unit (k, v): output row v of window k reads its <= 4 row
-// taps x <= 4 column taps straight from x. Index rows must be valid (the op
-// wrapper checks them).
+// Dense gradient, the exact adjoint of SwapAlign2NatForward in two phases,
+// each deterministic (every element is summed by one thread in a fixed
+// order, no atomics):
+// 1. Unit (n, y, v): scatter dy[n, y, :, v, :] through the column taps of
+//    the line (the adjoint of WriteOutputRow, and of the pair sum for even
+//    T) into D[n, y, v] = the gradient of the line, [W*S].
+// 2. Unit (n, a), an input row: dx[n, a, b, c, d] = sum over the <= 4 row
+//    hits (y, v, w) of (a, c) of w * D[n, y, v][b*S + d]: contiguous FMAs.
+template <typename T, typename Acc>
+void SwapAlign2NatBackward(const Geometry& g, const T* dy, T* dx,
+                           Acc* workspace, const ParallelFor& parallel_for) {
+  const int s = g.window, t_size = g.out_window;
+  const int64_t out_stride = static_cast<int64_t>(t_size) * t_size;
+  const int64_t line_width = g.width * s;
+  const LineTaps<Acc> line_taps = MakeLineTaps<Acc>(g.lam, s);
+  const int64_t margin = line_taps.margin;
+  const int64_t line_size = (g.width + 2 * margin) * s;
+
+  parallel_for(
+      g.batch * g.out_height * t_size, g.out_width * t_size * 3 + line_width,
+      [&](int64_t begin, int64_t end) {
+        std::vector<Acc> line(line_size);
+        const int32_t* o0 = line_taps.offset[0].data();
+        const int32_t* o1 = line_taps.offset[line_taps.taps - 1].data();
+        const Acc* w0 = line_taps.weight[0].data();
+        const Acc* w1 = line_taps.weight[line_taps.taps - 1].data();
+        for (int64_t unit = begin; unit < end; ++unit) {
+          const int v = static_cast<int>(unit % t_size);
+          const int64_t ny = unit / t_size;  // n * Ho + y
+          std::fill(line.begin(), line.end(), Acc(0));
+          const T* dy_row = dy + ny * g.out_width * out_stride +
+                            static_cast<int64_t>(v) * t_size;
+          for (int64_t x = 0; x < g.out_width; ++x) {
+            Acc* p = line.data() + x * g.lam * s;
+            const T* grad = dy_row + x * out_stride;
+            if (line_taps.taps == 1) {
+              for (int u = 0; u < t_size; ++u) {
+                p[o0[u]] += w0[u] * static_cast<Acc>(grad[u]);
+              }
+            } else {
+              for (int u = 0; u < t_size; ++u) {
+                const Acc gu = static_cast<Acc>(grad[u]);
+                p[o0[u]] += w0[u] * gu;
+                p[o1[u]] += w1[u] * gu;
+              }
+            }
+          }
+          Acc* d_line = workspace + unit * line_width;
+          const Acc* l = line.data() + margin * s;
+          if (line_taps.pair_sum) {  // Forward: S[k] = 0.5 (L[k] + L[k+s]).
+            for (int64_t k = 0; k < line_width; ++k) {
+              d_line[k] = Acc(0.5) * (l[k] + l[k - s]);
+            }
+          } else {
+            std::copy(l, l + line_width, d_line);
+          }
+        }
+      });
+
+  const HitTable<Acc> rows = MakeHitTable<Acc>(g.height, g.lam, s, g.out_height);
+  const int rs = rows.slots;
+  parallel_for(
+      g.batch * g.height, line_width * s * (rs + 1),
+      [&](int64_t begin, int64_t end) {
+        std::vector<Acc> acc(line_width);
+        for (int64_t unit = begin; unit < end; ++unit) {
+          const int64_t a = unit % g.height;
+          const int64_t n = unit / g.height;
+          T* dx_row = dx + unit * g.width * s * s;
+          for (int c = 0; c < s; ++c) {
+            std::fill(acc.begin(), acc.end(), Acc(0));
+            const int64_t ac = (a * s + c) * rs;
+            for (int i = 0; i < rs; ++i) {
+              const Acc w = rows.weight[ac + i];
+              if (w == Acc(0)) continue;
+              const Acc* d_line =
+                  workspace + ((n * g.out_height + rows.position[ac + i]) *
+                                   t_size + rows.offset[ac + i]) * line_width;
+              for (int64_t k = 0; k < line_width; ++k) acc[k] += w * d_line[k];
+            }
+            for (int64_t b = 0; b < g.width; ++b) {
+              T* out = dx_row + (b * s + c) * s;
+              const Acc* in = acc.data() + b * s;
+              for (int d = 0; d < s; ++d) out[d] = static_cast<T>(in[d]);
+            }
+          }
+        }
+      });
+}
+
+// One output window row of the gather forward with compile-time tap counts:
+// out[u] = sum_i row_w[i] * sum_j col_w[j][u] * row_ptr[i][col_off[j][u]].
+template <int kRows, int kCols, typename T, typename Acc>
+void GatherWindowRow(const T* const* row_ptr, const Acc* row_w,
+                     const int64_t* const* col_off, const Acc* const* col_w,
+                     const Acc* col_outside, Acc pad, Acc row_outside,
+                     int t_size, T* out) {
+  const Acc alpha = pad * row_outside, beta = pad * (Acc(1) - row_outside);
+  for (int u = 0; u < t_size; ++u) {
+    Acc acc = Acc(0);
+    for (int i = 0; i < kRows; ++i) {
+      Acc partial = Acc(0);
+      for (int j = 0; j < kCols; ++j) {
+        partial += col_w[j][u] * static_cast<Acc>(row_ptr[i][col_off[j][u]]);
+      }
+      acc += row_w[i] * partial;
+    }
+    out[u] = static_cast<T>(acc + alpha + beta * col_outside[u]);
+  }
+}
+
+template <int kRows, typename T, typename Acc>
+void GatherWindowRowDispatch(int cols, const T* const* row_ptr,
+                             const Acc* row_w, const int64_t* const* col_off,
+                             const Acc* const* col_w, const Acc* col_outside,
+                             Acc pad, Acc row_outside, int t_size, T* out) {
+  switch (cols) {
+    case 1:
+      return GatherWindowRow<kRows, 1>(row_ptr, row_w, col_off, col_w,
+                                       col_outside, pad, row_outside, t_size,
+                                       out);
+    case 2:
+      return GatherWindowRow<kRows, 2>(row_ptr, row_w, col_off, col_w,
+                                       col_outside, pad, row_outside, t_size,
+                                       out);
+    default:
+      return GatherWindowRow<kRows, kMaxAxisTaps>(
+          row_ptr, row_w, col_off, col_w, col_outside, pad, row_outside,
+          t_size, out);
+  }
+}
+
+// Gather forward. Unit k, one window: its column taps are laid out once per
+// window as [tap][u] arrays (contiguous in u), then each window row v reads
+// its <= 4 row taps x <= 4 column taps straight from x. Index rows must be
+// valid (the op wrapper checks them).
 template <typename T, typename Acc>
 void SwapAlign2NatGatherForward(const Geometry& g, T pad, const T* x,
                                 const int32_t* indices, int64_t num_indices,
@@ -337,114 +423,147 @@ void SwapAlign2NatGatherForward(const Geometry& g, T pad, const T* x,
   const AxisTable<Acc> cols =
       MakeAxisTable<Acc>(g.out_width, g.lam, s, g.width);
   const int rs = rows.slots, cs = cols.slots;
-  std::vector<int64_t> col_offset(cols.spatial.size());  // b*S*S + d
-  for (size_t k = 0; k < col_offset.size(); ++k) {
-    col_offset[k] = cols.spatial[k] * s * s + cols.window[k];
-  }
   const Acc pad_acc = static_cast<Acc>(pad);
-  parallel_for(num_indices * t_size, t_size * rs * cs,
+  const int64_t out_pixels = static_cast<int64_t>(t_size) * t_size;
+  parallel_for(num_indices, out_pixels * rs * cs,
                [&](int64_t begin, int64_t end) {
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int v = static_cast<int>(unit % t_size);
-      const int64_t k = unit / t_size;
+    std::vector<int64_t> offsets(kMaxAxisTaps * t_size, 0);
+    std::vector<Acc> weights(kMaxAxisTaps * t_size, Acc(0));
+    for (int64_t k = begin; k < end; ++k) {
       const int64_t n = indices[3 * k], yy = indices[3 * k + 1],
                     xx = indices[3 * k + 2];
-      const int64_t rt = yy * t_size + v;
-      const T* row_ptr[kMaxAxisTaps];
-      Acc row_weight[kMaxAxisTaps];
-      for (int i = 0; i < rs; ++i) {
-        row_ptr[i] = x + ((n * g.height + rows.spatial[rt * rs + i]) *
-                          g.width) * s * s +
-                     rows.window[rt * rs + i] * s;
-        row_weight[i] = rows.weight[rt * rs + i];
-      }
-      const Acc row_outside = rows.outside[rt];
-      T* out = y + unit * t_size;
-      for (int u = 0; u < t_size; ++u) {
-        const int64_t ct = xx * t_size + u;
-        Acc acc = Acc(0);
-        for (int i = 0; i < rs; ++i) {
-          Acc partial = Acc(0);
-          for (int j = 0; j < cs; ++j) {
-            partial += cols.weight[ct * cs + j] *
-                       static_cast<Acc>(row_ptr[i][col_offset[ct * cs + j]]);
-          }
-          acc += row_weight[i] * partial;
+      const int64_t* col_off[kMaxAxisTaps];
+      const Acc* col_w[kMaxAxisTaps];
+      for (int j = 0; j < cs; ++j) {
+        int64_t* o = offsets.data() + j * t_size;
+        Acc* w = weights.data() + j * t_size;
+        for (int u = 0; u < t_size; ++u) {
+          const int64_t ct = (xx * t_size + u) * cs + j;
+          o[u] = cols.spatial[ct] * s * s + cols.window[ct];
+          w[u] = cols.weight[ct];
         }
-        const Acc c_out = cols.outside[ct];
-        out[u] = static_cast<T>(
-            acc + pad_acc * (row_outside + c_out - row_outside * c_out));
+        col_off[j] = o;
+        col_w[j] = w;
+      }
+      const Acc* col_outside = cols.outside.data() + xx * t_size;
+      for (int v = 0; v < t_size; ++v) {
+        const int64_t rt = yy * t_size + v;
+        const T* row_ptr[kMaxAxisTaps];
+        Acc row_w[kMaxAxisTaps];
+        for (int i = 0; i < rs; ++i) {
+          row_ptr[i] = x + ((n * g.height + rows.spatial[rt * rs + i]) *
+                            g.width) * s * s +
+                       rows.window[rt * rs + i] * s;
+          row_w[i] = rows.weight[rt * rs + i];
+        }
+        T* out = y + k * out_pixels + static_cast<int64_t>(v) * t_size;
+        const Acc row_outside = rows.outside[rt];
+        switch (rs) {
+          case 1:
+            GatherWindowRowDispatch<1>(cs, row_ptr, row_w, col_off, col_w,
+                                       col_outside, pad_acc, row_outside,
+                                       t_size, out);
+            break;
+          case 2:
+            GatherWindowRowDispatch<2>(cs, row_ptr, row_w, col_off, col_w,
+                                       col_outside, pad_acc, row_outside,
+                                       t_size, out);
+            break;
+          default:
+            GatherWindowRowDispatch<kMaxAxisTaps>(
+                cs, row_ptr, row_w, col_off, col_w, col_outside, pad_acc,
+                row_outside, t_size, out);
+        }
       }
     }
   });
 }
 
-// Gather gradient. Windows are bucketed by output cell (n, y, x) in ascending
-// k (a CSR), then each input row (n, a) is owned by one unit that gathers
-// from the windows whose taps read it, like the dense gradient. Rows no
-// window reads are zero-filled without looking at dy. Deterministic.
+// Adds one window row of the gather gradient into one input row (a, c):
+// target[offset[j][u]] += weight[j][u] * row_weight * grad[u], in u, j order.
+template <int kCols, typename T, typename Acc>
+void ScatterWindowRow(const T* grad, Acc row_weight, const int64_t* offsets,
+                      const Acc* weights, int t_size, T* target) {
+  for (int u = 0; u < t_size; ++u) {
+    const Acc gu = row_weight * static_cast<Acc>(grad[u]);
+    for (int j = 0; j < kCols; ++j) {
+      T& cell = target[offsets[j * t_size + u]];
+      cell = static_cast<T>(static_cast<Acc>(cell) + weights[j * t_size + u] * gu);
+    }
+  }
+}
+
+// Gather gradient, a scatter of each window's taps into dx. Threads own
+// disjoint ranges of input rows (n, a) and each walks every window in
+// ascending k, adding only the taps that land in its rows: every dx element
+// receives its contributions in the same order (k, v, row tap, u, column tap)
+// whatever the partition, so the result is deterministic, and the cost is
+// O(K * T^2 * taps) plus zeroing dx, independent of the grid size.
 template <typename T, typename Acc>
 void SwapAlign2NatGatherBackward(const Geometry& g, const T* dy,
                                  const int32_t* indices, int64_t num_indices,
                                  T* dx, const ParallelFor& parallel_for) {
   const int s = g.window, t_size = g.out_window;
   const int64_t out_pixels = static_cast<int64_t>(t_size) * t_size;
-  const int64_t cells = g.batch * g.out_height * g.out_width;
-  std::vector<int64_t> cell_start(cells + 1, 0);
-  std::vector<int64_t> items(num_indices);
-  std::vector<char> row_used(g.batch * g.out_height, 0);
-  for (int64_t k = 0; k < num_indices; ++k) {
-    const int64_t cell =
-        (indices[3 * k] * g.out_height + indices[3 * k + 1]) * g.out_width +
-        indices[3 * k + 2];
-    ++cell_start[cell + 1];
-    row_used[indices[3 * k] * g.out_height + indices[3 * k + 1]] = 1;
-  }
-  for (int64_t c = 0; c < cells; ++c) cell_start[c + 1] += cell_start[c];
-  {
-    std::vector<int64_t> fill(cell_start.begin(), cell_start.end() - 1);
-    for (int64_t k = 0; k < num_indices; ++k) {
-      const int64_t cell =
-          (indices[3 * k] * g.out_height + indices[3 * k + 1]) * g.out_width +
-          indices[3 * k + 2];
-      items[fill[cell]++] = k;
-    }
-  }
-  const HitTable<Acc> rows = MakeHitTable<Acc>(g.height, g.lam, s, g.out_height);
-  const HitTable<Acc> cols = MakeHitTable<Acc>(g.width, g.lam, s, g.out_width);
+  const int64_t row_elements = g.width * s * s;
+  const AxisTable<Acc> rows =
+      MakeAxisTable<Acc>(g.out_height, g.lam, s, g.height);
+  const AxisTable<Acc> cols =
+      MakeAxisTable<Acc>(g.out_width, g.lam, s, g.width);
   const int rs = rows.slots, cs = cols.slots;
+  std::vector<int64_t> col_offset(cols.spatial.size());  // b*S*S + d
+  for (size_t k = 0; k < col_offset.size(); ++k) {
+    col_offset[k] = cols.spatial[k] * s * s + cols.window[k];
+  }
+  // Rows spanned by each output row's windows: [lam*y - T/2 - 1, + T + 2].
+  const int64_t rows_per_window = std::min<int64_t>(g.height, t_size + 3);
   const int64_t units = g.batch * g.height;
-  parallel_for(units, g.width * s * s * rs, [&](int64_t begin, int64_t end) {
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t a = unit % g.height;
-      const int64_t n = unit / g.height;
-      T* dx_row = dx + unit * g.width * s * s;
-      std::fill(dx_row, dx_row + g.width * s * s, T(0));
-      for (int c = 0; c < s; ++c) {
-        const int64_t ac = (a * s + c) * rs;
+  const int64_t cost = row_elements +
+                       num_indices * rows_per_window * t_size * cs /
+                           std::max<int64_t>(1, g.height);
+  parallel_for(units, cost, [&](int64_t begin, int64_t end) {
+    std::fill(dx + begin * row_elements, dx + end * row_elements, T(0));
+    std::vector<int64_t> offsets(kMaxAxisTaps * t_size, 0);
+    std::vector<Acc> weights(kMaxAxisTaps * t_size, Acc(0));
+    for (int64_t k = 0; k < num_indices; ++k) {
+      const int64_t n = indices[3 * k], yy = indices[3 * k + 1],
+                    xx = indices[3 * k + 2];
+      const int64_t first_row = n * g.height;
+      // Skip windows whose rows lie outside [begin, end) altogether.
+      const int64_t lo = first_row + std::max<int64_t>(
+                             0, g.lam * yy - SpatialShift(t_size) - 1);
+      const int64_t hi = first_row + std::min<int64_t>(
+                             g.height, g.lam * yy + t_size - SpatialShift(t_size) + 2);
+      if (hi <= begin || lo >= end) continue;
+      // Column taps of this window as [tap][u] arrays.
+      for (int j = 0; j < cs; ++j) {
+        for (int u = 0; u < t_size; ++u) {
+          const int64_t ct = (xx * t_size + u) * cs + j;
+          offsets[j * t_size + u] = col_offset[ct];
+          weights[j * t_size + u] = cols.weight[ct];
+        }
+      }
+      const T* grad = dy + k * out_pixels;
+      for (int v = 0; v < t_size; ++v) {
+        const int64_t rt = yy * t_size + v;
         for (int i = 0; i < rs; ++i) {
-          const Acc wr = rows.weight[ac + i];
-          const int64_t yy = rows.position[ac + i];
-          if (wr == Acc(0) || !row_used[n * g.out_height + yy]) continue;
-          const int64_t v_offset = static_cast<int64_t>(rows.offset[ac + i]) *
-                                   t_size;
-          const int64_t cell_row = (n * g.out_height + yy) * g.out_width;
-          for (int64_t b = 0; b < g.width; ++b) {
-            for (int d = 0; d < s; ++d) {
-              const int64_t bd = (b * s + d) * cs;
-              Acc partial = Acc(0);
-              for (int j = 0; j < cs; ++j) {
-                const Acc wc = cols.weight[bd + j];
-                if (wc == Acc(0)) continue;
-                const int64_t cell = cell_row + cols.position[bd + j];
-                const int64_t pixel = v_offset + cols.offset[bd + j];
-                for (int64_t q = cell_start[cell]; q < cell_start[cell + 1]; ++q) {
-                  partial += wc * static_cast<Acc>(dy[items[q] * out_pixels + pixel]);
-                }
-              }
-              T& target = dx_row[(b * s + c) * s + d];
-              target = static_cast<T>(static_cast<Acc>(target) + wr * partial);
-            }
+          const Acc wr = rows.weight[rt * rs + i];
+          const int64_t row = first_row + rows.spatial[rt * rs + i];
+          if (wr == Acc(0) || row < begin || row >= end) continue;
+          T* target = dx + row * row_elements + rows.window[rt * rs + i] * s;
+          const T* grad_row = grad + static_cast<int64_t>(v) * t_size;
+          switch (cs) {
+            case 1:
+              ScatterWindowRow<1>(grad_row, wr, offsets.data(), weights.data(),
+                                  t_size, target);
+              break;
+            case 2:
+              ScatterWindowRow<2>(grad_row, wr, offsets.data(), weights.data(),
+                                  t_size, target);
+              break;
+            default:
+              ScatterWindowRow<kMaxAxisTaps>(grad_row, wr, offsets.data(),
+                                             weights.data(), t_size, target);
           }
         }
       }

@@ -259,8 +259,15 @@ struct Runner<CpuDevice, T> {
   }
   static Status Backward(OpKernelContext* c, const Geometry& g,
                          const Tensor& dy, Tensor* dx) {
+    // From TF's allocator (reused across steps), not a fresh malloc.
+    Tensor workspace;
+    TF_RETURN_IF_ERROR(c->allocate_temp(
+        tensorflow::DataTypeToEnum<Acc>::value,
+        TensorShape({cpu::BackwardWorkspaceSize(g)}), &workspace));
     cpu::SwapAlign2NatBackward<T, Acc>(g, dy.flat<T>().data(),
-                                       dx->flat<T>().data(), CpuParallelFor(c));
+                                       dx->flat<T>().data(),
+                                       workspace.flat<Acc>().data(),
+                                       CpuParallelFor(c));
     return Status();
   }
   static Status GatherForward(OpKernelContext* c, const Geometry& g, float pad,
