@@ -1,6 +1,5 @@
 """Tests of the pure-TF representation ops against the numpy reference."""
 
-import itertools
 import math
 
 import numpy as np
@@ -8,15 +7,11 @@ import pytest
 import tensorflow as tf
 
 from tensormask_tf import ops
+from tests import cases
 from tests import reference
 
-WINDOWS = (2, 3, 5, 11, 15)
-LAMS = (1, 2, 3, 4, 8)
-PADS = (-6.0, 0.0, 0.5)
-# Odd and even sizes, divisible by lam and not.
-SIZES = ((5, 8), (9, 6), (7, 7), (12, 11), (8, 13))
-CASES = [(s, lam, PADS[k % 3], SIZES[k % len(SIZES)])
-         for k, (s, lam) in enumerate(itertools.product(WINDOWS, LAMS))]
+CASES = cases.CASES
+PADS = cases.PADS
 # swap_align2nat and its gathered form have two backends with the same numbers.
 BACKENDS = ("tf", "custom")
 

@@ -24,7 +24,6 @@ Usage: python custom_ops/cuda_test/run_cuda_kernels.py [--build_dir /tmp]
 import argparse
 import ctypes
 import importlib.util
-import itertools
 import math
 import os
 import subprocess
@@ -42,13 +41,18 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 SHIM = os.path.join(HERE, "standalone.cu")
 LIB_NAME = "libswap_align2nat_standalone.so"
 
-# The foundation test cases (tests/test_align2nat.py).
-WINDOWS = (2, 3, 5, 11, 15)
-LAMS = (1, 2, 3, 4, 8)
-PADS = (-6.0, 0.0, 0.5)
-SIZES = ((5, 8), (9, 6), (7, 7), (12, 11), (8, 13))
-CASES = [(s, lam, PADS[k % 3], SIZES[k % len(SIZES)])
-         for k, (s, lam) in enumerate(itertools.product(WINDOWS, LAMS))]
+
+
+def _load_by_path(name, path):
+  """Imports tests/<file>.py by path: tests/ is not a package here."""
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# The foundation test cases, shared with tests/test_align2nat.py.
+CASES = _load_by_path("cases", os.path.join(ROOT, "tests", "cases.py")).CASES
 # Beyond the foundation cases: S=1, and T > 512 (the forward tiles columns).
 EXTRA_CASES = [(1, 3, -6.0, (4, 7)), (2, 300, 0.5, (5, 4)),
                (3, 200, -6.0, (3, 401))]
@@ -56,15 +60,8 @@ BATCH = 2
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 
 
-def load_reference():
-  path = os.path.join(ROOT, "tests", "reference.py")
-  spec = importlib.util.spec_from_file_location("swap_reference", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-reference = load_reference()
+reference = _load_by_path("swap_reference",
+                          os.path.join(ROOT, "tests", "reference.py"))
 
 
 # ---------------------------------------------------------------------------

@@ -189,12 +189,17 @@ Status ShapeFromTensor(const Tensor& t, TensorShape* shape) {
 }
 
 // Same messages as the pure-TF backend's checks (mask_representation.py).
-Status CheckIndices(const Tensor& indices, const Geometry& g) {
+Status CheckIndicesShape(const Tensor& indices) {
   if (indices.dims() != 2 || indices.dim_size(1) != 3) {
     return InvalidArgument("swap_align2nat_gather: indices must have shape "
                            "[K, 3] with rows (n, y, x), got shape ",
                            indices.shape().DebugString(), ".");
   }
+  return Status();
+}
+
+Status CheckIndices(const Tensor& indices, const Geometry& g) {
+  TF_RETURN_IF_ERROR(CheckIndicesShape(indices));
   auto rows = indices.matrix<int32_t>();
   for (int64_t k = 0; k < indices.dim_size(0); ++k) {
     const int64_t n = rows(k, 0), y = rows(k, 1), x = rows(k, 2);
@@ -368,6 +373,7 @@ void MaybePoison(OpKernelContext* c, bool poison, Tensor* t) {
   Poison<T>(t);
 }
 
+template <typename Device, typename T>
 class SwapAlign2NatBase : public OpKernel {
  public:
   explicit SwapAlign2NatBase(OpKernelConstruction* c) : OpKernel(c) {
@@ -379,109 +385,121 @@ class SwapAlign2NatBase : public OpKernel {
   }
 
  protected:
+  // Allocates output 0 (NaN-filled under poison_output); *out is null when
+  // it is empty and there is nothing to compute.
+  Status AllocateOutput(OpKernelContext* c, const TensorShape& shape,
+                        Tensor** out) {
+    TF_RETURN_IF_ERROR(c->allocate_output(0, shape, out));
+    if ((*out)->NumElements() == 0) {
+      *out = nullptr;
+    } else {
+      MaybePoison<Device, T>(c, poison_, *out);
+    }
+    return Status();
+  }
+
+  // The gradients: reads x_shape (input `shape_input`), checks that dy has
+  // the shape `forward_shape(g)` the forward op produced, allocates dx.
+  template <typename ForwardShape>
+  Status PrepareGradient(OpKernelContext* c, int shape_input, const char* op,
+                         const char* public_name, ForwardShape forward_shape,
+                         Geometry* g, Tensor** dx) {
+    TensorShape x_shape;
+    TF_RETURN_IF_ERROR(ShapeFromTensor(c->input(shape_input), &x_shape));
+    TF_RETURN_IF_ERROR(GeometryFromShape(x_shape, lam_, public_name, g));
+    const TensorShape want = forward_shape(*g);
+    const Tensor& dy = c->input(0);
+    if (dy.shape() != want) {
+      return InvalidArgument(op, ": dy has shape ", dy.shape().DebugString(),
+                             ", expected ", want.DebugString(), ".");
+    }
+    return AllocateOutput(c, x_shape, dx);
+  }
+
   int lam_ = 1;
   float pad_ = -6.0f;
   bool poison_ = false;
 };
 
+TensorShape DenseOutputShape(const Geometry& g) {
+  return TensorShape({g.batch, g.out_height, g.out_width,
+                      int64_t{g.out_window} * g.out_window});
+}
+
 template <typename Device, typename T>
-class SwapAlign2NatOp : public SwapAlign2NatBase {
+class SwapAlign2NatOp : public SwapAlign2NatBase<Device, T> {
  public:
-  using SwapAlign2NatBase::SwapAlign2NatBase;
+  using SwapAlign2NatBase<Device, T>::SwapAlign2NatBase;
   void Compute(OpKernelContext* c) override {
     const Tensor& x = c->input(0);
     Geometry g;
-    OP_REQUIRES_OK(c, GeometryFromShape(x.shape(), lam_, "swap_align2nat", &g));
+    OP_REQUIRES_OK(c, GeometryFromShape(x.shape(), this->lam_,
+                                        "swap_align2nat", &g));
     Tensor* y = nullptr;
-    OP_REQUIRES_OK(c, c->allocate_output(
-                          0,
-                          TensorShape({g.batch, g.out_height, g.out_width,
-                                       int64_t{g.out_window} * g.out_window}),
-                          &y));
-    if (y->NumElements() == 0) return;
-    MaybePoison<Device, T>(c, poison_, y);
-    OP_REQUIRES_OK(c, (Runner<Device, T>::Forward(c, g, pad_, x, y)));
+    OP_REQUIRES_OK(c, this->AllocateOutput(c, DenseOutputShape(g), &y));
+    if (y == nullptr) return;
+    OP_REQUIRES_OK(c, (Runner<Device, T>::Forward(c, g, this->pad_, x, y)));
   }
 };
 
 template <typename Device, typename T>
-class SwapAlign2NatGradOp : public SwapAlign2NatBase {
+class SwapAlign2NatGradOp : public SwapAlign2NatBase<Device, T> {
  public:
-  using SwapAlign2NatBase::SwapAlign2NatBase;
+  using SwapAlign2NatBase<Device, T>::SwapAlign2NatBase;
   void Compute(OpKernelContext* c) override {
-    const Tensor& dy = c->input(0);
-    TensorShape x_shape;
-    OP_REQUIRES_OK(c, ShapeFromTensor(c->input(1), &x_shape));
     Geometry g;
-    OP_REQUIRES_OK(c, GeometryFromShape(x_shape, lam_, "swap_align2nat", &g));
-    const TensorShape want({g.batch, g.out_height, g.out_width,
-                            int64_t{g.out_window} * g.out_window});
-    OP_REQUIRES(c, dy.shape() == want,
-                InvalidArgument("SwapAlign2NatGrad: dy has shape ",
-                                dy.shape().DebugString(), ", expected ",
-                                want.DebugString(), "."));
     Tensor* dx = nullptr;
-    OP_REQUIRES_OK(c, c->allocate_output(0, x_shape, &dx));
-    if (dx->NumElements() == 0) return;
-    MaybePoison<Device, T>(c, poison_, dx);
-    OP_REQUIRES_OK(c, (Runner<Device, T>::Backward(c, g, dy, dx)));
+    OP_REQUIRES_OK(c, this->PrepareGradient(c, 1, "SwapAlign2NatGrad",
+                                            "swap_align2nat", DenseOutputShape,
+                                            &g, &dx));
+    if (dx == nullptr) return;
+    OP_REQUIRES_OK(c, (Runner<Device, T>::Backward(c, g, c->input(0), dx)));
   }
 };
 
 template <typename Device, typename T>
-class SwapAlign2NatGatherOp : public SwapAlign2NatBase {
+class SwapAlign2NatGatherOp : public SwapAlign2NatBase<Device, T> {
  public:
-  using SwapAlign2NatBase::SwapAlign2NatBase;
+  using SwapAlign2NatBase<Device, T>::SwapAlign2NatBase;
   void Compute(OpKernelContext* c) override {
     const Tensor& x = c->input(0);
     const Tensor& indices = c->input(1);
     Geometry g;
-    OP_REQUIRES_OK(c, GeometryFromShape(x.shape(), lam_,
+    OP_REQUIRES_OK(c, GeometryFromShape(x.shape(), this->lam_,
                                         "swap_align2nat_gather", &g));
-    OP_REQUIRES(c, indices.dims() == 2 && indices.dim_size(1) == 3,
-                InvalidArgument("swap_align2nat_gather: indices must have "
-                                "shape [K, 3] with rows (n, y, x), got shape ",
-                                indices.shape().DebugString(), "."));
+    OP_REQUIRES_OK(c, CheckIndicesShape(indices));
     Tensor* y = nullptr;
-    OP_REQUIRES_OK(c, c->allocate_output(
-                          0,
+    OP_REQUIRES_OK(c, this->AllocateOutput(
+                          c,
                           TensorShape({indices.dim_size(0), g.out_window,
                                        g.out_window}),
                           &y));
-    if (y->NumElements() == 0) return;
-    MaybePoison<Device, T>(c, poison_, y);
-    OP_REQUIRES_OK(c, (Runner<Device, T>::GatherForward(c, g, pad_, x, indices,
-                                                        y)));
+    if (y == nullptr) return;
+    OP_REQUIRES_OK(c, (Runner<Device, T>::GatherForward(c, g, this->pad_, x,
+                                                        indices, y)));
   }
 };
 
 template <typename Device, typename T>
-class SwapAlign2NatGatherGradOp : public SwapAlign2NatBase {
+class SwapAlign2NatGatherGradOp : public SwapAlign2NatBase<Device, T> {
  public:
-  using SwapAlign2NatBase::SwapAlign2NatBase;
+  using SwapAlign2NatBase<Device, T>::SwapAlign2NatBase;
   void Compute(OpKernelContext* c) override {
-    const Tensor& dy = c->input(0);
     const Tensor& indices = c->input(1);
-    TensorShape x_shape;
-    OP_REQUIRES_OK(c, ShapeFromTensor(c->input(2), &x_shape));
+    OP_REQUIRES_OK(c, CheckIndicesShape(indices));
+    const int64_t num_windows = indices.dim_size(0);
     Geometry g;
-    OP_REQUIRES_OK(c, GeometryFromShape(x_shape, lam_,
-                                        "swap_align2nat_gather", &g));
-    OP_REQUIRES(c, indices.dims() == 2 && indices.dim_size(1) == 3,
-                InvalidArgument("swap_align2nat_gather: indices must have "
-                                "shape [K, 3] with rows (n, y, x), got shape ",
-                                indices.shape().DebugString(), "."));
-    const TensorShape want({indices.dim_size(0), g.out_window, g.out_window});
-    OP_REQUIRES(c, dy.shape() == want,
-                InvalidArgument("SwapAlign2NatGatherGrad: dy has shape ",
-                                dy.shape().DebugString(), ", expected ",
-                                want.DebugString(), "."));
     Tensor* dx = nullptr;
-    OP_REQUIRES_OK(c, c->allocate_output(0, x_shape, &dx));
-    if (dx->NumElements() == 0) return;
-    MaybePoison<Device, T>(c, poison_, dx);
-    OP_REQUIRES_OK(c, (Runner<Device, T>::GatherBackward(c, g, dy, indices,
-                                                         dx)));
+    OP_REQUIRES_OK(
+        c, this->PrepareGradient(
+               c, 2, "SwapAlign2NatGatherGrad", "swap_align2nat_gather",
+               [num_windows](const Geometry& g) {
+                 return TensorShape({num_windows, g.out_window, g.out_window});
+               },
+               &g, &dx));
+    if (dx == nullptr) return;
+    OP_REQUIRES_OK(c, (Runner<Device, T>::GatherBackward(c, g, c->input(0),
+                                                         indices, dx)));
   }
 };
 
