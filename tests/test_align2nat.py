@@ -242,6 +242,46 @@ def test_gradient_matches_finite_differences_and_reference(name):
                              rtol=0, atol=1e-12)
 
 
+def _vjp(fn, x, dy):
+  x = tf.constant(x)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = fn(x)
+  return tape.gradient(y, x, output_gradients=tf.constant(dy, y.dtype)).numpy()
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_gradients_of_both_backends_agree_on_every_case(case):
+  # custom == pure TF (float64 to 1e-10, float32 to 1e-5), and both are the
+  # adjoint of the numpy reference: <ref(x) - ref(0), dy> == <x, dx>.
+  s, lam, pad, (h, w) = case
+  x = _random((2, h, w, s * s), seed=13)
+  ref = reference.swap_align2nat(x, lam, pad)
+  ref_shift = reference.swap_align2nat(np.zeros_like(x), lam, pad)
+  dy = _random(ref.shape, seed=14)
+  rng = np.random.RandomState(15)
+  indices = np.stack([rng.randint(0, 2, 9), rng.randint(0, ref.shape[1], 9),
+                      rng.randint(0, ref.shape[2], 9)], axis=1).astype(np.int32)
+  picked = (ref - ref_shift)[indices[:, 0], indices[:, 1], indices[:, 2]]
+  dy_gather = _random(picked.shape, seed=16).reshape(9, lam * s, lam * s)
+  for dtype, atol in ((np.float64, 1e-10), (np.float32, 1e-5)):
+    dense = {b: _vjp(lambda x: ops.swap_align2nat(x, lam, pad, backend=b),
+                     x.astype(dtype), dy) for b in BACKENDS}
+    gather = {b: _vjp(lambda x: ops.swap_align2nat_gather(x, indices, lam, pad,
+                                                          backend=b),
+                      x.astype(dtype), dy_gather) for b in BACKENDS}
+    np.testing.assert_allclose(dense["custom"], dense["tf"], rtol=0, atol=atol)
+    np.testing.assert_allclose(gather["custom"], gather["tf"], rtol=0,
+                               atol=atol)
+    if dtype == np.float64:
+      for backend in BACKENDS:
+        np.testing.assert_allclose(np.sum(x * dense[backend]),
+                                   np.sum((ref - ref_shift) * dy), rtol=1e-10)
+        np.testing.assert_allclose(
+            np.sum(x * gather[backend]),
+            np.sum(picked.reshape(dy_gather.shape) * dy_gather), rtol=1e-10)
+
+
 # ---------------------------------------------------------------------------
 # dtypes and XLA.
 # ---------------------------------------------------------------------------
