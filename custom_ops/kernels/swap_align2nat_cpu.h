@@ -142,6 +142,43 @@ void WriteOutputRow(const Acc* line, const LineTaps<Acc>& taps,
   }
 }
 
+// line[b*S + d] = sum_i w[i] * src[i][b*S*S + d], all row taps in one pass
+// (one store per element instead of a read-modify-write per tap).
+template <int kTaps, typename T, typename Acc>
+void CombineRowTapsN(const T* const* src, const Acc* w, int64_t width,
+                     int window, Acc* line) {
+  const int64_t block = static_cast<int64_t>(window) * window;
+  for (int64_t b = 0; b < width; ++b) {
+    Acc* out = line + b * window;
+    const int64_t offset = b * block;
+    for (int d = 0; d < window; ++d) {
+      Acc acc = w[0] * static_cast<Acc>(src[0][offset + d]);
+      for (int i = 1; i < kTaps; ++i) {
+        acc += w[i] * static_cast<Acc>(src[i][offset + d]);
+      }
+      out[d] = acc;
+    }
+  }
+}
+
+template <typename T, typename Acc>
+void CombineRowTaps(int taps, const T* const* src, const Acc* w,
+                    int64_t width, int window, Acc* line) {
+  switch (taps) {
+    case 0:
+      std::fill(line, line + width * window, Acc(0));
+      return;
+    case 1:
+      return CombineRowTapsN<1>(src, w, width, window, line);
+    case 2:
+      return CombineRowTapsN<2>(src, w, width, window, line);
+    case 3:
+      return CombineRowTapsN<3>(src, w, width, window, line);
+    default:
+      return CombineRowTapsN<kMaxAxisTaps>(src, w, width, window, line);
+  }
+}
+
 // How many window rows v one work unit of the dense forward takes. When a
 // whole output row (n, y) fits in cache, one unit takes all its v, so each
 // output window is completed while it is in cache instead of being written
@@ -189,21 +226,19 @@ void SwapAlign2NatForward(const Geometry& g, T pad, const T* x, T* y,
       const int64_t n = v_all / (t_size * g.out_height);
       {
         const int64_t rt = yy * t_size + v;
-        Acc* inner = line.data() + margin * s;
-        std::fill(inner, inner + g.width * s, Acc(0));
+        const T* src[kMaxAxisTaps];
+        Acc w[kMaxAxisTaps];
+        int taps = 0;
         for (int i = 0; i < rows.slots; ++i) {
-          const Acc w = rows.weight[rt * rows.slots + i];
-          if (w == Acc(0)) continue;
-          const T* src = x + ((n * g.height +
-                               rows.spatial[rt * rows.slots + i]) *
-                              g.width) * s * s +
-                         rows.window[rt * rows.slots + i] * s;
-          for (int64_t b = 0; b < g.width; ++b) {
-            const T* px = src + b * s * s;
-            Acc* pl = inner + b * s;
-            for (int d = 0; d < s; ++d) pl[d] += w * static_cast<Acc>(px[d]);
-          }
+          w[taps] = rows.weight[rt * rows.slots + i];
+          if (w[taps] == Acc(0)) continue;
+          src[taps++] = x + ((n * g.height +
+                              rows.spatial[rt * rows.slots + i]) *
+                             g.width) * s * s +
+                        rows.window[rt * rows.slots + i] * s;
         }
+        CombineRowTaps<T, Acc>(taps, src, w, g.width, s,
+                               line.data() + margin * s);
         const Acc* read = line.data();
         if (line_taps.pair_sum) {
           // summed[b] = 0.5 * (L[b] + L[b+1]) over the image columns and one
