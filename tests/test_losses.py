@@ -1,0 +1,66 @@
+"""Tests of TensorMask's losses against numpy float64 formulas."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tensormask_tf import losses
+
+
+def _np_log_sigmoid(z):
+  return -np.logaddexp(0.0, -z)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.3, 3.0), (0.25, 2.0), (0.5, 1.0)])
+def test_focal_loss_star_matches_formula(alpha, gamma):
+  rng = np.random.RandomState(0)
+  logits = rng.uniform(-8, 8, (5, 7))
+  targets = (rng.uniform(size=(5, 7)) < 0.3).astype(np.float64)
+  got = losses.focal_loss_star(logits, targets, alpha=alpha, gamma=gamma)
+  x_t = np.where(targets == 1, logits, -logits)
+  want = (-_np_log_sigmoid(gamma * x_t) / gamma *
+          np.where(targets == 1, alpha, 1 - alpha))
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_focal_loss_star_hand_values_and_stability():
+  # x = 0: -log(1/2)/gamma for either target.
+  got = losses.focal_loss_star([0.0, 0.0], [1.0, 0.0], alpha=0.3, gamma=3.0)
+  np.testing.assert_allclose(got, [0.3 * np.log(2) / 3, 0.7 * np.log(2) / 3],
+                             rtol=1e-6)
+  # Extreme logits stay finite: a confident wrong answer costs ~|x|.
+  big = losses.focal_loss_star(tf.constant([-200.0, 200.0]), [1.0, 0.0])
+  np.testing.assert_allclose(big, [0.3 * 200, 0.7 * 200], rtol=1e-5)
+  with tf.GradientTape() as tape:
+    x = tf.constant([-200.0, 200.0, 0.0])
+    tape.watch(x)
+    loss = tf.reduce_sum(losses.focal_loss_star(x, [1.0, 0.0, 1.0]))
+  assert np.all(np.isfinite(tape.gradient(loss, x)))
+
+
+def test_box_l1_loss_sums_positive_windows_only():
+  rng = np.random.RandomState(1)
+  pred, target = rng.randn(6, 4), rng.randn(6, 4)
+  weights = np.array([1, 0, 1, 1, 0, 0], np.float64)
+  want = np.sum(np.abs(pred - target).sum(axis=1) * weights)
+  np.testing.assert_allclose(losses.box_l1_loss(pred, target, weights), want,
+                             rtol=1e-12)
+
+
+@pytest.mark.parametrize("side", [11, 30])
+def test_mask_loss_matches_weighted_bce(side):
+  rng = np.random.RandomState(2)
+  logits = rng.uniform(-5, 5, (4, side, side))
+  targets = (rng.uniform(size=(4, side, side)) < 0.4).astype(np.float64)
+  weights = np.array([1, 1, 0, 1], np.float64)
+  bce = -(targets * _np_log_sigmoid(logits) +
+          (1 - targets) * _np_log_sigmoid(-logits))
+  pixel_w = 2.0 / side**2 * np.where(targets == 1, 1.5, 1.0)
+  want = np.sum((bce * pixel_w).sum(axis=(1, 2)) * weights)
+  np.testing.assert_allclose(losses.mask_loss(logits, targets, weights), want,
+                             rtol=1e-12)
+
+
+def test_positive_normalizer_is_at_least_one():
+  assert float(losses.positive_normalizer(0)) == 1.0
+  assert float(losses.positive_normalizer(7)) == 7.0
