@@ -1,0 +1,1 @@
+"""Model Garden config dataclasses of TensorMask."""

@@ -1,0 +1,1 @@
+"""TensorMask Keras model and its builder."""

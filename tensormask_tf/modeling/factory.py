@@ -1,0 +1,69 @@
+"""Builds a TensorMask model from its config with Model Garden's factories."""
+
+import tf_keras
+
+from official.vision.modeling.backbones import factory as backbone_factory
+from official.vision.modeling.decoders import factory as decoder_factory
+from tensormask_tf.configs import tensormask_config
+from tensormask_tf.modeling import tensormask_model
+from tensormask_tf.modeling.heads import tensormask_head
+from tensormask_tf.ops import windows as windows_lib
+
+
+def window_spec(model_config: tensormask_config.TensorMaskModel
+                ) -> windows_lib.WindowSpec:
+  """The window layout the model's config describes."""
+  return windows_lib.WindowSpec(
+      min_level=model_config.min_level, max_level=model_config.max_level,
+      base_sides=tuple(model_config.windows.base_sides),
+      min_level_stride=2**model_config.min_level)
+
+
+def build_tensormask_model(
+    input_specs: tf_keras.layers.InputSpec,
+    model_config: tensormask_config.TensorMaskModel,
+    l2_regularizer: tf_keras.regularizers.Regularizer | None = None,
+) -> tensormask_model.TensorMaskModel:
+  """Builds ResNet + FPN + TensorMask head.
+
+  Args:
+    input_specs: spec of the image batch, [N, H, W, 3] with H and W
+      multiples of 2**max_level.
+    model_config: the model config.
+    l2_regularizer: optional kernel regularizer.
+
+  Returns:
+    The (built) TensorMaskModel.
+  """
+  height, width = input_specs.shape[1:3]
+  stride = 2**model_config.max_level
+  if (height is not None and height % stride) or (
+      width is not None and width % stride):
+    raise ValueError(
+        f"input size {height}x{width} must be a multiple of 2**max_level = "
+        f"{stride}, so every pyramid level has a whole grid.")
+  spec = window_spec(model_config)  # Validates the window sides.
+  backbone = backbone_factory.build_backbone(
+      input_specs=input_specs, backbone_config=model_config.backbone,
+      norm_activation_config=model_config.norm_activation,
+      l2_regularizer=l2_regularizer)
+  decoder = decoder_factory.build_decoder(
+      input_specs=backbone.output_specs, model_config=model_config,
+      l2_regularizer=l2_regularizer)
+  head_config = model_config.head
+  head = tensormask_head.TensorMaskHead(
+      min_level=model_config.min_level, max_level=model_config.max_level,
+      num_classes=model_config.num_classes, mask_sides=spec.mask_sides,
+      head_type=head_config.head_type, num_convs=head_config.num_convs,
+      class_filters=head_config.class_filters,
+      box_filters=head_config.box_filters,
+      mask_filters=head_config.mask_filters,
+      prior_prob=head_config.prior_prob, mask_pad=head_config.mask_pad,
+      upscale_factor=head_config.upscale_factor,
+      upscale_interpolation=head_config.upscale_interpolation,
+      ops_backend=model_config.ops_backend,
+      kernel_regularizer=l2_regularizer)
+  model = tensormask_model.TensorMaskModel(backbone, decoder, head)
+  model(tf_keras.Input(shape=input_specs.shape[1:],
+                       batch_size=input_specs.shape[0]))
+  return model

@@ -1,0 +1,274 @@
+"""TensorMask's heads (SPEC.md 3): class, box and mask towers and the masks.
+
+Inputs are Model Garden style per-level dicts `{str(level): [N, H_k, W_k, C]}`.
+The class and box towers are shared across levels (4 conv3x3 + ReLU, normal
+std 0.01 init, zero bias) and end in conv3x3 layers with A*K logits (prior
+bias) and A*4 deltas per location (A window sizes, K classes).
+
+Masks. With `head_type="bipyramid"` every level's mask-tower feature is
+upsampled bilinearly (half-pixel centres) by 2**k to the P2 grid, cropped to
+it, added to the P2 mask feature and passed through a shared conv3x3 + ReLU
+("fuse"): `mask_features[level]` is that fused P2-grid feature. The masks of
+window size a at level k are then `swap_align2nat(conv1x1_a(fused_k),
+lam=2**k)`, of side `S_a * 2**k` on level k's grid. The baseline heads of the
+paper's Fig. 6 keep `mask_features[level]` on level k's own grid and predict
+masks of side S_a there ("simple_*": S_a**2 channels, natural or aligned;
+"upscale_*": (S_a/lam)**2 channels upscaled by lam).
+
+`call` returns the towers' outputs and the mask features only; masks are
+computed by `mask_logits`, densely (tests, ablations) or only at given
+windows (`indices`), so training and inference never build the dense
+bipyramid.
+"""
+
+import math
+
+import tensorflow as tf
+import tf_keras
+
+from tensormask_tf import ops
+
+HEAD_TYPES = ("bipyramid", "simple_natural", "simple_aligned",
+              "upscale_natural", "upscale_aligned")
+
+
+@tf_keras.utils.register_keras_serializable(package="TensorMask")
+class TensorMaskHead(tf_keras.layers.Layer):
+  """The class, box and mask heads of TensorMask."""
+
+  def __init__(self,
+               min_level: int,
+               max_level: int,
+               num_classes: int,
+               mask_sides: tuple[int, ...] = (11, 15),
+               head_type: str = "bipyramid",
+               num_convs: int = 4,
+               class_filters: int = 256,
+               box_filters: int = 128,
+               mask_filters: int = 128,
+               prior_prob: float = 0.01,
+               mask_pad: float = ops.DEFAULT_PAD,
+               upscale_factor: int = 1,
+               upscale_interpolation: str = "bilinear",
+               ops_backend: str = "auto",
+               kernel_regularizer: tf_keras.regularizers.Regularizer | None = None,
+               **kwargs):
+    """Initializes the head.
+
+    Args:
+      min_level: finest pyramid level (2 = P2; the bipyramid's grid).
+      max_level: coarsest pyramid level.
+      num_classes: K, classes without background (sigmoid scores).
+      mask_sides: S per window size at min_level, in mask pixels.
+      head_type: one of HEAD_TYPES.
+      num_convs: conv3x3 + ReLU layers per tower.
+      class_filters, box_filters, mask_filters: tower widths.
+      prior_prob: initial foreground probability of the class logits.
+      mask_pad: value read outside the tensors by the representation ops.
+      upscale_factor: lam of the "upscale_*" heads; must divide every S.
+      upscale_interpolation: "bilinear" or "nearest" for "upscale_*".
+      ops_backend: swap_align2nat backend ("auto", "tf", "custom").
+      kernel_regularizer: regularizer of the conv kernels.
+      **kwargs: other keyword arguments of `tf_keras.layers.Layer`.
+    """
+    super().__init__(**kwargs)
+    if head_type not in HEAD_TYPES:
+      raise ValueError(f"head_type must be one of {HEAD_TYPES}, got "
+                       f"{head_type!r}.")
+    if min_level > max_level:
+      raise ValueError(f"min_level {min_level} > max_level {max_level}.")
+    if not mask_sides or any(s < 1 for s in mask_sides):
+      raise ValueError(f"mask_sides must be positive, got {mask_sides}.")
+    if head_type.startswith("upscale"):
+      if upscale_factor < 1 or any(s % upscale_factor for s in mask_sides):
+        raise ValueError(
+            f"{head_type} needs an upscale_factor >= 1 that divides every "
+            f"mask side, got {upscale_factor} for sides {tuple(mask_sides)}.")
+      if upscale_interpolation not in ("bilinear", "nearest"):
+        raise ValueError("upscale_interpolation must be 'bilinear' or "
+                         f"'nearest', got {upscale_interpolation!r}.")
+    self._config_dict = {
+        "min_level": min_level,
+        "max_level": max_level,
+        "num_classes": num_classes,
+        "mask_sides": tuple(mask_sides),
+        "head_type": head_type,
+        "num_convs": num_convs,
+        "class_filters": class_filters,
+        "box_filters": box_filters,
+        "mask_filters": mask_filters,
+        "prior_prob": prior_prob,
+        "mask_pad": mask_pad,
+        "upscale_factor": upscale_factor,
+        "upscale_interpolation": upscale_interpolation,
+        "ops_backend": ops_backend,
+        "kernel_regularizer": kernel_regularizer,
+    }
+
+  # -------------------------------------------------------------------------
+  # Layers.
+  # -------------------------------------------------------------------------
+  def _conv(self, filters, kernel_size, name, activation=None,
+            bias_initializer="zeros"):
+    return tf_keras.layers.Conv2D(
+        filters, kernel_size, padding="same", activation=activation,
+        kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.01),
+        bias_initializer=bias_initializer,
+        kernel_regularizer=self._config_dict["kernel_regularizer"], name=name)
+
+  def _tower(self, filters, name):
+    return [self._conv(filters, 3, f"{name}_conv{i}", activation="relu")
+            for i in range(self._config_dict["num_convs"])]
+
+  def build(self, input_shape):
+    c = self._config_dict
+    num_sizes = len(c["mask_sides"])
+    self._class_tower = self._tower(c["class_filters"], "class")
+    prior = -math.log((1.0 - c["prior_prob"]) / c["prior_prob"])
+    self._class_logits = self._conv(
+        num_sizes * c["num_classes"], 3, "class_logits",
+        bias_initializer=tf_keras.initializers.Constant(prior))
+    self._box_tower = self._tower(c["box_filters"], "box")
+    self._box_deltas = self._conv(num_sizes * 4, 3, "box_deltas")
+    self._mask_tower = self._tower(c["mask_filters"], "mask")
+    if c["head_type"] == "bipyramid":
+      self._fuse = self._conv(c["mask_filters"], 3, "mask_fuse",
+                              activation="relu")
+    # One projection per window size, shared across levels.
+    self._mask_projections = [
+        self._conv(self._coarse_side(s)**2, 1, f"mask_projection_{s}")
+        for s in c["mask_sides"]]
+    super().build(input_shape)
+
+  def _coarse_side(self, side: int) -> int:
+    """Side of the predicted (pre-upscale) masks of a window size."""
+    if self._config_dict["head_type"].startswith("upscale"):
+      return side // self._config_dict["upscale_factor"]
+    return side
+
+  # -------------------------------------------------------------------------
+  # Forward.
+  # -------------------------------------------------------------------------
+  @property
+  def levels(self) -> list[int]:
+    return list(range(self._config_dict["min_level"],
+                      self._config_dict["max_level"] + 1))
+
+  def call(self, features: dict[str, tf.Tensor]):
+    """Runs the towers.
+
+    Args:
+      features: {str(level): [N, H_k, W_k, C]} for min_level..max_level.
+
+    Returns:
+      class_outputs: {str(level): [N, H_k, W_k, A*K]} logits.
+      box_outputs: {str(level): [N, H_k, W_k, A*4]} deltas.
+      mask_features: {str(level): [N, Hm, Wm, mask_filters]}: the fused
+        P2-grid features for "bipyramid" (Hm, Wm = P2's size), the level's
+        own mask-tower features otherwise.
+    """
+    class_outputs, box_outputs, tower = {}, {}, {}
+    for level in self.levels:
+      x = features[str(level)]
+      y = x
+      for conv in self._class_tower:
+        y = conv(y)
+      class_outputs[str(level)] = self._class_logits(y)
+      y = x
+      for conv in self._box_tower:
+        y = conv(y)
+      box_outputs[str(level)] = self._box_deltas(y)
+      y = x
+      for conv in self._mask_tower:
+        y = conv(y)
+      tower[level] = y
+    if self._config_dict["head_type"] != "bipyramid":
+      return class_outputs, box_outputs, {str(k): v for k, v in tower.items()}
+
+    base = tower[self._config_dict["min_level"]]
+    base_size = tf.shape(base)[1:3]
+    mask_features = {}
+    for level in self.levels:
+      up = tower[level]
+      scale = 2**(level - self._config_dict["min_level"])
+      if scale > 1:
+        # Bilinear with half-pixel centres (align_corners=False), then
+        # cropped to the P2 grid.
+        # tf.image.resize computes in float32: cast back (float64 models).
+        up = tf.cast(tf.image.resize(up, tf.shape(up)[1:3] * scale,
+                                     method="bilinear"), base.dtype)
+        up = up[:, :base_size[0], :base_size[1], :]
+      mask_features[str(level)] = self._fuse(up + base)
+    return class_outputs, box_outputs, mask_features
+
+  def mask_side(self, level: int, size_index: int) -> int:
+    """Side M of the natural masks of a window size at a level."""
+    side = self._config_dict["mask_sides"][size_index]
+    if self._config_dict["head_type"] == "bipyramid":
+      return side * 2**(level - self._config_dict["min_level"])
+    return side
+
+  def mask_logits(self, mask_features: dict[str, tf.Tensor], level: int,
+                  size_index: int, indices=None) -> tf.Tensor:
+    """Natural mask logits of one window size at one level.
+
+    Args:
+      mask_features: the third output of `call`.
+      level: pyramid level.
+      size_index: which window size (index into mask_sides).
+      indices: None for every window of the level, or [K, 3] int32 rows
+        (n, y, x) on level k's grid for those windows only.
+
+    Returns:
+      [N, H_k, W_k, M*M] when indices is None, else [K, M, M]; M is
+      `mask_side(level, size_index)`.
+    """
+    c = self._config_dict
+    feature = mask_features[str(level)]
+    projected = self._mask_projections[size_index](feature)
+    side = self.mask_side(level, size_index)
+    head_type = c["head_type"]
+    if head_type == "bipyramid":
+      lam = 2**(level - c["min_level"])
+      if indices is None:
+        return ops.swap_align2nat(projected, lam, pad=c["mask_pad"],
+                                  backend=c["ops_backend"])
+      return ops.swap_align2nat_gather(projected, indices, lam,
+                                       pad=c["mask_pad"],
+                                       backend=c["ops_backend"])
+    # Baselines: masks are S x S on the level's own grid, so computing them
+    # densely is cheap; windows are gathered afterwards.
+    if head_type == "simple_natural":
+      dense = projected
+    elif head_type == "simple_aligned":
+      dense = ops.align2nat(projected, pad=c["mask_pad"])
+    elif head_type == "upscale_aligned":
+      dense = ops.up_align2nat(projected, c["upscale_factor"],
+                               interpolation=c["upscale_interpolation"],
+                               pad=c["mask_pad"])
+    else:  # upscale_natural: resize each window's coarse natural mask.
+      coarse = self._coarse_side(c["mask_sides"][size_index])
+      shape = tf.shape(projected)
+      windows = tf.reshape(projected, [-1, coarse, coarse, 1])
+      windows = tf.cast(tf.image.resize(windows, [side, side],
+                                        method=c["upscale_interpolation"]),
+                        projected.dtype)
+      dense = tf.reshape(windows, [shape[0], shape[1], shape[2], side * side])
+    if indices is None:
+      return dense
+    return tf.reshape(tf.gather_nd(dense, indices), [-1, side, side])
+
+  def get_config(self) -> dict:
+    config = dict(self._config_dict)
+    config["mask_sides"] = list(config["mask_sides"])
+    config["kernel_regularizer"] = tf_keras.regularizers.serialize(
+        config["kernel_regularizer"]) if config["kernel_regularizer"] else None
+    return {**super().get_config(), **config}
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    if config.get("kernel_regularizer"):
+      config["kernel_regularizer"] = tf_keras.regularizers.deserialize(
+          config["kernel_regularizer"])
+    return cls(**config)

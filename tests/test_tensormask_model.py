@@ -1,0 +1,150 @@
+"""Tests of the TensorMask head and model on Model Garden's ResNet + FPN."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from tensormask_tf import losses
+from tensormask_tf.configs import tensormask_config
+from tensormask_tf.modeling import factory
+from tensormask_tf.modeling.heads import tensormask_head
+
+IMAGE = 128
+
+
+def _small_config(head_type="bipyramid", **head_overrides):
+  config = tensormask_config.TensorMaskModel(
+      num_classes=3, input_size=[IMAGE, IMAGE, 3], min_level=2, max_level=5)
+  config.backbone.resnet.model_id = 18
+  config.decoder.fpn.num_filters = 32
+  config.windows.base_sides = [12, 20]  # S = 3 and 5 mask pixels at P2.
+  config.head.override({"head_type": head_type, "num_convs": 2,
+                        "class_filters": 32, "box_filters": 16,
+                        "mask_filters": 16, **head_overrides})
+  return config
+
+
+def _build(config, batch=2):
+  return factory.build_tensormask_model(
+      tf_keras.layers.InputSpec(shape=[batch, IMAGE, IMAGE, 3]), config)
+
+
+HEADS = {
+    "bipyramid": {},
+    "simple_natural": {},
+    "simple_aligned": {},
+    "upscale_natural": {"base_sides": [24, 40], "upscale_factor": 2},
+    "upscale_aligned": {"base_sides": [24, 40], "upscale_factor": 2,
+                        "upscale_interpolation": "nearest"},
+}
+
+
+@pytest.mark.parametrize("head_type", sorted(HEADS))
+def test_every_head_type_builds_runs_and_trains(head_type):
+  overrides = dict(HEADS[head_type])
+  config = _small_config(head_type, **{k: v for k, v in overrides.items()
+                                       if k != "base_sides"})
+  if "base_sides" in overrides:
+    config.windows.base_sides = overrides["base_sides"]
+  model = _build(config)
+  head = model.head
+  images = tf.random.normal([2, IMAGE, IMAGE, 3], seed=1)
+  indices = tf.constant([[0, 1, 2], [1, 0, 3], [1, 3, 3]], tf.int32)
+  with tf.GradientTape() as tape:
+    outputs = model(images, training=True)
+    total = 0.0
+    for level in range(2, 6):
+      stride = 2**level
+      assert outputs["class_outputs"][str(level)].shape == (
+          2, IMAGE // stride, IMAGE // stride, 2 * 3)
+      assert outputs["box_outputs"][str(level)].shape == (
+          2, IMAGE // stride, IMAGE // stride, 2 * 4)
+      for size_index in range(2):
+        side = head.mask_side(level, size_index)
+        dense = head.mask_logits(outputs["mask_features"], level, size_index)
+        assert dense.shape == (2, IMAGE // stride, IMAGE // stride, side * side)
+        gathered = head.mask_logits(outputs["mask_features"], level,
+                                    size_index, indices)
+        assert gathered.shape == (3, side, side)
+        np.testing.assert_allclose(
+            gathered, tf.reshape(tf.gather_nd(dense, indices), [3, side, side]),
+            atol=1e-5)
+        total += losses.mask_loss(gathered, tf.ones_like(gathered), [1, 1, 1])
+      total += tf.reduce_sum(losses.focal_loss_star(
+          outputs["class_outputs"][str(level)], 0.0))
+      box = outputs["box_outputs"][str(level)]
+      total += losses.box_l1_loss(tf.reshape(box, [-1, 4]),
+                                  tf.zeros_like(tf.reshape(box, [-1, 4])), 1.0)
+  grads = tape.gradient(total, model.trainable_variables)
+  assert np.isfinite(float(total))
+  assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+  if head_type == "bipyramid":
+    assert head.mask_side(5, 1) == 5 * 8  # S * 2**k
+  else:
+    assert head.mask_side(5, 1) == config.windows.base_sides[1] // 4
+
+
+def test_class_logits_start_at_the_prior():
+  model = _build(_small_config())
+  outputs = model(tf.random.normal([2, IMAGE, IMAGE, 3], seed=2))
+  scores = tf.sigmoid(outputs["class_outputs"]["3"])
+  np.testing.assert_allclose(float(tf.reduce_mean(scores)), 0.01, rtol=0.2)
+
+
+@pytest.mark.parametrize("backend", ["tf", "custom"])
+def test_gathered_mask_loss_equals_dense_bipyramid_loss_float64(backend):
+  config = _small_config()
+  config.ops_backend = backend
+  tf_keras.backend.set_floatx("float64")
+  try:
+    model = _build(config, batch=2)
+    outputs = model(tf.random.normal([2, IMAGE, IMAGE, 3], seed=3,
+                                     dtype=tf.float64))
+  finally:
+    tf_keras.backend.set_floatx("float32")
+  rng = np.random.RandomState(4)
+  for level in range(2, 6):
+    grid = IMAGE // 2**level
+    indices = np.stack([rng.randint(0, 2, 6), rng.randint(0, grid, 6),
+                        rng.randint(0, grid, 6)], axis=1).astype(np.int32)
+    side = model.head.mask_side(level, 0)
+    targets = (rng.uniform(size=(6, side, side)) < 0.5).astype(np.float64)
+    dense = model.head.mask_logits(outputs["mask_features"], level, 0).numpy()
+    from_dense = dense[indices[:, 0], indices[:, 1], indices[:, 2]].reshape(
+        6, side, side)
+    gathered = model.head.mask_logits(outputs["mask_features"], level, 0,
+                                      indices)
+    assert gathered.dtype == tf.float64
+    np.testing.assert_allclose(
+        losses.mask_loss(gathered, targets, np.ones(6)),
+        losses.mask_loss(from_dense, targets, np.ones(6)), rtol=1e-12)
+
+
+def test_head_config_round_trip():
+  head = tensormask_head.TensorMaskHead(
+      min_level=2, max_level=4, num_classes=5, mask_sides=(4, 6),
+      head_type="upscale_aligned", upscale_factor=2,
+      upscale_interpolation="nearest", ops_backend="tf")
+  config = head.get_config()
+  clone = tensormask_head.TensorMaskHead.from_config(config)
+  assert clone.get_config() == config
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"head_type": "dense"}, "head_type must be one of"),
+    ({"head_type": "upscale_natural", "upscale_factor": 2},
+     "upscale_factor >= 1 that divides every mask side"),
+    ({"min_level": 4, "max_level": 3}, "min_level 4 > max_level 3"),
+])
+def test_head_rejects_bad_config(kwargs, message):
+  args = {"min_level": 2, "max_level": 4, "num_classes": 2,
+          "mask_sides": (11, 15), **kwargs}
+  with pytest.raises(ValueError, match=message):
+    tensormask_head.TensorMaskHead(**args)
+
+
+def test_input_size_must_fit_the_coarsest_level():
+  with pytest.raises(ValueError, match="multiple of 2\\*\\*max_level = 32"):
+    factory.build_tensormask_model(
+        tf_keras.layers.InputSpec(shape=[1, 100, 128, 3]), _small_config())
