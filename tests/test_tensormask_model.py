@@ -148,3 +148,43 @@ def test_input_size_must_fit_the_coarsest_level():
   with pytest.raises(ValueError, match="multiple of 2\\*\\*max_level = 32"):
     factory.build_tensormask_model(
         tf_keras.layers.InputSpec(shape=[1, 100, 128, 3]), _small_config())
+
+
+def test_training_step_compiles_with_xla_on_the_pure_tf_backend():
+  from tensormask_tf.ops import window_labeler  # pylint: disable=g-import-not-at-top
+  config = _small_config()
+  config.windows.base_sides = [16, 24]
+  config.ops_backend = "tf"  # XLA cannot compile the custom op.
+  model = _build(config)
+  spec = factory.window_spec(config)
+  masks = np.zeros((2, IMAGE, IMAGE), np.float32)
+  masks[0, 20:40, 20:44] = 1
+  masks[1, 60:110, 50:100] = 1
+  boxes = np.array([[20, 20, 40, 44], [60, 50, 110, 100]], np.float32)
+  one = window_labeler.label_windows(spec, (IMAGE, IMAGE), boxes, [1, 2],
+                                     masks, {2: 8, 3: 8, 4: 4, 5: 4}, seed=0)
+  labels = {k: tf.stack([v, v]) for k, v in one.items()}
+  images = tf.random.normal([2, IMAGE, IMAGE, 3], seed=5)
+  optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
+
+  def step(images, labels):
+    with tf.GradientTape() as tape:
+      outputs = model(images, training=True)
+      result = losses.tensormask_losses(
+          outputs, labels,
+          lambda k, a, i: model.head.mask_logits(outputs["mask_features"], k,
+                                                 a, i),
+          spec.levels, spec.num_sizes, config.num_classes)
+    grads = tape.gradient(result["total_loss"], model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return result
+
+  compiled = tf.function(step, jit_compile=True)
+  hlo = compiled.experimental_get_compiler_ir(images, labels)(stage="hlo")
+  assert "gather" in hlo
+  first = compiled(images, labels)
+  second = compiled(images, labels)
+  assert float(first["num_positives"]) > 0
+  for result in (first, second):
+    assert all(np.isfinite(float(v)) for v in result.values())
+  assert float(second["total_loss"]) < float(first["total_loss"])

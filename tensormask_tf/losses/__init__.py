@@ -4,5 +4,7 @@ from tensormask_tf.losses.tensormask_losses import box_l1_loss
 from tensormask_tf.losses.tensormask_losses import focal_loss_star
 from tensormask_tf.losses.tensormask_losses import mask_loss
 from tensormask_tf.losses.tensormask_losses import positive_normalizer
+from tensormask_tf.losses.tensormask_losses import tensormask_losses
 
-__all__ = ["box_l1_loss", "focal_loss_star", "mask_loss", "positive_normalizer"]
+__all__ = ["box_l1_loss", "focal_loss_star", "mask_loss", "positive_normalizer",
+           "tensormask_losses"]

@@ -78,3 +78,61 @@ def positive_normalizer(num_positives) -> tf.Tensor:
   if context is not None and context.num_replicas_in_sync > 1:
     num = context.all_reduce(tf.distribute.ReduceOp.SUM, num)
   return tf.maximum(num, 1.0)
+
+
+def tensormask_losses(outputs: dict, labels: dict, mask_logits_fn,
+                      levels: list[int], num_sizes: int, num_classes: int,
+                      focal_alpha: float = 0.3, focal_gamma: float = 3.0,
+                      mask_positive_weight: float = 1.5) -> dict[str, tf.Tensor]:
+  """The three losses of a batch, each divided by the positive normalizer.
+
+  Args:
+    outputs: the model's outputs ("class_outputs", "box_outputs": per-level
+      dicts [N, H_k, W_k, A*K] and [N, H_k, W_k, A*4]).
+    labels: batched `window_labeler.label_windows` labels.
+    mask_logits_fn: `(level, size_index, indices [K, 3]) -> [K, M, M]` mask
+      logits at the given windows (the head's `mask_logits` on the model's
+      mask features), so only labelled positives are computed.
+    levels: pyramid levels with windows.
+    num_sizes: A, window sizes per location.
+    num_classes: K.
+    focal_alpha, focal_gamma: FL* parameters.
+    mask_positive_weight: weight of the target-1 mask pixels.
+
+  Returns:
+    {"class_loss", "box_loss", "mask_loss", "total_loss", "num_positives"}.
+  """
+  num_positives = tf.reduce_sum(labels["num_positives"])
+  normalizer = positive_normalizer(num_positives)
+  class_loss = box_loss = mask_total = 0.0
+  for level in levels:
+    logits = outputs["class_outputs"][str(level)]
+    batch = tf.shape(logits)[0]
+    logits = tf.reshape(logits, [batch, -1, num_sizes, num_classes])
+    class_targets = tf.reshape(labels[f"class_targets_{level}"],
+                               [batch, -1, num_sizes])
+    one_hot = tf.one_hot(class_targets, num_classes, dtype=logits.dtype)
+    class_loss += tf.reduce_sum(focal_loss_star(logits, one_hot, focal_alpha,
+                                                focal_gamma))
+    deltas = tf.reshape(outputs["box_outputs"][str(level)],
+                        [batch, -1, num_sizes, 4])
+    box_targets = tf.reshape(labels[f"box_targets_{level}"],
+                             [batch, -1, num_sizes, 4])
+    box_loss += box_l1_loss(deltas, box_targets, class_targets >= 0)
+    for a in range(num_sizes):
+      cells = labels[f"mask_indices_{level}_{a}"]  # [N, cap, 2]
+      cap = tf.shape(cells)[1]
+      image = tf.repeat(tf.range(batch, dtype=cells.dtype)[:, None], cap, 1)
+      indices = tf.reshape(tf.concat([image[..., None], cells], -1), [-1, 3])
+      targets = labels[f"mask_targets_{level}_{a}"]
+      targets = tf.reshape(targets, [-1, *targets.shape[-2:]])
+      valid = tf.reshape(labels[f"mask_valid_{level}_{a}"], [-1])
+      mask_total += mask_loss(mask_logits_fn(level, a, indices), targets,
+                              valid, mask_positive_weight)
+  class_loss /= normalizer
+  box_loss /= normalizer
+  mask_total /= normalizer
+  return {"class_loss": class_loss, "box_loss": box_loss,
+          "mask_loss": mask_total,
+          "total_loss": class_loss + box_loss + mask_total,
+          "num_positives": num_positives}

@@ -1,0 +1,120 @@
+"""Training labels of one image's windows (SPEC.md 3), with static shapes.
+
+For every level k the labels hold class targets `[H_k, W_k, A]` (class id,
+or -1 for negative windows) and box targets `[H_k, W_k, A*4]` (deltas, zero
+for negatives). Masks are learned only at positive windows, so for every
+level k and window size a the labels hold at most `mask_caps[k]` of them:
+their grid positions `[cap, 2]` (y, x), a validity flag `[cap]` and their
+mask targets `[cap, M, M]` (M = S_a * 2**k). When an image has more positives
+of a (level, size) than the cap, a random subset is kept and the number left
+out is counted in `num_mask_positives_dropped`. Crowd and padding ground
+truths (class < 0) never make a window positive.
+
+Run per image (e.g. in the tf.data pipeline); the batch dimension is added by
+batching.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tensormask_tf.ops import window_assignment
+from tensormask_tf.ops import window_targets
+from tensormask_tf.ops import windows as windows_lib
+
+
+def mask_label_key(level: int, size_index: int, what: str) -> str:
+  """Key of a per-(level, size) mask label: indices, valid or targets."""
+  return f"mask_{what}_{level}_{size_index}"
+
+
+def label_windows(spec: windows_lib.WindowSpec, image_size: tuple[int, int],
+                  gt_boxes, gt_classes, gt_masks, mask_caps: dict[int, int],
+                  gt_is_crowd=None, seed: int | None = None
+                  ) -> dict[str, tf.Tensor]:
+  """Labels every window of one image.
+
+  Args:
+    spec: the window layout.
+    image_size: (height, width) of the (padded) model input.
+    gt_boxes: [G, 4] boxes [ymin, xmin, ymax, xmax] in input pixels.
+    gt_classes: [G] int class ids in [0, K); negative ids mark padding.
+    gt_masks: [G, H, W] instance masks aligned with the input image.
+    mask_caps: {level: the most positive windows per window size whose
+      masks are learned}.
+    gt_is_crowd: optional [G] bool; crowd regions are never positives.
+    seed: optional seed of the sampling when a cap binds.
+
+  Returns:
+    {"class_targets_{k}": [H_k, W_k, A] int32, "box_targets_{k}":
+     [H_k, W_k, A*4] float32, mask_label_key(k, a, "indices"): [cap, 2]
+     int32, ...("valid"): [cap] float32, ...("targets"): [cap, M, M]
+     float32, "num_positives": float32 scalar,
+     "num_mask_positives_dropped": float32 scalar}.
+  """
+  windows = windows_lib.generate_windows(spec, image_size)
+  units = windows_lib.unit_lengths(spec, image_size)
+  sizes = windows_lib.feature_sizes(spec, image_size)
+  all_windows = tf.constant(np.concatenate([windows[k] for k in spec.levels]))
+  all_units = tf.constant(np.concatenate([units[k] for k in spec.levels]))
+
+  gt_boxes = tf.cast(tf.convert_to_tensor(gt_boxes), tf.float32)
+  gt_classes = tf.cast(tf.convert_to_tensor(gt_classes), tf.int32)
+  keep = gt_classes >= 0
+  if gt_is_crowd is not None:
+    keep &= tf.logical_not(tf.cast(gt_is_crowd, tf.bool))
+  kept = tf.cast(tf.where(keep)[:, 0], tf.int32)
+  boxes = tf.gather(gt_boxes, kept)
+  classes = tf.gather(gt_classes, kept)
+
+  matched, positive = window_assignment.assign_windows(
+      boxes, all_windows, all_units, spec.min_window_size)
+  # A dummy last row keeps the gathers valid with no ground truth (negatives
+  # and padding cells read it; their values are masked).
+  safe_boxes = tf.concat([boxes, tf.zeros([1, 4])], axis=0)
+  safe_classes = tf.concat([classes, tf.zeros([1], tf.int32)], axis=0)
+  masks = tf.cast(tf.gather(tf.convert_to_tensor(gt_masks), kept), tf.float32)
+  safe_masks = tf.concat(
+      [masks, tf.zeros(tf.concat([[1], tf.shape(masks)[1:]], 0))], axis=0)
+  is_positive = positive > 0
+  class_targets = tf.where(is_positive, tf.gather(safe_classes, matched), -1)
+  box_targets = window_targets.encode_window_boxes(
+      tf.gather(safe_boxes, matched), all_windows)
+  box_targets *= tf.cast(positive, tf.float32)[:, None]
+
+  labels = {"num_positives": tf.reduce_sum(tf.cast(positive, tf.float32))}
+  dropped = tf.constant(0.0)
+  num_sizes = spec.num_sizes
+  start = 0
+  for level in spec.levels:
+    grid_h, grid_w = sizes[level]
+    count = grid_h * grid_w * num_sizes
+    level_slice = slice(start, start + count)
+    labels[f"class_targets_{level}"] = tf.reshape(
+        class_targets[level_slice], [grid_h, grid_w, num_sizes])
+    labels[f"box_targets_{level}"] = tf.reshape(
+        box_targets[level_slice], [grid_h, grid_w, num_sizes * 4])
+    level_positive = tf.reshape(is_positive[level_slice], [-1, num_sizes])
+    level_matched = tf.reshape(matched[level_slice], [-1, num_sizes])
+    level_windows = tf.reshape(all_windows[level_slice], [-1, num_sizes, 4])
+    cap = mask_caps[level]
+    for a in range(num_sizes):
+      cells = tf.cast(tf.where(level_positive[:, a])[:, 0], tf.int32)
+      num = tf.shape(cells)[0]
+      dropped += tf.cast(tf.maximum(num - cap, 0), tf.float32)
+      cells = tf.random.shuffle(cells, seed=seed)[:cap]
+      num_kept = tf.shape(cells)[0]
+      valid = tf.concat([tf.ones([num_kept]), tf.zeros([cap - num_kept])], 0)
+      cells = tf.concat([cells, tf.zeros([cap - num_kept], tf.int32)], 0)
+      side = spec.mask_sides[a] * spec.upscale(level)
+      targets = window_targets.window_mask_targets(
+          safe_masks, tf.gather(level_matched[:, a], cells),
+          tf.gather(level_windows[:, a], cells), side,
+          samples_per_cell=spec.min_level_stride)
+      labels[mask_label_key(level, a, "indices")] = tf.stack(
+          [cells // grid_w, cells % grid_w], axis=1)
+      labels[mask_label_key(level, a, "valid")] = valid
+      labels[mask_label_key(level, a, "targets")] = (
+          targets * valid[:, None, None])
+    start += count
+  labels["num_mask_positives_dropped"] = dropped
+  return labels

@@ -1,0 +1,174 @@
+"""Tests of the per-image window labels and the batch loss assembly."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tensormask_tf import losses
+from tensormask_tf.ops import window_labeler
+from tensormask_tf.ops import window_targets
+from tensormask_tf.ops import windows as windows_lib
+from tests import test_windows
+
+SPEC = windows_lib.WindowSpec(min_level=2, max_level=4, base_sides=(12, 20))
+SIZE = (64, 64)
+CAPS = {2: 16, 3: 16, 4: 16}
+
+
+def _scene():
+  masks = np.zeros((3, 64, 64), np.float32)
+  masks[0, 10:20, 10:22] = 1
+  masks[1, 30:50, 30:46] = 1
+  masks[1, 30:34, 30:34] = 0  # A notch, so targets are not just boxes.
+  masks[2, 2:6, 2:6] = 1
+  boxes = np.array([[10, 10, 20, 22], [30, 30, 50, 46], [2, 2, 6, 6]],
+                   np.float32)
+  return boxes, masks
+
+
+def _flat(labels, key):
+  return np.concatenate([labels[f"{key}_{k}"].numpy().reshape(-1, *(
+      [4] if key == "box_targets" else [])) for k in SPEC.levels])
+
+
+def test_labels_follow_the_assignment_rule_and_targets():
+  boxes, masks = _scene()
+  classes = np.array([1, 2, -1])  # The third is padding.
+  labels = window_labeler.label_windows(SPEC, SIZE, boxes, classes, masks,
+                                        CAPS, seed=0)
+  windows = np.concatenate([w for _, w in sorted(
+      windows_lib.generate_windows(SPEC, SIZE).items())])
+  units = np.concatenate([u for _, u in sorted(
+      windows_lib.unit_lengths(SPEC, SIZE).items())])
+  matched, positive = test_windows._assign_loops(
+      boxes[:2], windows, units, SPEC.min_window_size)
+  want_classes = np.where(np.array(positive) == 1, classes[matched], -1)
+  got_classes = _flat(labels, "class_targets")
+  np.testing.assert_array_equal(got_classes, want_classes)
+  assert float(labels["num_positives"]) == sum(positive) > 0
+  # Box targets decode back to the matched boxes at positives, zero elsewhere.
+  deltas = _flat(labels, "box_targets")
+  pos = got_classes >= 0
+  decoded = window_targets.decode_window_boxes(tf.constant(deltas[pos]),
+                                               tf.constant(windows[pos]))
+  np.testing.assert_allclose(decoded, boxes[np.array(matched)[pos]], atol=1e-3)
+  assert not deltas[~pos].any()
+  # Mask targets of every kept positive equal the block-average reference.
+  checked = 0
+  for level in SPEC.levels:
+    grid_w = SIZE[1] // SPEC.stride(level)
+    level_windows = windows_lib.generate_windows(SPEC, SIZE)[level].reshape(
+        -1, 2, 4)
+    level_classes = labels[f"class_targets_{level}"].numpy().reshape(-1, 2)
+    for a in range(2):
+      key = lambda what: window_labeler.mask_label_key(level, a, what)
+      valid = labels[key("valid")].numpy()
+      cells = labels[key("indices")].numpy()
+      side = SPEC.mask_sides[a] * SPEC.upscale(level)
+      assert int(valid.sum()) == int((level_classes[:, a] >= 0).sum())
+      for j in np.flatnonzero(valid):
+        cell = cells[j, 0] * grid_w + cells[j, 1]
+        assert level_classes[cell, a] >= 0
+        box = level_windows[cell, a]
+        gt = matched[_window_index(level, cell, a)]
+        want = test_windows._mask_targets_reference(masks[gt], box, side,
+                                                    SPEC.min_level_stride)
+        np.testing.assert_array_equal(labels[key("targets")].numpy()[j], want)
+        checked += 1
+  assert checked == sum(positive)
+
+
+def _window_index(level, cell, a):
+  """Index of window (cell, a) of a level among all levels' windows."""
+  before = sum((SIZE[0] // SPEC.stride(k)) * (SIZE[1] // SPEC.stride(k)) * 2
+               for k in SPEC.levels if k < level)
+  return before + cell * 2 + a
+
+
+def test_crowd_and_padding_never_make_positives():
+  boxes, masks = _scene()
+  labels = window_labeler.label_windows(
+      SPEC, SIZE, boxes, [1, -1, 0], masks, CAPS,
+      gt_is_crowd=[True, False, True])
+  assert float(labels["num_positives"]) == 0
+  assert (_flat(labels, "class_targets") == -1).all()
+  for level in SPEC.levels:
+    for a in range(2):
+      key = window_labeler.mask_label_key(level, a, "valid")
+      assert not labels[key].numpy().any()
+
+
+def test_cap_keeps_a_sample_and_counts_the_rest():
+  boxes, masks = _scene()
+  full = window_labeler.label_windows(SPEC, SIZE, boxes, [1, 2, 0], masks,
+                                      CAPS, seed=0)
+  capped = window_labeler.label_windows(SPEC, SIZE, boxes, [1, 2, 0], masks,
+                                        {2: 1, 3: 1, 4: 1}, seed=0)
+  want_dropped = 0
+  for level in SPEC.levels:
+    for a in range(2):
+      key = window_labeler.mask_label_key(level, a, "valid")
+      n = int(full[key].numpy().sum())
+      assert capped[key].shape == (1,)
+      assert int(capped[key].numpy().sum()) == min(n, 1)
+      want_dropped += max(n - 1, 0)
+  assert want_dropped > 0
+  assert float(capped["num_mask_positives_dropped"]) == want_dropped
+  assert float(full["num_mask_positives_dropped"]) == 0
+
+
+def test_batch_losses_match_a_numpy_computation():
+  rng = np.random.RandomState(0)
+  batch, num_classes, levels = 2, 3, [2, 3]
+  grids = {2: 4, 3: 2}
+  outputs = {"class_outputs": {}, "box_outputs": {}}
+  labels = {"num_positives": np.array([2.0, 1.0], np.float32)}
+  dense_masks, want = {}, {"class": 0.0, "box": 0.0, "mask": 0.0}
+  for level in levels:
+    g = grids[level]
+    logits = rng.randn(batch, g, g, 2 * num_classes).astype(np.float32)
+    deltas = rng.randn(batch, g, g, 8).astype(np.float32)
+    classes = rng.randint(-1, num_classes, (batch, g, g, 2))
+    box_t = rng.randn(batch, g, g, 8).astype(np.float32)
+    outputs["class_outputs"][str(level)] = tf.constant(logits)
+    outputs["box_outputs"][str(level)] = tf.constant(deltas)
+    labels[f"class_targets_{level}"] = classes
+    labels[f"box_targets_{level}"] = box_t
+    one_hot = np.eye(num_classes)[np.maximum(classes, 0)] * (
+        classes >= 0)[..., None]
+    x = logits.reshape(batch, g, g, 2, num_classes).astype(np.float64)
+    x_t = np.where(one_hot == 1, x, -x)
+    want["class"] += np.sum(np.logaddexp(0, -3 * x_t) / 3 *
+                            np.where(one_hot == 1, 0.3, 0.7))
+    want["box"] += np.sum(np.abs(deltas.reshape(batch, g, g, 2, 4) -
+                                 box_t.reshape(batch, g, g, 2, 4)).sum(-1) *
+                          (classes >= 0))
+    for a in range(2):
+      side = 2 + a
+      dense = rng.randn(batch, g, g, side, side).astype(np.float32)
+      dense_masks[(level, a)] = dense
+      cells = rng.randint(0, g, (batch, 3, 2)).astype(np.int32)
+      valid = rng.randint(0, 2, (batch, 3)).astype(np.float32)
+      targets = (rng.uniform(size=(batch, 3, side, side)) < 0.5).astype(
+          np.float32)
+      labels[f"mask_indices_{level}_{a}"] = cells
+      labels[f"mask_valid_{level}_{a}"] = valid
+      labels[f"mask_targets_{level}_{a}"] = targets
+      for n in range(batch):
+        for j in range(3):
+          z = dense[n, cells[n, j, 0], cells[n, j, 1]].astype(np.float64)
+          t = targets[n, j]
+          bce = np.logaddexp(0, z) - z * t
+          want["mask"] += valid[n, j] * np.sum(
+              bce * 2.0 / side**2 * np.where(t == 1, 1.5, 1.0))
+
+  def mask_fn(level, a, indices):
+    return tf.gather_nd(dense_masks[(level, a)], indices)
+
+  got = losses.tensormask_losses(outputs, labels, mask_fn, levels, 2,
+                                 num_classes)
+  for name in ("class", "box", "mask"):
+    np.testing.assert_allclose(float(got[f"{name}_loss"]), want[name] / 3.0,
+                               rtol=1e-5)
+  np.testing.assert_allclose(float(got["total_loss"]),
+                             sum(want.values()) / 3.0, rtol=1e-5)
