@@ -1,0 +1,169 @@
+"""TensorMask inference: detections and their window masks (SPEC.md 3).
+
+Sigmoid scores over every (window, class); scores above `score_threshold`;
+the `pre_nms_top_k` best over all levels; box deltas decoded against their
+windows and clipped to the image; class-aware NMS at `nms_iou_threshold`;
+the `max_detections` best kept. Masks are computed only for kept detections,
+with the head's gathered path, and returned *window-relative*: the natural
+mask (sigmoid) of each detection's window resampled to `mask_size` x
+`mask_size`, plus the window box. `paste_window_masks` turns them into
+image-size binary masks (inside the window box, thresholded at 0.5).
+Runs in graph mode (the number of detections per window size varies); it is
+not meant for XLA.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tensormask_tf.ops import window_targets
+from tensormask_tf.ops import windows as windows_lib
+
+
+def _window_table(spec: windows_lib.WindowSpec, image_size):
+  """Per window, concatenated over levels: box, level, size index, y, x."""
+  boxes = windows_lib.generate_windows(spec, image_size)
+  sizes = windows_lib.feature_sizes(spec, image_size)
+  level, size_index, y, x = [], [], [], []
+  for k in spec.levels:
+    grid_h, grid_w = sizes[k]
+    yy, xx, aa = np.meshgrid(np.arange(grid_h), np.arange(grid_w),
+                             np.arange(spec.num_sizes), indexing="ij")
+    level.append(np.full(yy.size, k))
+    size_index.append(aa.ravel())
+    y.append(yy.ravel())
+    x.append(xx.ravel())
+  cat = lambda parts: np.concatenate(parts).astype(np.int32)
+  return (np.concatenate([boxes[k] for k in spec.levels]), cat(level),
+          cat(size_index), cat(y), cat(x))
+
+
+def generate_detections(outputs: dict, mask_logits_fn,
+                        spec: windows_lib.WindowSpec, image_size,
+                        num_classes: int, score_threshold: float = 0.05,
+                        pre_nms_top_k: int = 6000,
+                        nms_iou_threshold: float = 0.5,
+                        max_detections: int = 100,
+                        mask_size: int = 64) -> dict[str, tf.Tensor]:
+  """Detections of a batch from the model's outputs.
+
+  Args:
+    outputs: the model's outputs (per-level "class_outputs", "box_outputs").
+    mask_logits_fn: `(level, size_index, indices [P, 3]) -> [P, M, M]` mask
+      logits of given windows (the head's gathered path).
+    spec: the window layout.
+    image_size: (height, width) of the model input.
+    num_classes: K.
+    score_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: the
+      post-processing of SPEC.md 3.
+    mask_size: side R of the returned window-relative masks.
+
+  Returns:
+    {"detection_boxes": [N, D, 4] (input pixels, [ymin, xmin, ymax, xmax]),
+     "detection_scores": [N, D], "detection_classes": [N, D] int32,
+     "num_detections": [N] int32, "detection_windows": [N, D, 4] window
+     boxes, "detection_masks": [N, D, R, R] mask probabilities over each
+     window}; entries past num_detections are zero.
+  """
+  window_boxes, window_level, window_size, window_y, window_x = _window_table(
+      spec, image_size)
+  num_windows = window_boxes.shape[0]
+  levels = spec.levels
+  batch = tf.shape(outputs["class_outputs"][str(levels[0])])[0]
+  logits = tf.concat([tf.reshape(outputs["class_outputs"][str(k)],
+                                 [batch, -1]) for k in levels], axis=1)
+  deltas = tf.concat([tf.reshape(outputs["box_outputs"][str(k)],
+                                 [batch, -1, 4]) for k in levels], axis=1)
+  scores = tf.sigmoid(tf.cast(logits, tf.float32))  # [N, windows * K]
+  top_k = min(pre_nms_top_k, num_windows * num_classes)
+  top_scores, top_index = tf.math.top_k(scores, k=top_k)
+  window = top_index // num_classes
+  classes = top_index % num_classes
+  windows = tf.gather(tf.constant(window_boxes), window)  # [N, k, 4]
+  boxes = window_targets.decode_window_boxes(
+      tf.gather(tf.cast(deltas, tf.float32), window, batch_dims=1), windows)
+  height, width = image_size
+  boxes = tf.clip_by_value(
+      boxes, 0.0, tf.constant([height, width, height, width], tf.float32))
+
+  # Class-aware NMS: boxes of different classes are moved apart so that they
+  # never overlap.
+  offset = tf.cast(classes, tf.float32)[..., None] * float(max(height, width) + 1)
+  selected, num_detections = tf.image.non_max_suppression_padded(
+      boxes + offset, top_scores, max_output_size=max_detections,
+      iou_threshold=nms_iou_threshold, score_threshold=score_threshold,
+      pad_to_max_output_size=True)
+  valid = tf.sequence_mask(num_detections, max_detections)  # [N, D]
+  valid_f = tf.cast(valid, tf.float32)
+  pick = lambda t: tf.gather(t, selected, batch_dims=1)
+  det_window = pick(window)
+  detections = {
+      "detection_boxes": pick(boxes) * valid_f[..., None],
+      "detection_scores": pick(top_scores) * valid_f,
+      "detection_classes": pick(classes) * tf.cast(valid, tf.int32),
+      "num_detections": num_detections,
+      "detection_windows": pick(windows) * valid_f[..., None],
+  }
+
+  # Masks of the kept detections only, one (level, window size) at a time.
+  masks = tf.zeros([batch, max_detections, mask_size, mask_size])
+  det_level = tf.gather(tf.constant(window_level), det_window)
+  det_size = tf.gather(tf.constant(window_size), det_window)
+  det_y = tf.gather(tf.constant(window_y), det_window)
+  det_x = tf.gather(tf.constant(window_x), det_window)
+  for level in levels:
+    for a in range(spec.num_sizes):
+      where = tf.cast(tf.where(valid & (det_level == level) &
+                               (det_size == a)), tf.int32)  # [P, 2] (n, d)
+      indices = tf.stack([where[:, 0], tf.gather_nd(det_y, where),
+                          tf.gather_nd(det_x, where)], axis=1)
+      probs = tf.sigmoid(tf.cast(mask_logits_fn(level, a, indices),
+                                 tf.float32))
+      resized = tf.image.resize(probs[..., None], [mask_size, mask_size],
+                                method="bilinear", antialias=True)[..., 0]
+      masks = tf.tensor_scatter_nd_update(masks, where, resized)
+  detections["detection_masks"] = masks
+  return detections
+
+
+def paste_window_masks(window_masks, window_boxes, image_size,
+                       threshold: float = 0.5) -> tf.Tensor:
+  """Pastes window-relative masks into the image.
+
+  Every image pixel centre inside a window samples the window's mask
+  bilinearly (pixel-centre aligned); pixels outside the window are 0.
+
+  Args:
+    window_masks: [D, R, R] mask probabilities over each window.
+    window_boxes: [D, 4] windows [ymin, xmin, ymax, xmax] in pixels.
+    image_size: (height, width).
+    threshold: masks are `probability >= threshold`.
+
+  Returns:
+    [D, height, width] bool.
+  """
+  masks = tf.cast(tf.convert_to_tensor(window_masks), tf.float32)
+  boxes = tf.cast(tf.convert_to_tensor(window_boxes), tf.float32)
+  side = tf.cast(tf.shape(masks)[1], tf.float32)
+  height, width = image_size
+  # One edge-replicated pixel around each mask, so samples in the window's
+  # outer half mask-pixel read the edge value, not 0.
+  padded = tf.pad(masks, [[0, 0], [1, 1], [1, 1]], mode="SYMMETRIC")
+  # Image row i (centre i + 0.5) sits at padded-mask coordinate
+  # (i + 0.5 - ymin) / (ymax - ymin) * R + 0.5; crop_and_resize samples
+  # y1 * (R+1) + i * (y2 - y1) * (R+1) / (height-1), hence these ends.
+  scale = side / (boxes[:, 2:] - boxes[:, :2])  # mask pixels per image pixel
+  first = (0.5 - boxes[:, :2]) * scale + 0.5
+  last = (tf.constant([height - 0.5, width - 0.5]) - boxes[:, :2]) * scale + 0.5
+  denominator = side + 1.0
+  normalized = tf.concat([first / denominator, last / denominator], axis=1)
+  pasted = tf.image.crop_and_resize(
+      padded[..., None], normalized, tf.range(tf.shape(masks)[0]),
+      [height, width], method="bilinear", extrapolation_value=0.0)[..., 0]
+  # Only pixels whose centres lie inside the window box.
+  rows = tf.range(height, dtype=tf.float32) + 0.5
+  cols = tf.range(width, dtype=tf.float32) + 0.5
+  inside_rows = (rows[None, :] >= boxes[:, 0:1]) & (rows[None, :] <= boxes[:, 2:3])
+  inside_cols = (cols[None, :] >= boxes[:, 1:2]) & (cols[None, :] <= boxes[:, 3:4])
+  inside = inside_rows[:, :, None] & inside_cols[:, None, :]
+  pasted = tf.where(inside, pasted, 0.0)
+  return pasted >= threshold

@@ -1,0 +1,95 @@
+"""Tests of TensorMask inference: detections, window masks and pasting."""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from tensormask_tf.modeling import detection_generator
+from tensormask_tf.ops import windows as windows_lib
+
+SPEC = windows_lib.WindowSpec(min_level=2, max_level=3, base_sides=(12, 20))
+IMAGE = (64, 64)
+K = 2  # classes
+
+
+def _paste_reference(mask, box, height, width):
+  """Per pixel centre inside the box: bilinear, edge-clamped sample."""
+  side = mask.shape[0]
+  out = np.zeros((height, width))
+  for i in range(height):
+    for j in range(width):
+      cy, cx = i + 0.5, j + 0.5
+      if not (box[0] <= cy <= box[2] and box[1] <= cx <= box[3]):
+        continue
+      u = np.clip((cy - box[0]) / (box[2] - box[0]) * side - 0.5, 0, side - 1)
+      v = np.clip((cx - box[1]) / (box[3] - box[1]) * side - 0.5, 0, side - 1)
+      u0, v0 = int(np.floor(u)), int(np.floor(v))
+      u1, v1 = min(u0 + 1, side - 1), min(v0 + 1, side - 1)
+      fu, fv = u - u0, v - v0
+      out[i, j] = ((1 - fu) * (1 - fv) * mask[u0, v0] + (1 - fu) * fv *
+                   mask[u0, v1] + fu * (1 - fv) * mask[u1, v0] +
+                   fu * fv * mask[u1, v1])
+  return out >= 0.5
+
+
+def test_paste_window_masks_matches_reference():
+  rng = np.random.RandomState(0)
+  masks = rng.uniform(size=(3, 8, 8))
+  boxes = np.array([[4, 6, 28, 30], [-10, 40, 30, 80], [10, 10, 15, 13]],
+                   np.float32)
+  got = detection_generator.paste_window_masks(masks, boxes, (36, 52)).numpy()
+  for d in range(3):
+    np.testing.assert_array_equal(got[d], _paste_reference(masks[d], boxes[d],
+                                                           36, 52))
+
+
+def _index(level, y, x, a):
+  return (y * (IMAGE[1] // SPEC.stride(level)) + x) * SPEC.num_sizes + a
+
+
+def test_detections_threshold_decode_suppress_per_class_and_route_masks():
+  outputs = {"class_outputs": {}, "box_outputs": {}}
+  for level in SPEC.levels:
+    g = IMAGE[0] // SPEC.stride(level)
+    outputs["class_outputs"][str(level)] = np.full(
+        (1, g, g, SPEC.num_sizes * K), -10.0, np.float32)
+    outputs["box_outputs"][str(level)] = np.zeros(
+        (1, g, g, SPEC.num_sizes * 4), np.float32)
+  logits2 = outputs["class_outputs"]["2"]
+  logits2[0, 5, 6, 0 * K + 1] = 3.0  # w1: level 2, (5, 6), size 0, class 1
+  logits2[0, 5, 7, 0 * K + 1] = 2.0  # w2: same class, moved onto w1: dropped
+  logits2[0, 5, 7, 0 * K + 0] = 1.0  # w2, other class: kept
+  outputs["box_outputs"]["2"][0, 5, 7, 0:4] = [0.0, -0.5, 0.0, 0.0]  # -4 px
+  outputs["class_outputs"]["3"][0, 2, 2, 1 * K + 0] = 0.0  # w3: level 3
+  outputs = {kind: {k: tf.constant(v) for k, v in d.items()}
+             for kind, d in outputs.items()}
+
+  def mask_logits_fn(level, a, indices):
+    side = SPEC.mask_sides[a] * SPEC.upscale(level)
+    value = tf.cast(indices[:, 1] * 10 + indices[:, 2], tf.float32) / 100.0
+    return tf.broadcast_to(value[:, None, None], [tf.shape(indices)[0], side,
+                                                  side])
+
+  det = detection_generator.generate_detections(
+      outputs, mask_logits_fn, SPEC, IMAGE, K, max_detections=5, mask_size=8)
+  assert int(det["num_detections"][0]) == 3
+  sig = lambda z: 1 / (1 + math.exp(-z))
+  np.testing.assert_allclose(det["detection_scores"][0, :3],
+                             [sig(3.0), sig(1.0), sig(0.0)], rtol=1e-5)
+  np.testing.assert_array_equal(det["detection_classes"][0, :3], [1, 0, 0])
+  w1 = windows_lib.generate_windows(SPEC, IMAGE)[2][_index(2, 5, 6, 0)]
+  w2 = windows_lib.generate_windows(SPEC, IMAGE)[2][_index(2, 5, 7, 0)]
+  w3 = windows_lib.generate_windows(SPEC, IMAGE)[3][_index(3, 2, 2, 1)]
+  np.testing.assert_allclose(det["detection_boxes"][0, 0], w1, atol=1e-3)
+  np.testing.assert_allclose(det["detection_boxes"][0, 1], w1, atol=1e-3)
+  np.testing.assert_allclose(det["detection_boxes"][0, 2],
+                             np.clip(w3, 0, 64), atol=1e-3)
+  np.testing.assert_allclose(det["detection_windows"][0, :3], [w1, w2, w3])
+  # Each detection got the mask of its own window.
+  for d, (y, x) in enumerate([(5, 6), (5, 7), (2, 2)]):
+    np.testing.assert_allclose(det["detection_masks"][0, d],
+                               np.full((8, 8), sig((y * 10 + x) / 100)),
+                               rtol=1e-5)
+  assert not np.any(det["detection_masks"][0, 3:])
+  assert not np.any(det["detection_scores"][0, 3:])
