@@ -144,16 +144,23 @@ def test_public_ops_raise_the_same_errors_on_both_backends():
 # Loader and backend switch.
 # ---------------------------------------------------------------------------
 @pytest.fixture
-def relocated_library(tmp_path, monkeypatch):
-  """A copy of the built library and its record, for the loader to judge."""
-  library = tmp_path / custom_op_library.LIBRARY_PATH.name
+def manifest_copy(tmp_path, monkeypatch):
+  """The loader judges a copy of the build record, which tests may edit.
+
+  The library itself is never copied: loading a second file with the same
+  ops would register their kernels twice for the rest of the process.
+  """
   manifest = tmp_path / custom_op_library.MANIFEST_PATH.name
-  shutil.copyfile(custom_op_library.LIBRARY_PATH, library)
   shutil.copyfile(custom_op_library.MANIFEST_PATH, manifest)
-  monkeypatch.setattr(custom_op_library, "LIBRARY_PATH", library)
   monkeypatch.setattr(custom_op_library, "MANIFEST_PATH", manifest)
   custom_op_library.load.cache_clear()
-  yield library, manifest
+  yield manifest
+  custom_op_library.load.cache_clear()
+
+
+def _make_library_missing(monkeypatch, tmp_path):
+  monkeypatch.setattr(custom_op_library, "LIBRARY_PATH",
+                      tmp_path / "missing" / custom_op_library.LIBRARY_PATH.name)
   custom_op_library.load.cache_clear()
 
 
@@ -170,19 +177,17 @@ def _edit_manifest(manifest, **changes):
     ({"sources": "0" * 64}, "kernel sources in custom_ops/kernels changed"),
     ({"cpu_flags": ["avx2", "no_such_isa"]}, "CPU features"),
 ])
-def test_stale_or_mismatched_library_is_refused(relocated_library, changes,
+def test_stale_or_mismatched_library_is_refused(manifest_copy, changes,
                                                 reason):
-  _, manifest = relocated_library
-  _edit_manifest(manifest, **changes)
+  _edit_manifest(manifest_copy, **changes)
   with pytest.raises(custom_op_library.CustomOpUnavailable,
                      match=f"refusing to load .*{reason}.*custom_ops/build.py"):
     custom_op_library.load()
 
 
 def test_missing_library_makes_auto_fall_back_with_one_warning(
-    relocated_library, monkeypatch):
-  library, _ = relocated_library
-  library.unlink()
+    manifest_copy, monkeypatch, tmp_path):
+  _make_library_missing(monkeypatch, tmp_path)
   monkeypatch.delenv(backend_lib.ENV_VAR, raising=False)
   with pytest.warns(RuntimeWarning, match="using the pure-TF ops because .*"
                     "not built"):
@@ -196,15 +201,14 @@ def test_missing_library_makes_auto_fall_back_with_one_warning(
     backend_lib.resolve("custom")
 
 
-def test_environment_variable_forces_a_backend(relocated_library, monkeypatch):
-  library, _ = relocated_library
+def test_environment_variable_forces_a_backend(manifest_copy, monkeypatch,
+                                              tmp_path):
   monkeypatch.setenv(backend_lib.ENV_VAR, "tf")
   assert backend_lib.resolve("auto") == "tf"
   assert backend_lib.resolve("custom") == "custom"  # An explicit choice wins.
   monkeypatch.setenv(backend_lib.ENV_VAR, "custom")
   assert backend_lib.resolve("auto") == "custom"
-  library.unlink()
-  custom_op_library.load.cache_clear()
+  _make_library_missing(monkeypatch, tmp_path)
   with pytest.raises(custom_op_library.CustomOpUnavailable):
     backend_lib.resolve("auto")  # Forced custom fails loudly, no fallback.
   monkeypatch.setenv(backend_lib.ENV_VAR, "cuda")

@@ -41,6 +41,17 @@ class TensorMaskHead(hyperparams.Config):
 
 
 @dataclasses.dataclass
+class DetectionGenerator(hyperparams.Config):
+  """Inference post-processing (SPEC.md 3); masks are returned over each
+  detection's window at mask_size x mask_size."""
+  score_threshold: float = 0.05
+  pre_nms_top_k: int = 6000
+  nms_iou_threshold: float = 0.5
+  max_detections: int = 100
+  mask_size: int = 64
+
+
+@dataclasses.dataclass
 class TensorMaskModel(hyperparams.Config):
   """One dataclass that describes the whole model."""
   num_classes: int = 80
@@ -55,6 +66,8 @@ class TensorMaskModel(hyperparams.Config):
       default_factory=lambda: decoders.Decoder(
           type="fpn", fpn=decoders.FPN(num_filters=256)))
   head: TensorMaskHead = dataclasses.field(default_factory=TensorMaskHead)
+  detection_generator: DetectionGenerator = dataclasses.field(
+      default_factory=DetectionGenerator)
   norm_activation: common.NormActivation = dataclasses.field(
       default_factory=lambda: common.NormActivation(activation="relu"))
   # Backend of swap_align2nat: "auto", "tf" or "custom". An XLA-compiled

@@ -5,6 +5,7 @@ import tf_keras
 from official.vision.modeling.backbones import factory as backbone_factory
 from official.vision.modeling.decoders import factory as decoder_factory
 from tensormask_tf.configs import tensormask_config
+from tensormask_tf.modeling import detection_generator
 from tensormask_tf.modeling import tensormask_model
 from tensormask_tf.modeling.heads import tensormask_head
 from tensormask_tf.ops import windows as windows_lib
@@ -67,3 +68,26 @@ def build_tensormask_model(
   model(tf_keras.Input(shape=input_specs.shape[1:],
                        batch_size=input_specs.shape[0]))
   return model
+
+
+def detect(model: tensormask_model.TensorMaskModel, images,
+           model_config: tensormask_config.TensorMaskModel,
+           training: bool = False) -> dict:
+  """Runs the model and the configured post-processing on a batch.
+
+  Returns generate_detections' outputs (window-relative masks; see
+  detection_generator.paste_window_masks).
+  """
+  outputs = model(images, training=training)
+  generator = model_config.detection_generator
+  return detection_generator.generate_detections(
+      outputs,
+      lambda level, a, indices: model.head.mask_logits(
+          outputs["mask_features"], level, a, indices),
+      window_spec(model_config), tuple(images.shape[1:3]),
+      model_config.num_classes,
+      score_threshold=generator.score_threshold,
+      pre_nms_top_k=generator.pre_nms_top_k,
+      nms_iou_threshold=generator.nms_iou_threshold,
+      max_detections=generator.max_detections,
+      mask_size=generator.mask_size)
