@@ -64,3 +64,28 @@ def test_mask_loss_matches_weighted_bce(side):
 def test_positive_normalizer_is_at_least_one():
   assert float(losses.positive_normalizer(0)) == 1.0
   assert float(losses.positive_normalizer(7)) == 7.0
+
+
+def test_positive_normalizer_sums_over_replicas():
+  # MirroredStrategy over 2 logical CPUs needs a fresh process (logical
+  # devices are fixed when TensorFlow starts).
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  script = """
+import tensormask_tf, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tensormask_tf import losses
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def replica_fn():
+  ctx = tf.distribute.get_replica_context()
+  local = tf.cast(ctx.replica_id_in_sync_group, tf.float32) * 2.0 + 1.0
+  return losses.positive_normalizer(local)  # replicas: 1 and 3
+values = strategy.experimental_local_results(strategy.run(replica_fn))
+print("NORMALIZERS", [float(v) for v in values])
+"""
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "NORMALIZERS [4.0, 4.0]" in result.stdout

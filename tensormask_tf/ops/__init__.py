@@ -1,5 +1,5 @@
-"""Pure functions on tensors: the tensor-representation ops (SPEC.md 2) and
-the window assignment rule (SPEC.md 3)."""
+"""Pure functions on tensors: the tensor-representation ops (SPEC.md 2),
+windows, the assignment rule and training targets (SPEC.md 3)."""
 
 from tensormask_tf.ops.mask_representation import align2nat
 from tensormask_tf.ops.mask_representation import DEFAULT_PAD
@@ -8,13 +8,25 @@ from tensormask_tf.ops.mask_representation import swap_align2nat
 from tensormask_tf.ops.mask_representation import swap_align2nat_gather
 from tensormask_tf.ops.mask_representation import up_align2nat
 from tensormask_tf.ops.window_assignment import assign_windows
+from tensormask_tf.ops.window_labeler import label_windows
+from tensormask_tf.ops.window_targets import decode_window_boxes
+from tensormask_tf.ops.window_targets import encode_window_boxes
+from tensormask_tf.ops.window_targets import window_mask_targets
+from tensormask_tf.ops.windows import generate_windows
+from tensormask_tf.ops.windows import WindowSpec
 
 __all__ = [
     "DEFAULT_PAD",
+    "WindowSpec",
     "align2nat",
     "assign_windows",
+    "decode_window_boxes",
+    "encode_window_boxes",
+    "generate_windows",
+    "label_windows",
     "nat2align",
     "swap_align2nat",
     "swap_align2nat_gather",
     "up_align2nat",
+    "window_mask_targets",
 ]
