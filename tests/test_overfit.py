@@ -9,11 +9,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from tensormask_tf import losses
 from tensormask_tf.configs import tensormask_config
 from tensormask_tf.modeling import detection_generator
 from tensormask_tf.modeling import factory
 from tensormask_tf.ops import window_labeler
+from tests import training_helpers
 
 SIZE = 128
 STEPS = 300
@@ -72,18 +72,8 @@ def test_small_model_overfits_two_images():  # ~60 s on 2 cores.
                                  enumerate(scenes)]))
   optimizer = tf_keras.optimizers.Adam(1e-3)
 
-  @tf.function(jit_compile=True)
-  def step(images, labels):
-    with tf.GradientTape() as tape:
-      outputs = model(images, training=True)
-      result = losses.tensormask_losses(
-          outputs, labels,
-          lambda k, a, i: model.head.mask_logits(outputs["mask_features"], k,
-                                                 a, i),
-          spec.levels, spec.num_sizes, config.num_classes)
-    grads = tape.gradient(result["total_loss"], model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return result
+  step = tf.function(training_helpers.make_train_step(
+      model, spec, config.num_classes, optimizer), jit_compile=True)
 
   first = float(step(images, labels)["total_loss"])
   for _ in range(STEPS):

@@ -9,6 +9,7 @@ from tensormask_tf import losses
 from tensormask_tf.configs import tensormask_config
 from tensormask_tf.modeling import factory
 from tensormask_tf.modeling.heads import tensormask_head
+from tests import training_helpers
 
 IMAGE = 128
 
@@ -167,18 +168,8 @@ def test_training_step_compiles_with_xla_on_the_pure_tf_backend():
   images = tf.random.normal([2, IMAGE, IMAGE, 3], seed=5)
   optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
 
-  def step(images, labels):
-    with tf.GradientTape() as tape:
-      outputs = model(images, training=True)
-      result = losses.tensormask_losses(
-          outputs, labels,
-          lambda k, a, i: model.head.mask_logits(outputs["mask_features"], k,
-                                                 a, i),
-          spec.levels, spec.num_sizes, config.num_classes)
-    grads = tape.gradient(result["total_loss"], model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return result
-
+  step = training_helpers.make_train_step(model, spec, config.num_classes,
+                                          optimizer)
   compiled = tf.function(step, jit_compile=True)
   hlo = compiled.experimental_get_compiler_ir(images, labels)(stage="hlo")
   assert "gather" in hlo
