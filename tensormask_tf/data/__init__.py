@@ -1,0 +1,1 @@
+"""Dataset creation: the synthetic shapes dataset and COCO TFRecords."""

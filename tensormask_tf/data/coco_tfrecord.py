@@ -1,0 +1,50 @@
+"""COCO instances JSON + images -> TFRecords in Model Garden's TF-Example
+format (image, boxes, classes, PNG instance masks, is_crowd), with Model
+Garden's own writer functions (`official.vision.data.create_coco_tf_record`).
+"""
+
+import collections
+import json
+import os
+
+from official.vision.data import create_coco_tf_record
+from official.vision.data import tfrecord_lib
+
+
+def write_coco_tfrecords(annotations_file: str, image_dir: str,
+                         output_prefix: str, num_shards: int = 1,
+                         include_masks: bool = True) -> list[str]:
+  """Converts a COCO instances file; returns the written shard paths.
+
+  Raises:
+    FileNotFoundError: the annotations file or an image is missing.
+    ValueError: the annotations file is not COCO instances JSON.
+  """
+  if not os.path.isfile(annotations_file):
+    raise FileNotFoundError(f"no annotations file {annotations_file}")
+  with open(annotations_file) as f:
+    coco = json.load(f)
+  for key in ("images", "annotations", "categories"):
+    if key not in coco:
+      raise ValueError(f"{annotations_file} is not a COCO instances file: it "
+                       f"has no '{key}'.")
+  for image in coco["images"]:
+    path = os.path.join(image_dir, image["file_name"])
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"image {path} of {annotations_file} is missing")
+  by_image = collections.defaultdict(list)
+  for annotation in coco["annotations"]:
+    by_image[annotation["image_id"]].append(annotation)
+  id_to_name = {c["id"]: c["name"] for c in coco["categories"]}
+  os.makedirs(os.path.dirname(output_prefix) or ".", exist_ok=True)
+  examples = create_coco_tf_record.generate_annotations(
+      images=coco["images"], image_dirs=[image_dir],
+      panoptic_masks_dir=None, img_to_obj_annotation=by_image,
+      img_to_caption_annotation=None, img_to_panoptic_annotation=None,
+      is_category_thing=None, id_to_name_map=id_to_name,
+      include_panoptic_masks=False, include_masks=include_masks)
+  tfrecord_lib.write_tf_record_dataset(
+      output_prefix, examples, create_coco_tf_record.create_tf_example,
+      num_shards, multiple_processes=0)
+  return [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord"
+          for i in range(num_shards)]
