@@ -1,0 +1,110 @@
+"""Parser of decoded COCO-style examples into TensorMask inputs and labels.
+
+Takes the output of Model Garden's `TfExampleDecoder(include_mask=True)` and
+produces the normalized, resized and padded image with the per-image window
+labels of `ops.label_windows` (static shapes, so examples batch). Training
+applies Model Garden's horizontal flip (image, boxes and masks together) and
+scale jitter; evaluation keeps the image's aspect ratio without jitter.
+Resizing is Model Garden's RetinaNet-style `resize_and_crop_image` to fit
+`output_size`, padded to a multiple of the coarsest stride. Ground-truth
+classes are COCO category ids 1..K and become 0..K-1; crowd regions and
+images without objects are allowed (they give no positives).
+"""
+
+import tensorflow as tf
+
+from official.vision.dataloaders import parser
+from official.vision.ops import box_ops
+from official.vision.ops import preprocess_ops
+from tensormask_tf.ops import window_labeler
+from tensormask_tf.ops import windows as windows_lib
+
+
+class Parser(parser.Parser):
+  """Decoded example -> (image [H, W, 3], labels dict)."""
+
+  def __init__(self,
+               output_size: tuple[int, int],
+               window_spec: windows_lib.WindowSpec,
+               mask_caps: dict[int, int],
+               aug_rand_hflip: bool = False,
+               aug_flip_prob: float = 0.5,
+               aug_scale_min: float = 1.0,
+               aug_scale_max: float = 1.0,
+               dtype: str = "float32"):
+    """Initializes the parser.
+
+    Args:
+      output_size: (height, width) the image is resized to fit.
+      window_spec: the model's window layout.
+      mask_caps: {level: most positive windows per window size with masks}.
+      aug_rand_hflip: whether training flips images horizontally.
+      aug_flip_prob: probability of the flip when aug_rand_hflip.
+      aug_scale_min, aug_scale_max: training scale jitter range.
+      dtype: image dtype ("float32", "bfloat16" or "float16").
+    """
+    self._output_size = tuple(output_size)
+    self._spec = window_spec
+    self._padded_size = tuple(preprocess_ops.compute_padded_size(
+        list(output_size), window_spec.stride(window_spec.max_level)))
+    self._mask_caps = dict(mask_caps)
+    self._aug_rand_hflip = aug_rand_hflip
+    self._aug_flip_prob = aug_flip_prob
+    self._aug_scale_min = aug_scale_min
+    self._aug_scale_max = aug_scale_max
+    self._dtype = tf.dtypes.as_dtype(dtype)
+
+  @property
+  def padded_size(self) -> tuple[int, int]:
+    return self._padded_size
+
+  def _parse(self, data: dict, training: bool):
+    source_id = data["source_id"]
+    classes = tf.cast(data["groundtruth_classes"], tf.int32)
+    boxes = data["groundtruth_boxes"]
+    masks = tf.cast(data["groundtruth_instance_masks"], tf.float32)
+    is_crowd = tf.cast(data["groundtruth_is_crowd"], tf.bool)
+    num = tf.shape(boxes)[0]
+    checks = [
+        tf.debugging.Assert(
+            tf.equal(tf.shape(masks)[0], num),
+            ["record's instance masks disagree with its box count; "
+             "source_id:", source_id]),
+        tf.debugging.Assert(
+            tf.equal(tf.shape(classes)[0], num),
+            ["record's classes disagree with its box count; source_id:",
+             source_id]),
+    ]
+    with tf.control_dependencies(checks):
+      image = preprocess_ops.normalize_image(data["image"])
+
+    if training and self._aug_rand_hflip:
+      image, boxes, masks = preprocess_ops.random_horizontal_flip(
+          image, boxes, masks, prob=self._aug_flip_prob)
+    boxes = box_ops.denormalize_boxes(boxes, tf.shape(image)[0:2])
+    image, image_info = preprocess_ops.resize_and_crop_image(
+        image, self._output_size, padded_size=self._padded_size,
+        aug_scale_min=self._aug_scale_min if training else 1.0,
+        aug_scale_max=self._aug_scale_max if training else 1.0)
+    scale, offset = image_info[2, :], image_info[3, :]
+    boxes = preprocess_ops.resize_and_crop_boxes(boxes, scale, image_info[1, :],
+                                                 offset)
+    masks = preprocess_ops.resize_and_crop_masks(
+        masks[..., None], scale, self._padded_size, offset)[..., 0]
+    # Objects cropped away by the jitter leave empty boxes: drop them.
+    keep = box_ops.get_non_empty_box_indices(boxes)
+    boxes = tf.gather(boxes, keep)
+    labels = window_labeler.label_windows(
+        self._spec, self._padded_size, boxes, tf.gather(classes, keep) - 1,
+        tf.gather(masks, keep), self._mask_caps,
+        gt_is_crowd=tf.gather(is_crowd, keep))
+    labels["image_info"] = image_info
+    labels["source_id"] = source_id
+    image = tf.ensure_shape(image, [*self._padded_size, 3])
+    return tf.cast(image, self._dtype), labels
+
+  def _parse_train_data(self, data):
+    return self._parse(data, training=True)
+
+  def _parse_eval_data(self, data):
+    return self._parse(data, training=False)
