@@ -172,3 +172,15 @@ def test_batch_losses_match_a_numpy_computation():
                                rtol=1e-5)
   np.testing.assert_allclose(float(got["total_loss"]),
                              sum(want.values()) / 3.0, rtol=1e-5)
+
+
+def test_labels_have_static_shapes_when_traced():
+  # A dataset-fed, XLA-compiled step needs every label shape static.
+  boxes, masks = _scene()
+  fn = tf.function(lambda b, c, m: window_labeler.label_windows(
+      SPEC, SIZE, b, c, m, CAPS))
+  labels = fn.get_concrete_function(
+      tf.TensorSpec([None, 4]), tf.TensorSpec([None], tf.int32),
+      tf.TensorSpec([None, *SIZE])).structured_outputs
+  for key, value in labels.items():
+    assert value.shape.is_fully_defined(), (key, value.shape)

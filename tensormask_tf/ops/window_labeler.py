@@ -68,8 +68,8 @@ def label_windows(spec: windows_lib.WindowSpec, image_size: tuple[int, int],
 
   matched, positive = window_assignment.assign_windows(
       boxes, all_windows, all_units, spec.min_window_size)
-  # A dummy last row keeps the gathers valid with no ground truth (negatives
-  # and padding cells read it; their values are masked).
+  # `matched` is 0 for negative windows; one appended zero row keeps the
+  # gathers valid when no ground truth is left (their results are masked).
   safe_boxes = tf.concat([boxes, tf.zeros([1, 4])], axis=0)
   safe_classes = tf.concat([classes, tf.zeros([1], tf.int32)], axis=0)
   masks = tf.cast(tf.gather(tf.convert_to_tensor(gt_masks), kept), tf.float32)
@@ -102,19 +102,21 @@ def label_windows(spec: windows_lib.WindowSpec, image_size: tuple[int, int],
       num = tf.shape(cells)[0]
       dropped += tf.cast(tf.maximum(num - cap, 0), tf.float32)
       cells = tf.random.shuffle(cells, seed=seed)[:cap]
-      num_kept = tf.shape(cells)[0]
-      valid = tf.concat([tf.ones([num_kept]), tf.zeros([cap - num_kept])], 0)
-      cells = tf.concat([cells, tf.zeros([cap - num_kept], tf.int32)], 0)
+      padding = cap - tf.shape(cells)[0]
       side = spec.mask_sides[a] * spec.upscale(level)
+      # Targets of the kept windows only; padding rows are zeros.
       targets = window_targets.window_mask_targets(
           safe_masks, tf.gather(level_matched[:, a], cells),
           tf.gather(level_windows[:, a], cells), side,
           samples_per_cell=spec.min_level_stride)
-      labels[mask_label_key(level, a, "indices")] = tf.stack(
-          [cells // grid_w, cells % grid_w], axis=1)
-      labels[mask_label_key(level, a, "valid")] = valid
-      labels[mask_label_key(level, a, "targets")] = (
-          targets * valid[:, None, None])
+      # ensure_shape: batches must have static shapes for XLA.
+      labels[mask_label_key(level, a, "targets")] = tf.ensure_shape(
+          tf.pad(targets, [[0, padding], [0, 0], [0, 0]]), [cap, side, side])
+      labels[mask_label_key(level, a, "valid")] = tf.ensure_shape(
+          tf.pad(tf.ones_like(cells, tf.float32), [[0, padding]]), [cap])
+      cells = tf.pad(cells, [[0, padding]])
+      labels[mask_label_key(level, a, "indices")] = tf.ensure_shape(
+          tf.stack([cells // grid_w, cells % grid_w], axis=1), [cap, 2])
     start += count
   labels["num_mask_positives_dropped"] = dropped
   return labels
