@@ -1,8 +1,9 @@
 """Overfit: a small TensorMask learns two synthetic images (issue 4).
 
 Trains ResNet-18 + FPN + bipyramid on 2 images of 128 px with a few shapes
-(XLA-compiled step, pure-TF backend), then checks the loss fell at least
-10x and that every object gets a mask with IoU >= 0.8 from the detections.
+(400 XLA-compiled steps, pure-TF backend), then checks the loss fell at
+least 10x and that every object gets a mask with IoU >= 0.8 from the
+detections.
 """
 
 import numpy as np
@@ -16,13 +17,14 @@ from tensormask_tf.ops import window_labeler
 from tests import training_helpers
 
 SIZE = 128
-STEPS = 300
+STEPS = 400
 
 
 def _shape_masks():
   """Two images' instance masks, boxes and classes (square, disc, triangle)."""
   yy, xx = np.mgrid[0:SIZE, 0:SIZE] + 0.5
-  square = (np.abs(yy - 40) <= 18) & (np.abs(xx - 44) <= 18)
+  # Edges on the 4-px mask grid of P2 (rows 20..60, columns 24..64).
+  square = (np.abs(yy - 40) <= 20) & (np.abs(xx - 44) <= 20)
   disc = (yy - 84)**2 + (xx - 88)**2 <= 22**2
   triangle = (yy >= 20) & (yy <= 64) & (np.abs(xx - 96) <= (yy - 20) / 2)
   disc2 = (yy - 60)**2 + (xx - 50)**2 <= 26**2
@@ -48,7 +50,7 @@ def _render(masks, classes, seed):
   return (image - 0.5).astype(np.float32)
 
 
-def test_small_model_overfits_two_images():  # ~60 s on 2 cores.
+def test_small_model_overfits_two_images():  # ~70 s on 2 cores.
   tf.random.set_seed(0)
   config = tensormask_config.TensorMaskModel(
       num_classes=3, input_size=[SIZE, SIZE, 3], min_level=2, max_level=5)
@@ -70,7 +72,11 @@ def test_small_model_overfits_two_images():  # ~60 s on 2 cores.
   labels = {k: tf.stack([p[k] for p in per_image]) for k in per_image[0]}
   images = tf.constant(np.stack([_render(m, c, i) for i, (m, _, c) in
                                  enumerate(scenes)]))
-  optimizer = tf_keras.optimizers.Adam(1e-3)
+  # The decay makes the end of training stable from run to run (the
+  # multi-threaded XLA CPU reductions are not bit-reproducible).
+  optimizer = tf_keras.optimizers.Adam(
+      tf_keras.optimizers.schedules.PiecewiseConstantDecay([250],
+                                                           [1e-3, 1e-4]))
 
   step = tf.function(training_helpers.make_train_step(
       model, spec, config.num_classes, optimizer), jit_compile=True)
