@@ -1,0 +1,1 @@
+"""COCO evaluation of TensorMask detections."""

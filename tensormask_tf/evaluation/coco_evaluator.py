@@ -1,0 +1,106 @@
+"""COCO box and mask AP of TensorMask detections, with pycocotools.
+
+TensorMask's masks are relative to each detection's *window*, not to its box
+(Model Garden's `COCOEvaluator` assumes box-relative masks), so detections
+are mapped back to the original image here: boxes and windows are divided by
+the resize scale, and every mask is pasted into the original image inside its
+window (`paste_window_masks`) and encoded as RLE. The results are also
+written as COCO-format JSON on request.
+"""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+from pycocotools import coco as coco_api
+from pycocotools import cocoeval
+from pycocotools import mask as mask_api
+
+from tensormask_tf.modeling import detection_generator
+
+_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+class WindowMaskCocoEvaluator:
+  """Accumulates detections of a dataset and computes COCO metrics."""
+
+  def __init__(self, annotation_file: str, include_mask: bool = True):
+    """Initializes the evaluator.
+
+    Args:
+      annotation_file: COCO instances JSON of the evaluated images; category
+        ids are 1..K and model classes 0..K-1.
+      include_mask: whether to compute mask AP as well as box AP.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools chatter
+      self._coco = coco_api.COCO(annotation_file)
+    self._include_mask = include_mask
+    self._results = []
+
+  def reset_states(self):
+    self._results = []
+
+  def update_state(self, predictions: dict):
+    """Adds one batch of `generate_detections` outputs.
+
+    Args:
+      predictions: numpy or tensors; the detections plus "source_id" [N]
+        (COCO image ids) and "image_info" [N, 4, 2] (Model Garden's:
+        original size, scaled size, scale, offset).
+    """
+    p = {k: np.asarray(v) for k, v in predictions.items()}
+    for n, image_id in enumerate(p["source_id"]):
+      image_id = int(image_id)
+      height, width = (int(v) for v in p["image_info"][n, 0])
+      scale = np.tile(p["image_info"][n, 2], 2)  # [y, x, y, x]
+      offset = np.tile(p["image_info"][n, 3], 2)
+      count = int(p["num_detections"][n])
+      boxes = (p["detection_boxes"][n, :count] + offset) / scale
+      masks = None
+      if self._include_mask and count:
+        windows = (p["detection_windows"][n, :count] + offset) / scale
+        masks = detection_generator.paste_window_masks(
+            p["detection_masks"][n, :count], windows, (height, width)).numpy()
+      for d in range(count):
+        ymin, xmin, ymax, xmax = (float(v) for v in boxes[d])
+        result = {
+            "image_id": image_id,
+            "category_id": int(p["detection_classes"][n, d]) + 1,
+            "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+            "score": float(p["detection_scores"][n, d]),
+        }
+        if masks is not None:
+          rle = mask_api.encode(np.asfortranarray(masks[d].astype(np.uint8)))
+          rle["counts"] = rle["counts"].decode("ascii")
+          result["segmentation"] = rle
+        self._results.append(result)
+
+  def write_results(self, path: str):
+    """Writes the accumulated detections as COCO results JSON."""
+    with open(path, "w") as f:
+      json.dump(self._results, f)
+
+  def result(self) -> dict[str, float]:
+    """{"box_AP", "box_AP50", ..., "mask_AP", ...}; zeros without results."""
+    metrics = {}
+    for iou_type, prefix in (("bbox", "box"), ("segm", "mask")):
+      if iou_type == "segm" and not self._include_mask:
+        continue
+      if not self._results:
+        metrics.update({f"{prefix}_{m}": 0.0 for m in _METRICS})
+        continue
+      results = self._results
+      if iou_type == "bbox":
+        # loadRes would replace each bbox by its mask's box: leave masks out.
+        results = [{k: v for k, v in r.items() if k != "segmentation"}
+                   for r in results]
+      with contextlib.redirect_stdout(io.StringIO()):
+        detections = self._coco.loadRes(results)
+        evaluation = cocoeval.COCOeval(self._coco, detections, iou_type)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+      metrics.update({f"{prefix}_{m}": float(v)
+                      for m, v in zip(_METRICS, evaluation.stats[:6])})
+    return metrics

@@ -1,0 +1,100 @@
+"""Tests of the COCO evaluator of window-relative masks (pycocotools)."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tensormask_tf.data import shapes_dataset
+from tensormask_tf.evaluation import coco_evaluator
+
+SIZE = 96
+R = 96  # window-mask side: fine enough that resampling costs no AP
+
+
+@pytest.fixture(scope="module")
+def ground_truth(tmp_path_factory):
+  root = tmp_path_factory.mktemp("gt")
+  json_path = shapes_dataset.write_shapes_dataset(
+      str(root), "val", 4, height=SIZE, width=SIZE, seed=11)
+  with open(json_path) as f:
+    return json_path, json.load(f)
+
+
+def _predictions(coco, scale, shift=0.0):
+  """Each object detected with its box; its window a square of side 2x the
+  box's longer side centred on it (partly outside the image), and the mask
+  of that window taken from the ground truth by nearest sampling; all in the
+  coordinates of an input resized by `scale`."""
+  from pycocotools import mask as mask_api  # pylint: disable=g-import-not-at-top
+  images = coco["images"]
+  per_image = {im["id"]: [a for a in coco["annotations"]
+                          if a["image_id"] == im["id"]] for im in images}
+  d = max(len(v) for v in per_image.values())
+  n = len(images)
+  out = {k: np.zeros(s, np.float32) for k, s in {
+      "detection_boxes": (n, d, 4), "detection_scores": (n, d),
+      "detection_windows": (n, d, 4), "detection_masks": (n, d, R, R)}.items()}
+  out["detection_classes"] = np.zeros((n, d), np.int32)
+  out["num_detections"] = np.zeros(n, np.int32)
+  out["source_id"] = np.array([im["id"] for im in images])
+  out["image_info"] = np.array([[[SIZE, SIZE], [SIZE * scale] * 2,
+                                 [scale, scale], [0, 0]]] * n, np.float32)
+  for i, im in enumerate(images):
+    out["num_detections"][i] = len(per_image[im["id"]])
+    for j, a in enumerate(per_image[im["id"]]):
+      mask = mask_api.decode(mask_api.frPyObjects(a["segmentation"], SIZE,
+                                                  SIZE))[..., 0]
+      x, y, w, h = a["bbox"]
+      side = 2 * max(w, h)
+      cy, cx = y + h / 2 + shift, x + w / 2 + shift
+      window = np.array([cy - side / 2, cx - side / 2, cy + side / 2,
+                         cx + side / 2])
+      centres = window[0] + (np.arange(R) + 0.5) * side / R
+      cols = window[1] + (np.arange(R) + 0.5) * side / R
+      rows_i = np.floor(centres - shift).astype(int)
+      cols_i = np.floor(cols - shift).astype(int)
+      inside = ((rows_i >= 0) & (rows_i < SIZE))[:, None] & (
+          (cols_i >= 0) & (cols_i < SIZE))[None, :]
+      sampled = mask[np.clip(rows_i, 0, SIZE - 1)][:, np.clip(cols_i, 0,
+                                                              SIZE - 1)]
+      out["detection_masks"][i, j] = np.where(inside, sampled, 0)
+      out["detection_windows"][i, j] = window * scale
+      out["detection_boxes"][i, j] = np.array([y, x, y + h, x + w]) * scale
+      out["detection_classes"][i, j] = a["category_id"] - 1
+      out["detection_scores"][i, j] = 0.9
+  return out
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_perfect_detections_score_full_ap(ground_truth, scale, tmp_path):
+  json_path, coco = ground_truth
+  evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
+  evaluator.update_state(_predictions(coco, scale))
+  metrics = evaluator.result()
+  assert metrics["box_AP"] == pytest.approx(1.0)
+  assert metrics["mask_AP"] == pytest.approx(1.0)
+  evaluator.write_results(str(tmp_path / "results.json"))
+  with open(tmp_path / "results.json") as f:
+    results = json.load(f)
+  assert len(results) == len(coco["annotations"])
+  assert {"bbox", "segmentation", "score"} <= results[0].keys()
+
+
+def test_shifted_masks_lower_mask_ap_only(ground_truth):
+  json_path, coco = ground_truth
+  evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
+  shifted = _predictions(coco, 1.0, shift=0.0)
+  # Move every window (and so its mask) by 6 px; boxes stay right.
+  shifted["detection_windows"] += 6.0
+  evaluator.update_state(shifted)
+  metrics = evaluator.result()
+  assert metrics["box_AP"] == pytest.approx(1.0)
+  assert metrics["mask_AP"] < 0.8
+
+
+def test_no_detections_give_zero_ap(ground_truth):
+  json_path, _ = ground_truth
+  evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
+  assert evaluator.result()["mask_AP"] == 0.0
