@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tensormask_tf.data import shapes_dataset
 from tensormask_tf.evaluation import coco_evaluator

@@ -1,7 +1,6 @@
 """Tests of the per-image window labels and the batch loss assembly."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from tensormask_tf import losses

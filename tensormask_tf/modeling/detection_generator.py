@@ -20,7 +20,8 @@ from tensormask_tf.ops import windows as windows_lib
 
 
 def _window_table(spec: windows_lib.WindowSpec, image_size):
-  """Per window, concatenated over levels: box, level, size index, y, x."""
+  """Per window, concatenated over levels: boxes (tensor), and numpy level,
+  size index, y, x."""
   boxes = windows_lib.generate_windows(spec, image_size)
   sizes = windows_lib.feature_sizes(spec, image_size)
   level, size_index, y, x = [], [], [], []
@@ -33,8 +34,8 @@ def _window_table(spec: windows_lib.WindowSpec, image_size):
     y.append(yy.ravel())
     x.append(xx.ravel())
   cat = lambda parts: np.concatenate(parts).astype(np.int32)
-  return (np.concatenate([boxes[k] for k in spec.levels]), cat(level),
-          cat(size_index), cat(y), cat(x))
+  return (windows_lib.concat_levels(boxes), cat(level), cat(size_index),
+          cat(y), cat(x))
 
 
 def generate_detections(outputs: dict, mask_logits_fn,
@@ -78,7 +79,7 @@ def generate_detections(outputs: dict, mask_logits_fn,
   top_scores, top_index = tf.math.top_k(scores, k=top_k)
   window = top_index // num_classes
   classes = top_index % num_classes
-  windows = tf.gather(tf.constant(window_boxes), window)  # [N, k, 4]
+  windows = tf.gather(window_boxes, window)  # [N, k, 4]
   boxes = window_targets.decode_window_boxes(
       tf.gather(tf.cast(deltas, tf.float32), window, batch_dims=1), windows)
   height, width = image_size

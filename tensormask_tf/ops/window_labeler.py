@@ -14,7 +14,6 @@ Run per image (e.g. in the tf.data pipeline); the batch dimension is added by
 batching.
 """
 
-import numpy as np
 import tensorflow as tf
 
 from tensormask_tf.ops import window_assignment
@@ -54,8 +53,8 @@ def label_windows(spec: windows_lib.WindowSpec, image_size: tuple[int, int],
   windows = windows_lib.generate_windows(spec, image_size)
   units = windows_lib.unit_lengths(spec, image_size)
   sizes = windows_lib.feature_sizes(spec, image_size)
-  all_windows = tf.constant(np.concatenate([windows[k] for k in spec.levels]))
-  all_units = tf.constant(np.concatenate([units[k] for k in spec.levels]))
+  all_windows = windows_lib.concat_levels(windows)
+  all_units = windows_lib.concat_levels(units)
 
   gt_boxes = tf.cast(tf.convert_to_tensor(gt_boxes), tf.float32)
   gt_classes = tf.cast(tf.convert_to_tensor(gt_classes), tf.int32)
