@@ -49,6 +49,8 @@ def test_every_head_type_builds_runs_and_trains(head_type):
   if "base_sides" in overrides:
     config.windows.base_sides = overrides["base_sides"]
   model = _build(config)
+  built_variables = {v.name for v in model.variables}
+  assert len(built_variables) == len(model.variables)  # Unique names.
   head = model.head
   images = tf.random.normal([2, IMAGE, IMAGE, 3], seed=1)
   indices = tf.constant([[0, 1, 2], [1, 0, 3], [1, 3, 3]], tf.int32)
@@ -78,6 +80,9 @@ def test_every_head_type_builds_runs_and_trains(head_type):
       total += losses.box_l1_loss(tf.reshape(box, [-1, 4]),
                                   tf.zeros_like(tf.reshape(box, [-1, 4])), 1.0)
   grads = tape.gradient(total, model.trainable_variables)
+  # Every variable exists once the model is built (none made lazily by
+  # mask_logits): initialization, restoring and mirroring see them all.
+  assert {v.name for v in model.variables} == built_variables
   assert np.isfinite(float(total))
   assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
   if head_type == "bipyramid":

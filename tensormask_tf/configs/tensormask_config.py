@@ -1,11 +1,12 @@
-"""The TensorMask model config (SPEC.md 3), a Model Garden dataclass.
+"""TensorMask's model, data and task configs, Model Garden dataclasses.
 
-Overridable from YAML like any Model Garden config; experiment and task
-configs build on it.
+Overridable from YAML or `--params_override` like any Model Garden config;
+the registered experiments are in `experiments.py`.
 """
 
 import dataclasses
 
+from official.core import config_definitions as cfg
 from official.modeling import hyperparams
 from official.vision.configs import backbones
 from official.vision.configs import common
@@ -73,3 +74,69 @@ class TensorMaskModel(hyperparams.Config):
   # Backend of swap_align2nat: "auto", "tf" or "custom". An XLA-compiled
   # step must use "tf" (tensormask_tf/ops/backend.py).
   ops_backend: str = "auto"
+
+
+@dataclasses.dataclass
+class Parser(hyperparams.Config):
+  """Input resizing, augmentation and mask labels.
+
+  Images are resized to fit `model.input_size` (keeping the aspect ratio)
+  or, when `short_side` > 0, so their short side is `short_side` and their
+  long side at most `long_side` (Mask R-CNN style); then padded to
+  `model.input_size`. `aug_scale_min/max` jitter that scale in training.
+  `mask_caps[i]` is the most positive windows per window size and image
+  whose masks are learned at level min_level + i (the last value repeats
+  for higher levels).
+  """
+  short_side: int = 0
+  long_side: int = 0
+  aug_rand_hflip: bool = False
+  aug_scale_min: float = 1.0
+  aug_scale_max: float = 1.0
+  mask_caps: list[int] = dataclasses.field(
+      default_factory=lambda: [128, 64, 32, 16])
+
+
+@dataclasses.dataclass
+class DataConfig(cfg.DataConfig):
+  """A split of Model Garden TF-Example TFRecords (with instance masks)."""
+  input_path: str = ""
+  global_batch_size: int = 0
+  is_training: bool = False
+  dtype: str = "float32"
+  decoder: common.DataDecoder = dataclasses.field(
+      default_factory=common.DataDecoder)
+  parser: Parser = dataclasses.field(default_factory=Parser)
+  shuffle_buffer_size: int = 1000
+  file_type: str = "tfrecord"
+
+
+@dataclasses.dataclass
+class Losses(hyperparams.Config):
+  """SPEC.md 3's losses; `l2_weight_decay` is the SGD weight decay."""
+  focal_loss_alpha: float = 0.3
+  focal_loss_gamma: float = 3.0
+  mask_positive_weight: float = 1.5
+  l2_weight_decay: float = 1e-4
+
+
+@dataclasses.dataclass
+class TensorMaskTask(cfg.TaskConfig):
+  """The `tensormask` task: model, data, losses and evaluation.
+
+  annotation_file: COCO instances JSON of the validation split (COCO box
+    and mask AP need it; without it evaluation reports losses only).
+  allow_image_summary: whether evaluation writes TensorBoard pictures of
+    the predicted masks (`num_summary_images` of the first batch).
+  """
+  model: TensorMaskModel = dataclasses.field(default_factory=TensorMaskModel)
+  train_data: DataConfig = dataclasses.field(
+      default_factory=lambda: DataConfig(is_training=True))
+  validation_data: DataConfig = dataclasses.field(
+      default_factory=lambda: DataConfig(is_training=False))
+  losses: Losses = dataclasses.field(default_factory=Losses)
+  init_checkpoint_modules: str = "all"  # "all" or "backbone"
+  annotation_file: str | None = None
+  use_coco_metrics: bool = True
+  allow_image_summary: bool = True
+  num_summary_images: int = 4

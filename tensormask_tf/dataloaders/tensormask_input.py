@@ -5,8 +5,10 @@ produces the normalized, resized and padded image with the per-image window
 labels of `ops.label_windows` (static shapes, so examples batch). Training
 applies Model Garden's horizontal flip (image, boxes and masks together) and
 scale jitter; evaluation keeps the image's aspect ratio without jitter.
-Resizing is Model Garden's RetinaNet-style `resize_and_crop_image` to fit
-`output_size`, padded to a multiple of the coarsest stride. Ground-truth
+Resizing is Model Garden's: RetinaNet-style `resize_and_crop_image` to fit
+`output_size`, or Mask R-CNN-style `resize_and_crop_image_v2` (short side
+`short_side`, long side at most `long_side`) when `short_side` is set; the
+image is then padded to `output_size` rounded up to the coarsest stride. Ground-truth
 classes are COCO category ids 1..K and become 0..K-1; crowd regions and
 images without objects are allowed (they give no positives).
 """
@@ -31,6 +33,8 @@ class Parser(parser.Parser):
                aug_flip_prob: float = 0.5,
                aug_scale_min: float = 1.0,
                aug_scale_max: float = 1.0,
+               short_side: int = 0,
+               long_side: int = 0,
                dtype: str = "float32"):
     """Initializes the parser.
 
@@ -41,6 +45,9 @@ class Parser(parser.Parser):
       aug_rand_hflip: whether training flips images horizontally.
       aug_flip_prob: probability of the flip when aug_rand_hflip.
       aug_scale_min, aug_scale_max: training scale jitter range.
+      short_side, long_side: when short_side > 0, images are resized so
+        their short side is short_side and their long side at most
+        long_side (which must fit output_size).
       dtype: image dtype ("float32", "bfloat16" or "float16").
     """
     self._output_size = tuple(output_size)
@@ -53,6 +60,13 @@ class Parser(parser.Parser):
     self._aug_scale_min = aug_scale_min
     self._aug_scale_max = aug_scale_max
     self._dtype = tf.dtypes.as_dtype(dtype)
+    if short_side > 0 and not 0 < short_side <= long_side <= min(output_size):
+      raise ValueError(
+          f"short_side {short_side} and long_side {long_side} must satisfy "
+          f"0 < short_side <= long_side <= min(output_size {output_size}), "
+          "so every resized image fits the padded input.")
+    self._short_side = short_side
+    self._long_side = long_side
 
   @property
   def padded_size(self) -> tuple[int, int]:
@@ -82,10 +96,15 @@ class Parser(parser.Parser):
       image, boxes, masks = preprocess_ops.random_horizontal_flip(
           image, boxes, masks, prob=self._aug_flip_prob)
     boxes = box_ops.denormalize_boxes(boxes, tf.shape(image)[0:2])
-    image, image_info = preprocess_ops.resize_and_crop_image(
-        image, self._output_size, padded_size=self._padded_size,
-        aug_scale_min=self._aug_scale_min if training else 1.0,
-        aug_scale_max=self._aug_scale_max if training else 1.0)
+    jitter = dict(aug_scale_min=self._aug_scale_min if training else 1.0,
+                  aug_scale_max=self._aug_scale_max if training else 1.0)
+    if self._short_side > 0:
+      image, image_info = preprocess_ops.resize_and_crop_image_v2(
+          image, self._short_side, self._long_side, self._padded_size,
+          **jitter)
+    else:
+      image, image_info = preprocess_ops.resize_and_crop_image(
+          image, self._output_size, padded_size=self._padded_size, **jitter)
     scale, offset = image_info[2, :], image_info[3, :]
     boxes = preprocess_ops.resize_and_crop_boxes(boxes, scale, image_info[1, :],
                                                  offset)

@@ -79,12 +79,20 @@ def detect(model: tensormask_model.TensorMaskModel, images,
   detection_generator.paste_window_masks).
   """
   outputs = model(images, training=training)
+  return postprocess(model, outputs, tuple(images.shape[1:3]), model_config)
+
+
+def postprocess(model: tensormask_model.TensorMaskModel, outputs: dict,
+                image_size: tuple[int, int],
+                model_config: tensormask_config.TensorMaskModel) -> dict:
+  """The configured post-processing of the model's outputs on a batch of
+  (padded) input size `image_size` (height, width)."""
   generator = model_config.detection_generator
   return detection_generator.generate_detections(
       outputs,
       lambda level, a, indices: model.head.mask_logits(
           outputs["mask_features"], level, a, indices),
-      window_spec(model_config), tuple(images.shape[1:3]),
+      window_spec(model_config), tuple(image_size),
       model_config.num_classes,
       score_threshold=generator.score_threshold,
       pre_nms_top_k=generator.pre_nms_top_k,

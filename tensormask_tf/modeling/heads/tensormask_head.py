@@ -138,6 +138,11 @@ class TensorMaskHead(tf_keras.layers.Layer):
     self._mask_projections = [
         self._conv(self._coarse_side(s)**2, 1, f"mask_projection_{s}")
         for s in c["mask_sides"]]
+    # mask_logits, not call, runs them: build them here so every variable
+    # exists (and is initialized, restored, mirrored) once the model is.
+    for projection in self._mask_projections:
+      with tf.name_scope(projection.name):
+        projection.build([None, None, None, c["mask_filters"]])
     super().build(input_shape)
 
   def _coarse_side(self, side: int) -> int:

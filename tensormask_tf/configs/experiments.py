@@ -1,0 +1,143 @@
+"""TensorMask experiments, registered with Model Garden's `exp_factory`.
+
+- `tensormask`: the bare task with defaults (set data paths yourself).
+- `tensormask_r50_fpn_coco_1x`, `tensormask_r50_fpn_coco_6x`,
+  `tensormask_r101_fpn_coco_6x`: the COCO recipe of SPEC.md 4.
+- `tensormask_shapes`: ResNet-18 on the synthetic shapes dataset at 128 px,
+  sized to train on a 2-core CPU in minutes (the quickstart).
+
+Paths are relative to `COCO_DIR` / `SHAPES_DIR`; override them with
+`--params_override` or a YAML file in `configs/`.
+"""
+
+import os
+
+from official.core import config_definitions as cfg
+from official.core import exp_factory
+from official.modeling import optimization
+from tensormask_tf.configs import tensormask_config as tm_cfg
+
+COCO_DIR = "coco"
+COCO_TRAIN_EXAMPLES = 118287
+COCO_VAL_EXAMPLES = 5000
+SHAPES_DIR = "data/shapes"
+
+_RESTRICTIONS = ["task.train_data.is_training != None",
+                 "task.validation_data.is_training != None"]
+
+
+def _sgd_stepwise(base_lr: float, boundaries: list[int], warmup_steps: int
+                  ) -> optimization.OptimizationConfig:
+  """SGD momentum 0.9, LR x0.1 at each boundary, linear warm-up from 0."""
+  return optimization.OptimizationConfig({
+      "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9}},
+      "learning_rate": {
+          "type": "stepwise",
+          "stepwise": {"boundaries": boundaries,
+                       "values": [base_lr * 0.1**i
+                                  for i in range(len(boundaries) + 1)]}},
+      "warmup": {"type": "linear",
+                 "linear": {"warmup_steps": warmup_steps,
+                            "warmup_learning_rate": 0.0}},
+  })
+
+
+@exp_factory.register_config_factory("tensormask")
+def tensormask() -> cfg.ExperimentConfig:
+  """The task with its defaults."""
+  return cfg.ExperimentConfig(task=tm_cfg.TensorMaskTask(),
+                              restrictions=list(_RESTRICTIONS))
+
+
+def _coco(depth: int, schedule: int) -> cfg.ExperimentConfig:
+  """SPEC.md 4: batch 16, LR 0.02, 90k steps per "1x"; 6x adds jitter."""
+  batch_size, eval_batch_size = 16, 8
+  steps = 90_000 * schedule
+  boundaries = [60_000, 80_000] if schedule == 1 else [480_000, 520_000]
+  model = tm_cfg.TensorMaskModel(num_classes=80, input_size=[1344, 1344, 3])
+  model.backbone.resnet.model_id = depth
+  train_parser = tm_cfg.Parser(short_side=800, long_side=1333,
+                               aug_rand_hflip=True)
+  if schedule > 1:  # Short side jittered over 640..800.
+    train_parser.aug_scale_min = 0.8
+  return cfg.ExperimentConfig(
+      task=tm_cfg.TensorMaskTask(
+          model=model,
+          losses=tm_cfg.Losses(l2_weight_decay=1e-4),
+          init_checkpoint_modules="backbone",
+          annotation_file=os.path.join(COCO_DIR, "annotations",
+                                       "instances_val2017.json"),
+          train_data=tm_cfg.DataConfig(
+              input_path=os.path.join(COCO_DIR, "tfrecords", "train*"), is_training=True,
+              global_batch_size=batch_size, parser=train_parser),
+          validation_data=tm_cfg.DataConfig(
+              input_path=os.path.join(COCO_DIR, "tfrecords", "val*"), is_training=False,
+              global_batch_size=eval_batch_size, drop_remainder=False,
+              parser=tm_cfg.Parser(short_side=800, long_side=1333))),
+      trainer=cfg.TrainerConfig(
+          train_steps=steps,
+          validation_steps=COCO_VAL_EXAMPLES // eval_batch_size,
+          validation_interval=5000, steps_per_loop=100, summary_interval=100,
+          checkpoint_interval=5000,
+          optimizer_config=_sgd_stepwise(0.02, boundaries, 1000)),
+      restrictions=list(_RESTRICTIONS))
+
+
+@exp_factory.register_config_factory("tensormask_r50_fpn_coco_1x")
+def tensormask_r50_fpn_coco_1x() -> cfg.ExperimentConfig:
+  return _coco(50, 1)
+
+
+@exp_factory.register_config_factory("tensormask_r50_fpn_coco_6x")
+def tensormask_r50_fpn_coco_6x() -> cfg.ExperimentConfig:
+  return _coco(50, 6)
+
+
+@exp_factory.register_config_factory("tensormask_r101_fpn_coco_6x")
+def tensormask_r101_fpn_coco_6x() -> cfg.ExperimentConfig:
+  return _coco(101, 6)
+
+
+@exp_factory.register_config_factory("tensormask_shapes")
+def tensormask_shapes() -> cfg.ExperimentConfig:
+  """ResNet-18 + small FPN and heads on 128-px shapes images, on CPU."""
+  model = tm_cfg.TensorMaskModel(num_classes=4, input_size=[128, 128, 3],
+                                 min_level=2, max_level=5)
+  model.backbone.resnet.model_id = 18
+  model.decoder.fpn.num_filters = 64
+  model.windows.base_sides = [24, 40]
+  model.head.override({"num_convs": 2, "class_filters": 64,
+                       "box_filters": 32, "mask_filters": 32})
+  model.norm_activation.norm_momentum = 0.9
+  batch_size, train_steps = 8, 1500
+  parser = tm_cfg.Parser(mask_caps=[32, 16, 8, 8])
+  return cfg.ExperimentConfig(
+      runtime=cfg.RuntimeConfig(distribution_strategy="one_device",
+                                num_gpus=0),
+      task=tm_cfg.TensorMaskTask(
+          model=model,
+          losses=tm_cfg.Losses(l2_weight_decay=0.0),  # AdamW decays.
+          annotation_file=os.path.join(SHAPES_DIR, "val.json"),
+          train_data=tm_cfg.DataConfig(
+              input_path=os.path.join(SHAPES_DIR, "tfrecords", "train*"),
+              is_training=True, global_batch_size=batch_size,
+              parser=parser.replace(aug_rand_hflip=True)),
+          validation_data=tm_cfg.DataConfig(
+              input_path=os.path.join(SHAPES_DIR, "tfrecords", "val*"),
+              is_training=False, global_batch_size=batch_size,
+              drop_remainder=False, parser=parser)),
+      trainer=cfg.TrainerConfig(
+          train_steps=train_steps, validation_steps=-1,
+          validation_interval=train_steps, steps_per_loop=50,
+          summary_interval=50, checkpoint_interval=500,
+          optimizer_config=optimization.OptimizationConfig({
+              "optimizer": {"type": "adamw", "adamw": {
+                  "weight_decay_rate": 1e-4,
+                  "exclude_from_weight_decay": ["bias", "beta", "gamma"]}},
+              "learning_rate": {"type": "cosine", "cosine": {
+                  "initial_learning_rate": 1e-3,
+                  "decay_steps": train_steps}},
+              "warmup": {"type": "linear", "linear": {
+                  "warmup_steps": 100, "warmup_learning_rate": 0.0}},
+          })),
+      restrictions=list(_RESTRICTIONS))

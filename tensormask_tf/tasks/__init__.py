@@ -1,0 +1,1 @@
+"""The TensorMask Model Garden task."""

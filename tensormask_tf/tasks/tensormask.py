@@ -1,0 +1,276 @@
+"""The `tensormask` Model Garden task: inputs, model, losses, COCO metrics.
+
+Loss scaling under `tf.distribute`: every replica divides its summed losses
+by the positive count of the *global* batch (`losses.positive_normalizer`),
+so a replica's loss is its share of the global loss and the replicas'
+gradients, summed by the optimizer, are the global batch's gradient. Only
+the weight-decay term, which every replica adds in full, is divided by the
+number of replicas. Logged losses are the global batch's.
+"""
+
+import json
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from official.common import dataset_fn
+from official.core import base_task
+from official.core import task_factory
+from official.vision.dataloaders import input_reader_factory
+from official.vision.dataloaders import tf_example_decoder
+from official.vision.ops import preprocess_ops
+from official.vision.utils.object_detection import visualization_utils
+from tensormask_tf import losses as losses_lib
+from tensormask_tf.configs import tensormask_config as tm_cfg
+from tensormask_tf.dataloaders import tensormask_input
+from tensormask_tf.evaluation import coco_evaluator
+from tensormask_tf.modeling import detection_generator
+from tensormask_tf.modeling import factory
+
+_LOSS_NAMES = ("total_loss", "class_loss", "box_loss", "mask_loss",
+               "model_loss")
+_COUNT_NAMES = ("num_positives", "num_mask_positives_dropped")
+_COCO_KEY = "coco_predictions"
+_DETECTION_KEYS = ("num_detections", "detection_boxes", "detection_scores",
+                   "detection_classes", "detection_windows",
+                   "detection_masks")
+
+
+def mask_caps(parser_config: tm_cfg.Parser, min_level: int,
+              max_level: int) -> dict[int, int]:
+  """{level: cap} from the config's list (its last value repeats)."""
+  caps = list(parser_config.mask_caps)
+  if not caps or min(caps) < 1:
+    raise ValueError(f"parser.mask_caps must be positive integers, got {caps}")
+  return {k: caps[min(i, len(caps) - 1)]
+          for i, k in enumerate(range(min_level, max_level + 1))}
+
+
+def denormalize_image(image) -> np.ndarray:
+  """Inverse of Model Garden's `normalize_image`: uint8 [H, W, 3]."""
+  image = np.asarray(image, np.float32) * preprocess_ops.STDDEV_RGB
+  return np.clip(np.round(image + preprocess_ops.MEAN_RGB), 0,
+                 255).astype(np.uint8)
+
+
+@task_factory.register_task_cls(tm_cfg.TensorMaskTask)
+class TensorMaskTask(base_task.Task):
+  """TensorMask training and evaluation on TF-Example TFRecords."""
+
+  def __init__(self, params: tm_cfg.TensorMaskTask,
+               logging_dir: str | None = None, name: str | None = None):
+    super().__init__(params, logging_dir=logging_dir, name=name)
+    self.coco_metric = None  # Built by build_metrics(training=False).
+
+  def build_model(self) -> tf_keras.Model:
+    model_config = self.task_config.model
+    input_specs = tf_keras.layers.InputSpec(
+        shape=[None] + list(model_config.input_size))
+    decay = self.task_config.losses.l2_weight_decay
+    # Halved because tf_keras' l2 is decay * sum(w^2), SGD's is decay/2 * ...
+    regularizer = tf_keras.regularizers.l2(decay / 2.0) if decay else None
+    return factory.build_tensormask_model(input_specs, model_config,
+                                          l2_regularizer=regularizer)
+
+  def initialize(self, model: tf_keras.Model):
+    """Loads `init_checkpoint` (all of the model, or its backbone)."""
+    path = self.task_config.init_checkpoint
+    if not path:
+      return
+    if tf.io.gfile.isdir(path):
+      path = tf.train.latest_checkpoint(path)
+    modules = self.task_config.init_checkpoint_modules
+    if modules == "all":
+      checkpoint = tf.train.Checkpoint(**model.checkpoint_items)
+    elif modules == "backbone":
+      checkpoint = tf.train.Checkpoint(backbone=model.backbone)
+    else:
+      raise ValueError(f"init_checkpoint_modules must be 'all' or 'backbone', "
+                       f"got {modules!r}")
+    checkpoint.read(path).expect_partial().assert_existing_objects_matched()
+    logging.info("Loaded %s from %s", modules, path)
+
+  def build_inputs(self, params: tm_cfg.DataConfig,
+                   input_context: tf.distribute.InputContext | None = None
+                   ) -> tf.data.Dataset:
+    """Batched (images [B, H, W, 3], labels) of one split."""
+    patterns = ([params.input_path] if isinstance(params.input_path, str)
+                else list(params.input_path))
+    patterns = [p for pattern in patterns for p in pattern.split(",") if p]
+    if not patterns:
+      raise ValueError("the data config has no input_path")
+    for pattern in patterns:
+      if not tf.io.gfile.glob(pattern):
+        raise FileNotFoundError(f"input_path {pattern!r} matches no files")
+    model_config = self.task_config.model
+    decoder_config = params.decoder.get()
+    if params.decoder.type != "simple_decoder":
+      raise ValueError("only decoder.type 'simple_decoder' is supported, got "
+                       f"{params.decoder.type!r}")
+    decoder = tf_example_decoder.TfExampleDecoder(
+        include_mask=True,
+        regenerate_source_id=decoder_config.regenerate_source_id,
+        mask_binarize_threshold=decoder_config.mask_binarize_threshold)
+    parser_config = params.parser
+    parser = tensormask_input.Parser(
+        output_size=model_config.input_size[:2],
+        window_spec=factory.window_spec(model_config),
+        mask_caps=mask_caps(parser_config, model_config.min_level,
+                            model_config.max_level),
+        aug_rand_hflip=parser_config.aug_rand_hflip,
+        aug_scale_min=parser_config.aug_scale_min,
+        aug_scale_max=parser_config.aug_scale_max,
+        short_side=parser_config.short_side,
+        long_side=parser_config.long_side,
+        dtype=params.dtype)
+    reader = input_reader_factory.input_reader_generator(
+        params, dataset_fn=dataset_fn.pick_dataset_fn(params.file_type),
+        decoder_fn=decoder.decode, parser_fn=parser.parse_fn(params.is_training))
+    return reader.read(input_context=input_context)
+
+  def build_losses(self, outputs: dict, labels: dict,
+                   model: tf_keras.Model, aux_losses=None
+                   ) -> dict[str, tf.Tensor]:
+    """This replica's losses; see the module docstring for the scaling."""
+    model_config = self.task_config.model
+    config = self.task_config.losses
+    spec = factory.window_spec(model_config)
+    result = losses_lib.tensormask_losses(
+        outputs, labels,
+        lambda k, a, i: tf.cast(
+            model.head.mask_logits(outputs["mask_features"], k, a, i),
+            tf.float32),
+        spec.levels, spec.num_sizes, model_config.num_classes,
+        focal_alpha=config.focal_loss_alpha,
+        focal_gamma=config.focal_loss_gamma,
+        mask_positive_weight=config.mask_positive_weight)
+    result["model_loss"] = result["total_loss"]
+    if aux_losses:
+      num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+      result["total_loss"] += tf.add_n(aux_losses) / num_replicas
+    result["num_mask_positives_dropped"] = tf.reduce_sum(
+        labels["num_mask_positives_dropped"])
+    return result
+
+  def build_metrics(self, training: bool = True):
+    metrics = [tf_keras.metrics.Mean(name, dtype=tf.float32)
+               for name in _LOSS_NAMES + _COUNT_NAMES]
+    if not training:
+      if self.task_config.use_coco_metrics and self.task_config.annotation_file:
+        self.coco_metric = coco_evaluator.WindowMaskCocoEvaluator(
+            self.task_config.annotation_file)
+    return metrics
+
+  def _logs(self, result: dict, metrics) -> dict:
+    """Losses as the global batch's (see the module docstring) + counts."""
+    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    values = {name: result[name] * num_replicas for name in _LOSS_NAMES
+              if name != "total_loss"}
+    values["total_loss"] = values["model_loss"] + (
+        result["total_loss"] - result["model_loss"]) * num_replicas
+    values.update({name: result[name] * num_replicas for name in _COUNT_NAMES})
+    logs = {self.loss: values["total_loss"]}
+    for metric in metrics or []:
+      metric.update_state(values[metric.name])
+      logs[metric.name] = metric.result()
+    return logs
+
+  def train_step(self, inputs, model: tf_keras.Model,
+                 optimizer: tf_keras.optimizers.Optimizer, metrics=None):
+    images, labels = inputs
+    with tf.GradientTape() as tape:
+      outputs = model(images, training=True)
+      outputs = {k: tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), v)
+                 if k != "mask_features" else v for k, v in outputs.items()}
+      result = self.build_losses(outputs, labels, model, model.losses)
+      loss = result["total_loss"]
+      if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+        loss = optimizer.get_scaled_loss(loss)
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+      grads = optimizer.get_unscaled_gradients(grads)
+    optimizer.apply_gradients(zip(grads, variables))
+    return self._logs(result, metrics)
+
+  def validation_step(self, inputs, model: tf_keras.Model, metrics=None):
+    images, labels = inputs
+    outputs = model(images, training=False)
+    result = self.build_losses(outputs, labels, model, model.losses)
+    logs = self._logs(result, metrics)
+    if self.coco_metric is not None or self.task_config.allow_image_summary:
+      detections = factory.postprocess(model, outputs, images.shape[1:3],
+                                       self.task_config.model)
+      logs[_COCO_KEY] = {k: detections[k] for k in _DETECTION_KEYS}
+      logs[_COCO_KEY]["source_id"] = labels["source_id"]
+      logs[_COCO_KEY]["image_info"] = labels["image_info"]
+      if self.task_config.allow_image_summary:
+        logs[_COCO_KEY]["images"] = images
+    return logs
+
+  def aggregate_logs(self, state=None, step_outputs=None):
+    """Feeds the COCO evaluator; keeps the first images for pictures."""
+    if state is None:
+      state = {"pictures": []}
+      if self.coco_metric is not None:
+        self.coco_metric.reset_states()
+    if _COCO_KEY not in step_outputs:
+      return state
+    # Under a strategy, one entry per local replica: concatenate them.
+    batch = {k: (np.concatenate([np.asarray(v) for v in values])
+                 if isinstance(values, (tuple, list)) else np.asarray(values))
+             for k, values in step_outputs[_COCO_KEY].items()}
+    if self.coco_metric is not None:
+      self.coco_metric.update_state(
+          {k: v for k, v in batch.items() if k != "images"})
+    wanted = self.task_config.num_summary_images - len(state["pictures"])
+    if "images" in batch and wanted > 0:
+      state["pictures"].extend(self._pictures(batch, wanted))
+    return state
+
+  def _category_index(self) -> dict:
+    names = {}
+    if self.task_config.annotation_file:
+      with open(self.task_config.annotation_file) as f:
+        names = {c["id"]: c["name"] for c in json.load(f)["categories"]}
+    return {k: {"id": k, "name": names.get(k, f"class {k}")}
+            for k in range(1, self.task_config.model.num_classes + 1)}
+
+  def _pictures(self, batch: dict, count: int) -> list[np.ndarray]:
+    """Input images with their detections' masks, boxes and scores."""
+    pictures = []
+    category_index = self._category_index()
+    for n in range(min(count, len(batch["images"]))):
+      image = denormalize_image(batch["images"][n])
+      num = int(batch["num_detections"][n])
+      masks = detection_generator.paste_window_masks(
+          batch["detection_masks"][n, :num],
+          batch["detection_windows"][n, :num], image.shape[:2]).numpy()
+      visualization_utils.visualize_boxes_and_labels_on_image_array(
+          image, batch["detection_boxes"][n, :num],
+          batch["detection_classes"][n, :num].astype(np.int32) + 1,
+          batch["detection_scores"][n, :num], category_index,
+          instance_masks=masks.astype(np.uint8), min_score_thresh=0.3,
+          line_thickness=1)
+      pictures.append(image)
+    return pictures
+
+  def reduce_aggregated_logs(self, aggregated_logs, global_step=None):
+    logs = {}
+    if self.coco_metric is not None:
+      logs.update(self.coco_metric.result())
+      if self.logging_dir:
+        path = os.path.join(self.logging_dir, "coco_detections.json")
+        self.coco_metric.write_results(path)
+    pictures = (aggregated_logs or {}).get("pictures")
+    if pictures and self.logging_dir:
+      writer = tf.summary.create_file_writer(
+          os.path.join(self.logging_dir, "validation"))
+      with writer.as_default():
+        tf.summary.image("predicted_masks", np.stack(pictures),
+                         step=int(global_step or 0), max_outputs=len(pictures))
+      writer.close()
+    return logs

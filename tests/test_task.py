@@ -1,0 +1,152 @@
+"""The tensormask task, its experiments and its config files."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from official.core import exp_factory
+from official.core import task_factory
+from official.modeling import hyperparams
+from tensormask_tf import registry_imports  # noqa: F401
+from tensormask_tf.tasks import tensormask as tensormask_task
+from tests import tiny_experiment
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+EXPERIMENTS = ("tensormask", "tensormask_r50_fpn_coco_1x",
+               "tensormask_r50_fpn_coco_6x", "tensormask_r101_fpn_coco_6x",
+               "tensormask_shapes")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiments_are_registered_and_valid(name):
+  params = exp_factory.get_exp_config(name)
+  params.validate()
+  assert type(task_factory.get_task(params.task)).__name__ == "TensorMaskTask"
+
+
+@pytest.mark.parametrize("name,depth,steps,boundaries,jitter", [
+    ("tensormask_r50_fpn_coco_1x", 50, 90_000, [60_000, 80_000], 1.0),
+    ("tensormask_r50_fpn_coco_6x", 50, 540_000, [480_000, 520_000], 0.8),
+    ("tensormask_r101_fpn_coco_6x", 101, 540_000, [480_000, 520_000], 0.8),
+])
+def test_coco_experiments_follow_the_spec_recipe(name, depth, steps,
+                                                 boundaries, jitter):
+  # SPEC.md 4: SGD momentum 0.9, weight decay 1e-4, batch 16, LR 0.02 with
+  # warm-up, x0.1 steps; short side 800 (640..800 for 6x), long side 1333.
+  params = exp_factory.get_exp_config(name)
+  task, trainer = params.task, params.trainer
+  assert task.model.backbone.resnet.model_id == depth
+  assert (task.model.min_level, task.model.max_level) == (2, 7)
+  assert task.model.windows.base_sides == [44, 60]
+  assert task.losses.l2_weight_decay == 1e-4
+  assert (task.losses.focal_loss_alpha, task.losses.focal_loss_gamma) == (
+      0.3, 3.0)
+  assert task.train_data.global_batch_size == 16
+  parser = task.train_data.parser
+  assert (parser.short_side, parser.long_side) == (800, 1333)
+  assert parser.aug_rand_hflip
+  assert 800 * parser.aug_scale_min == pytest.approx(640 if jitter < 1 else 800)
+  assert trainer.train_steps == steps
+  optimizer = trainer.optimizer_config
+  assert optimizer.optimizer.type == "sgd"
+  assert optimizer.optimizer.sgd.momentum == 0.9
+  assert optimizer.learning_rate.stepwise.boundaries == boundaries
+  np.testing.assert_allclose(optimizer.learning_rate.stepwise.values,
+                             [0.02, 0.002, 0.0002])
+  assert optimizer.warmup.type == "linear"
+
+
+@pytest.mark.parametrize("flagfile", sorted(
+    glob.glob(os.path.join(REPO, "configs", "*.flags"))))
+def test_every_flagfile_names_a_registered_experiment_and_its_yaml(flagfile):
+  with open(flagfile) as f:
+    flag_values = dict(line.strip().lstrip("-").split("=", 1)
+                       for line in f if line.strip())
+  assert flag_values["mode"] in ("train", "eval", "train_and_eval",
+                                 "continuous_eval")
+  params = exp_factory.get_exp_config(flag_values["experiment"])
+  params = hyperparams.override_params_dict(
+      params, os.path.join(REPO, flag_values["config_file"]), is_strict=True)
+  params.validate()
+  assert params.task.train_data.input_path
+  assert params.task.annotation_file
+
+
+def test_every_experiment_has_a_flagfile():
+  for name in EXPERIMENTS[1:]:
+    assert os.path.isfile(os.path.join(REPO, "configs", f"{name}.flags")), name
+
+
+def test_mask_caps_repeat_the_last_value_and_reject_bad_ones():
+  parser = tensormask_task.tm_cfg.Parser(mask_caps=[8, 4])
+  assert tensormask_task.mask_caps(parser, 2, 5) == {2: 8, 3: 4, 4: 4, 5: 4}
+  with pytest.raises(ValueError, match="mask_caps"):
+    tensormask_task.mask_caps(tensormask_task.tm_cfg.Parser(mask_caps=[0]),
+                              2, 3)
+
+
+def test_denormalize_image_inverts_model_garden_normalization():
+  from official.vision.ops import preprocess_ops  # pylint: disable=g-import-not-at-top
+  image = np.random.RandomState(0).randint(0, 256, (5, 7, 3)).astype(np.uint8)
+  normalized = preprocess_ops.normalize_image(tf.constant(image))
+  np.testing.assert_array_equal(
+      tensormask_task.denormalize_image(normalized.numpy()), image)
+
+
+@pytest.fixture(scope="module")
+def task_and_model(shapes_records, tmp_path_factory):
+  params = tiny_experiment.tiny_shapes_experiment(shapes_records)
+  logging_dir = str(tmp_path_factory.mktemp("task_logs"))
+  task = task_factory.get_task(params.task, logging_dir=logging_dir)
+  return task, task.build_model(), params, logging_dir
+
+
+def test_build_inputs_gives_batched_images_and_window_labels(task_and_model):
+  task, _, params, _ = task_and_model
+  images, labels = next(iter(task.build_inputs(params.task.train_data)))
+  assert images.shape == (4, 128, 128, 3)
+  assert labels["class_targets_2"].shape == (4, 32, 32, 2)
+  assert labels["mask_targets_5_1"].shape[:2] == (4, 8)  # cap 8 at P5
+  assert labels["image_info"].shape == (4, 4, 2)
+  assert float(tf.reduce_sum(labels["num_positives"])) > 0
+
+
+def test_build_inputs_names_a_pattern_that_matches_nothing(task_and_model,
+                                                           tmp_path):
+  task, _, params, _ = task_and_model
+  data = params.task.validation_data.replace(
+      input_path=str(tmp_path / "nothing*"))
+  with pytest.raises(FileNotFoundError, match="nothing"):
+    task.build_inputs(data)
+
+
+def test_train_step_lowers_the_loss_and_eval_reports_coco_ap(task_and_model):
+  task, model, params, logging_dir = task_and_model
+  optimizer = task.create_optimizer(params.trainer.optimizer_config,
+                                    params.runtime)
+  metrics = task.build_metrics(training=True)
+  batch = next(iter(task.build_inputs(params.task.validation_data)))
+  step = tf.function(lambda inputs: task.train_step(inputs, model, optimizer,
+                                                    metrics))
+  first = float(step(batch)["total_loss"])
+  for _ in range(30):
+    logs = step(batch)
+  assert np.isfinite(first) and float(logs["total_loss"]) < first
+  assert set(tensormask_task._LOSS_NAMES) <= set(logs)
+
+  eval_metrics = task.build_metrics(training=False)
+  state = None
+  for inputs in task.build_inputs(params.task.validation_data):
+    outputs = task.validation_step(inputs, model, eval_metrics)
+    state = task.aggregate_logs(state, outputs)
+  result = task.reduce_aggregated_logs(state, global_step=tf.constant(3))
+  for key in ("box_AP", "mask_AP", "mask_AP50"):
+    assert 0.0 <= result[key] <= 1.0
+  assert os.path.isfile(os.path.join(logging_dir, "coco_detections.json"))
+  events = glob.glob(os.path.join(logging_dir, "validation", "events.*"))
+  tags = {v.tag for e in events for r in tf.compat.v1.train.summary_iterator(e)
+          for v in r.summary.value}
+  assert "predicted_masks" in tags
