@@ -24,7 +24,8 @@ def main(argv):
   try:
     train.main(argv)
   except (train.ConfigError, train.InputDataError, FileNotFoundError) as e:
-    sys.exit(f"train.py: error: {e}")
+    # Only the first line: gin appends its call stack to the message.
+    sys.exit(f"train.py: error: {str(e).splitlines()[0]}")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,11 @@ def run(params: cfg.ExperimentConfig, model_dir: str, mode: str) -> dict:
   if mode not in MODES:
     raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
   params = prepare_params(params)
+  for split in _splits(mode):
+    for pattern in getattr(params.task, split).input_path.split(","):
+      if not tf.io.gfile.glob(pattern):
+        raise FileNotFoundError(
+            f"task.{split}.input_path {pattern!r} matches no files")
   if "train" in mode:
     train_utils.serialize_config(params, model_dir)
   if params.runtime.mixed_precision_dtype:
@@ -177,16 +182,25 @@ def main(_):
   flags_obj = flags.FLAGS
   params = parse_configuration(flags_obj)
   tf.io.gfile.makedirs(flags_obj.model_dir)
-  run(params, flags_obj.model_dir, flags_obj.mode)
+  metrics = run(params, flags_obj.model_dir, flags_obj.mode)
+  if "mask_AP" in metrics:
+    print(f"COCO mask AP {metrics['mask_AP']:.3f} (AP50 "
+          f"{metrics['mask_AP50']:.3f}), box AP {metrics['box_AP']:.3f} "
+          f"(AP50 {metrics['box_AP50']:.3f}); detections: "
+          f"{flags_obj.model_dir}/coco_detections.json")
+
+
+def _splits(mode: str) -> list[str]:
+  """The task's data configs a mode reads."""
+  return (["train_data"] if "train" in mode else []) + (
+      ["validation_data"] if "eval" in mode else [])
 
 
 def _raise_if_bad_record(params: cfg.ExperimentConfig, mode: str,
                          error: Exception):
   """Raises InputDataError naming the bad record when the data caused
   `error` (TensorFlow's own message names no file)."""
-  splits = (["train_data"] if "train" in mode else []) + (
-      ["validation_data"] if "eval" in mode else [])
-  for split in splits:
+  for split in _splits(mode):
     logging.info("Input error; scanning task.%s for a bad record...", split)
     bad = record_check.find_bad_record(getattr(params.task, split).input_path)
     if bad:

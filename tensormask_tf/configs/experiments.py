@@ -109,7 +109,7 @@ def tensormask_shapes() -> cfg.ExperimentConfig:
   model.head.override({"num_convs": 2, "class_filters": 64,
                        "box_filters": 32, "mask_filters": 32})
   model.norm_activation.norm_momentum = 0.9
-  batch_size, train_steps = 8, 1500
+  batch_size, train_steps = 8, 1800
   parser = tm_cfg.Parser(mask_caps=[32, 16, 8, 8])
   return cfg.ExperimentConfig(
       runtime=cfg.RuntimeConfig(distribution_strategy="one_device",
@@ -128,8 +128,8 @@ def tensormask_shapes() -> cfg.ExperimentConfig:
               drop_remainder=False, parser=parser)),
       trainer=cfg.TrainerConfig(
           train_steps=train_steps, validation_steps=-1,
-          validation_interval=train_steps, steps_per_loop=50,
-          summary_interval=50, checkpoint_interval=500,
+          validation_interval=train_steps, steps_per_loop=100,
+          summary_interval=100, checkpoint_interval=600,
           optimizer_config=optimization.OptimizationConfig({
               "optimizer": {"type": "adamw", "adamw": {
                   "weight_decay_rate": 1e-4,

@@ -22,6 +22,30 @@ from tensormask_tf.ops import window_labeler
 from tensormask_tf.ops import windows as windows_lib
 
 
+def resize_image(image, output_size: tuple[int, int],
+                 padded_size: tuple[int, int], short_side: int = 0,
+                 long_side: int = 0, aug_scale_min: float = 1.0,
+                 aug_scale_max: float = 1.0):
+  """Resizes a normalized image for the model (see the module docstring).
+
+  Args:
+    image: [H, W, 3] float, normalized.
+    output_size, padded_size: (height, width) to fit and to pad to.
+    short_side, long_side: Mask R-CNN-style sides when short_side > 0.
+    aug_scale_min, aug_scale_max: scale jitter range.
+
+  Returns:
+    (image [*padded_size, 3], image_info [4, 2]: original size, scaled
+    size, scale, offset; Model Garden's layout).
+  """
+  jitter = dict(aug_scale_min=aug_scale_min, aug_scale_max=aug_scale_max)
+  if short_side > 0:
+    return preprocess_ops.resize_and_crop_image_v2(
+        image, short_side, long_side, padded_size, **jitter)
+  return preprocess_ops.resize_and_crop_image(
+      image, output_size, padded_size=padded_size, **jitter)
+
+
 class Parser(parser.Parser):
   """Decoded example -> (image [H, W, 3], labels dict)."""
 
@@ -96,15 +120,11 @@ class Parser(parser.Parser):
       image, boxes, masks = preprocess_ops.random_horizontal_flip(
           image, boxes, masks, prob=self._aug_flip_prob)
     boxes = box_ops.denormalize_boxes(boxes, tf.shape(image)[0:2])
-    jitter = dict(aug_scale_min=self._aug_scale_min if training else 1.0,
-                  aug_scale_max=self._aug_scale_max if training else 1.0)
-    if self._short_side > 0:
-      image, image_info = preprocess_ops.resize_and_crop_image_v2(
-          image, self._short_side, self._long_side, self._padded_size,
-          **jitter)
-    else:
-      image, image_info = preprocess_ops.resize_and_crop_image(
-          image, self._output_size, padded_size=self._padded_size, **jitter)
+    image, image_info = resize_image(
+        image, self._output_size, self._padded_size, self._short_side,
+        self._long_side,
+        aug_scale_min=self._aug_scale_min if training else 1.0,
+        aug_scale_max=self._aug_scale_max if training else 1.0)
     scale, offset = image_info[2, :], image_info[3, :]
     boxes = preprocess_ops.resize_and_crop_boxes(boxes, scale, image_info[1, :],
                                                  offset)

@@ -22,6 +22,26 @@ from tensormask_tf.modeling import detection_generator
 _METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+def coco_results(image_id: int, detections: dict) -> list[dict]:
+  """COCO results entries of one image's `detections_in_original_image`:
+  category ids 1..K, [x, y, w, h] boxes, RLE masks when present."""
+  results = []
+  for d, (ymin, xmin, ymax, xmax) in enumerate(detections["boxes"].tolist()):
+    result = {
+        "image_id": image_id,
+        "category_id": int(detections["classes"][d]) + 1,
+        "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+        "score": float(detections["scores"][d]),
+    }
+    if detections["masks"] is not None:
+      rle = mask_api.encode(
+          np.asfortranarray(detections["masks"][d].astype(np.uint8)))
+      rle["counts"] = rle["counts"].decode("ascii")
+      result["segmentation"] = rle
+    results.append(result)
+  return results
+
+
 class WindowMaskCocoEvaluator:
   """Accumulates detections of a dataset and computes COCO metrics."""
 
@@ -51,30 +71,10 @@ class WindowMaskCocoEvaluator:
     """
     p = {k: np.asarray(v) for k, v in predictions.items()}
     for n, image_id in enumerate(p["source_id"]):
-      image_id = int(image_id)
-      height, width = (int(v) for v in p["image_info"][n, 0])
-      scale = np.tile(p["image_info"][n, 2], 2)  # [y, x, y, x]
-      offset = np.tile(p["image_info"][n, 3], 2)
-      count = int(p["num_detections"][n])
-      boxes = (p["detection_boxes"][n, :count] + offset) / scale
-      masks = None
-      if self._include_mask and count:
-        windows = (p["detection_windows"][n, :count] + offset) / scale
-        masks = detection_generator.paste_window_masks(
-            p["detection_masks"][n, :count], windows, (height, width)).numpy()
-      for d in range(count):
-        ymin, xmin, ymax, xmax = (float(v) for v in boxes[d])
-        result = {
-            "image_id": image_id,
-            "category_id": int(p["detection_classes"][n, d]) + 1,
-            "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
-            "score": float(p["detection_scores"][n, d]),
-        }
-        if masks is not None:
-          rle = mask_api.encode(np.asfortranarray(masks[d].astype(np.uint8)))
-          rle["counts"] = rle["counts"].decode("ascii")
-          result["segmentation"] = rle
-        self._results.append(result)
+      found = detection_generator.detections_in_original_image(
+          {k: v[n] for k, v in p.items()}, p["image_info"][n],
+          include_masks=self._include_mask)
+      self._results.extend(coco_results(int(image_id), found))
 
   def write_results(self, path: str):
     """Writes the accumulated detections as COCO results JSON."""

@@ -168,3 +168,39 @@ def paste_window_masks(window_masks, window_boxes, image_size,
   inside = inside_rows[:, :, None] & inside_cols[:, None, :]
   pasted = tf.where(inside, pasted, 0.0)
   return pasted >= threshold
+
+
+def detections_in_original_image(detections: dict, image_info,
+                                 include_masks: bool = True) -> dict:
+  """One image's detections mapped back to its original pixels.
+
+  Args:
+    detections: numpy `generate_detections` outputs of one image (no batch
+      dimension): num_detections, detection_boxes [D, 4], ...
+    image_info: [4, 2] Model Garden's (original size, scaled size, scale,
+      offset) of the image.
+    include_masks: whether to paste the masks.
+
+  Returns:
+    {"boxes": [n, 4] [ymin, xmin, ymax, xmax] original pixels, "classes":
+     [n] int (0-based), "scores": [n], "masks": [n, H, W] bool or None}
+    for the n = num_detections detections.
+  """
+  image_info = np.asarray(image_info, np.float32)
+  height, width = (int(round(v)) for v in image_info[0])
+  scale = np.tile(image_info[2], 2)  # [y, x, y, x]
+  offset = np.tile(image_info[3], 2)
+  count = int(detections["num_detections"])
+  boxes = (np.asarray(detections["detection_boxes"][:count]) + offset) / scale
+  masks = None
+  if include_masks:
+    windows = (np.asarray(detections["detection_windows"][:count]) + offset
+               ) / scale
+    masks = paste_window_masks(detections["detection_masks"][:count], windows,
+                               (height, width)).numpy()
+  boxes = np.clip(boxes, 0, [height, width, height, width])
+  return {"boxes": boxes,
+          "classes": np.asarray(detections["detection_classes"][:count],
+                                np.int64),
+          "scores": np.asarray(detections["detection_scores"][:count]),
+          "masks": masks}

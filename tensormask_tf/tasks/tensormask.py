@@ -22,11 +22,11 @@ from official.core import task_factory
 from official.vision.dataloaders import input_reader_factory
 from official.vision.dataloaders import tf_example_decoder
 from official.vision.ops import preprocess_ops
-from official.vision.utils.object_detection import visualization_utils
 from tensormask_tf import losses as losses_lib
 from tensormask_tf.configs import tensormask_config as tm_cfg
 from tensormask_tf.dataloaders import tensormask_input
 from tensormask_tf.evaluation import coco_evaluator
+from tensormask_tf.evaluation import visualization
 from tensormask_tf.modeling import detection_generator
 from tensormask_tf.modeling import factory
 
@@ -231,31 +231,27 @@ class TensorMaskTask(base_task.Task):
       state["pictures"].extend(self._pictures(batch, wanted))
     return state
 
-  def _category_index(self) -> dict:
+  def _class_names(self) -> dict[int, str]:
     names = {}
     if self.task_config.annotation_file:
       with open(self.task_config.annotation_file) as f:
         names = {c["id"]: c["name"] for c in json.load(f)["categories"]}
-    return {k: {"id": k, "name": names.get(k, f"class {k}")}
+    return {k: names.get(k, f"class {k}")
             for k in range(1, self.task_config.model.num_classes + 1)}
 
   def _pictures(self, batch: dict, count: int) -> list[np.ndarray]:
     """Input images with their detections' masks, boxes and scores."""
+    class_names = self._class_names()
     pictures = []
-    category_index = self._category_index()
     for n in range(min(count, len(batch["images"]))):
       image = denormalize_image(batch["images"][n])
-      num = int(batch["num_detections"][n])
-      masks = detection_generator.paste_window_masks(
-          batch["detection_masks"][n, :num],
-          batch["detection_windows"][n, :num], image.shape[:2]).numpy()
-      visualization_utils.visualize_boxes_and_labels_on_image_array(
-          image, batch["detection_boxes"][n, :num],
-          batch["detection_classes"][n, :num].astype(np.int32) + 1,
-          batch["detection_scores"][n, :num], category_index,
-          instance_masks=masks.astype(np.uint8), min_score_thresh=0.3,
-          line_thickness=1)
-      pictures.append(image)
+      height, width = image.shape[:2]
+      # The padded input itself: scale 1, no offset.
+      info = [[height, width], [height, width], [1.0, 1.0], [0.0, 0.0]]
+      found = detection_generator.detections_in_original_image(
+          {k: batch[k][n] for k in _DETECTION_KEYS}, info)
+      pictures.append(visualization.draw_detections(image, found,
+                                                    class_names))
     return pictures
 
   def reduce_aggregated_logs(self, aggregated_logs, global_step=None):

@@ -1,0 +1,117 @@
+"""Detections of image files as COCO-style JSON plus PNG pictures.
+
+    python scripts/predict.py --model_dir=runs/tensormask_shapes \
+        --image=data/shapes/val/000000.png --output_dir=/tmp/predictions
+
+--model_dir uses the run's params.yaml and latest checkpoint; otherwise
+give --checkpoint with --experiment (and --config_file/--params_override).
+Writes <output_dir>/detections.json (one entry per detection: file_name,
+category_id, bbox [x, y, w, h], score, RLE segmentation) and
+<output_dir>/<image name>.png with the masks, boxes, labels and scores.
+"""
+
+import glob
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from official.core import exp_factory  # noqa: E402
+from official.modeling import hyperparams  # noqa: E402
+from tensormask_tf import registry_imports  # noqa: E402,F401
+from tensormask_tf.evaluation import coco_evaluator  # noqa: E402
+from tensormask_tf.evaluation import visualization  # noqa: E402
+from tensormask_tf.serving import predictor as predictor_lib  # noqa: E402
+
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "A training run: its params.yaml and latest checkpoint.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
+                                  "A checkpoint (file prefix or directory).")
+_EXPERIMENT = flags.DEFINE_string("experiment", None,
+                                  "The experiment, with --checkpoint.")
+_CONFIG_FILE = flags.DEFINE_multi_string("config_file", [], "YAML overrides.")
+_PARAMS_OVERRIDE = flags.DEFINE_string("params_override", "",
+                                       "key=value overrides.")
+_IMAGES = flags.DEFINE_multi_string(
+    "image", [], "Image files or globs (repeat the flag for more).")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write.",
+                                  required=True)
+_MIN_SCORE = flags.DEFINE_float("min_score", 0.5,
+                                "Detections drawn and written above it.")
+
+
+def _params():
+  if _MODEL_DIR.value:
+    path = os.path.join(_MODEL_DIR.value, "params.yaml")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path} does not exist: is --model_dir a "
+                              "training run?")
+    params = exp_factory.get_exp_config("tensormask")
+    params = hyperparams.override_params_dict(params, path, is_strict=False)
+    return params, _CHECKPOINT.value or _MODEL_DIR.value
+  if not (_CHECKPOINT.value and _EXPERIMENT.value):
+    raise ValueError("give --model_dir, or --checkpoint with --experiment")
+  params = exp_factory.get_exp_config(_EXPERIMENT.value)
+  for path in _CONFIG_FILE.value:
+    params = hyperparams.override_params_dict(params, path, is_strict=True)
+  params = hyperparams.override_params_dict(params, _PARAMS_OVERRIDE.value,
+                                            is_strict=True)
+  return params, _CHECKPOINT.value
+
+
+def _image_paths() -> list[str]:
+  paths = []
+  for pattern in _IMAGES.value:
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+      raise FileNotFoundError(f"--image {pattern!r} matches no files")
+    paths += matches
+  if not paths:
+    raise ValueError("give at least one --image")
+  return paths
+
+
+def main(_):
+  try:
+    paths = _image_paths()
+    params, checkpoint = _params()
+    predictor = predictor_lib.CheckpointPredictor(params, checkpoint)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"predict.py: error: {str(e).splitlines()[0]}")
+  os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+  results, failures = [], 0
+  for image_id, path in enumerate(paths):
+    try:
+      image = predictor_lib.load_image(path)
+    except predictor_lib.ImageError as e:
+      print(f"predict.py: skipped {e}", file=sys.stderr)
+      failures += 1
+      continue
+    found = predictor(image)
+    keep = found["scores"] >= _MIN_SCORE.value
+    found = {k: v[keep] for k, v in found.items()}
+    for entry in coco_evaluator.coco_results(image_id, found):
+      entry["file_name"] = os.path.basename(path)
+      results.append(entry)
+    picture = visualization.draw_detections(image, found,
+                                            predictor.class_names,
+                                            min_score=_MIN_SCORE.value)
+    name = os.path.splitext(os.path.basename(path))[0] + ".png"
+    Image.fromarray(picture).save(os.path.join(_OUTPUT_DIR.value, name))
+    print(f"{path}: {len(found['scores'])} detections -> "
+          f"{os.path.join(_OUTPUT_DIR.value, name)}")
+  with open(os.path.join(_OUTPUT_DIR.value, "detections.json"), "w") as f:
+    json.dump(results, f)
+  if failures:
+    sys.exit(f"predict.py: error: {failures} of {len(paths)} images could "
+             "not be read")
+
+
+if __name__ == "__main__":
+  app.run(main)

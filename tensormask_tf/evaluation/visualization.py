@@ -1,0 +1,43 @@
+"""Pictures of detections: translucent class-coloured masks, boxes, labels
+and scores, drawn with Model Garden's visualization utilities."""
+
+import numpy as np
+
+from official.vision.utils.object_detection import visualization_utils
+
+
+def draw_detections(image: np.ndarray, detections: dict,
+                    class_names: dict[int, str], min_score: float = 0.5,
+                    max_detections: int = 100,
+                    min_side: int = 512) -> np.ndarray:
+  """Draws one image's detections on a copy of it.
+
+  Args:
+    image: [H, W, 3] uint8.
+    detections: {"boxes": [n, 4] pixels [ymin, xmin, ymax, xmax],
+      "classes": [n] 0-based, "scores": [n], "masks": [n, H, W] bool or
+      None} (as `detection_generator.detections_in_original_image`).
+    class_names: {class id 1..K: name}.
+    min_score: detections below it are not drawn.
+    max_detections: at most this many (the best) are drawn.
+    min_side: smaller images are enlarged by a whole factor (nearest
+      neighbour) so labels stay readable.
+
+  Returns:
+    [H * f, W * f, 3] uint8, f = ceil(min_side / min(H, W)) or 1.
+  """
+  factor = max(1, -(-min_side // min(image.shape[:2])))
+  picture = np.repeat(np.repeat(np.asarray(image, np.uint8), factor, 0),
+                      factor, 1)
+  category_index = {k: {"id": k, "name": v} for k, v in class_names.items()}
+  masks = detections.get("masks")
+  if masks is not None and factor > 1:
+    masks = np.repeat(np.repeat(masks, factor, 1), factor, 2)
+  visualization_utils.visualize_boxes_and_labels_on_image_array(
+      picture, np.asarray(detections["boxes"], np.float32) * factor,
+      np.asarray(detections["classes"], np.int32) + 1,
+      np.asarray(detections["scores"], np.float32), category_index,
+      instance_masks=None if masks is None else masks.astype(np.uint8),
+      max_boxes_to_draw=max_detections, min_score_thresh=min_score,
+      line_thickness=max(1, min(picture.shape[:2]) // 200))
+  return picture

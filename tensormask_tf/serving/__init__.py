@@ -1,0 +1,1 @@
+"""Inference, export and serving of TensorMask models."""

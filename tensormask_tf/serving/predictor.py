@@ -1,0 +1,106 @@
+"""Prediction on image files from a training checkpoint.
+
+`load_image` reads JPEG/PNG/... files into RGB uint8 (grayscale, palette
+and RGBA images are converted; empty, unreadable or huge files raise
+`ImageError` with the reason). `CheckpointPredictor` runs the model with
+the evaluation preprocessing and returns detections in original pixels.
+"""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+
+from official.core import config_definitions as cfg
+from official.vision.ops import preprocess_ops
+from tensormask_tf.dataloaders import tensormask_input
+from tensormask_tf.modeling import detection_generator
+from tensormask_tf.modeling import factory
+from tensormask_tf.tasks import tensormask as tensormask_task
+
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+class ImageError(ValueError):
+  """An input file is not a usable image."""
+
+
+def load_image(path: str) -> np.ndarray:
+  """[H, W, 3] uint8 RGB of an image file, or ImageError saying why not."""
+  if not os.path.isfile(path):
+    raise ImageError(f"{path}: no such file")
+  if os.path.getsize(path) == 0:
+    raise ImageError(f"{path}: the file is empty")
+  try:
+    with Image.open(path) as image:
+      if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"{path}: {image.width}x{image.height} is larger than "
+            f"{MAX_IMAGE_PIXELS} pixels; downscale it first")
+      image.load()
+      if image.mode.startswith("I"):  # 16/32-bit grayscale: 16-bit range.
+        gray = np.clip(np.asarray(image, np.float64) / 257.0, 0, 255)
+        return np.repeat(np.round(gray).astype(np.uint8)[..., None], 3, -1)
+      # Grayscale, palette, RGBA (alpha dropped), CMYK...: to RGB.
+      return np.asarray(image.convert("RGB"), dtype=np.uint8)
+  except (OSError, Image.DecompressionBombError, SyntaxError) as e:
+    raise ImageError(f"{path}: not a readable image ({e})") from e
+
+
+def class_names(task_config) -> dict[int, str]:
+  """{1..K: name} from the task's annotation file, else "class k"."""
+  names = {}
+  path = task_config.annotation_file
+  if path and os.path.isfile(path):
+    with open(path) as f:
+      names = {c["id"]: c["name"] for c in json.load(f)["categories"]}
+  return {k: names.get(k, f"class {k}")
+          for k in range(1, task_config.model.num_classes + 1)}
+
+
+def preprocess(image, model_config, parser_config):
+  """uint8 [H, W, 3] -> (normalized model input [h, w, 3], image_info)."""
+  padded_size = preprocess_ops.compute_padded_size(
+      list(model_config.input_size[:2]), 2**model_config.max_level)
+  return tensormask_input.resize_image(
+      preprocess_ops.normalize_image(image), model_config.input_size[:2],
+      padded_size, parser_config.short_side, parser_config.long_side)
+
+
+class CheckpointPredictor:
+  """Detections of one image at a time from a training checkpoint."""
+
+  def __init__(self, params: cfg.ExperimentConfig, checkpoint: str):
+    """Builds the experiment's model and restores `checkpoint` (a file
+    prefix or a directory with checkpoints)."""
+    if tf.io.gfile.isdir(checkpoint):
+      directory, checkpoint = checkpoint, tf.train.latest_checkpoint(
+          checkpoint)
+      if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    elif not tf.io.gfile.exists(checkpoint + ".index"):
+      raise FileNotFoundError(f"no checkpoint {checkpoint}")
+    self._params = params
+    task = tensormask_task.TensorMaskTask(params.task)
+    self._model = task.build_model()
+    tf.train.Checkpoint(model=self._model).read(
+        checkpoint).expect_partial().assert_existing_objects_matched()
+    self.class_names = class_names(params.task)
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+  def _detect(self, image):
+    model_config = self._params.task.model
+    inputs, image_info = preprocess(image, model_config,
+                                    self._params.task.validation_data.parser)
+    outputs = self._model(inputs[None], training=False)
+    detections = factory.postprocess(self._model, outputs,
+                                     inputs.shape[:2], model_config)
+    return {k: v[0] for k, v in detections.items()}, image_info
+
+  def __call__(self, image: np.ndarray) -> dict:
+    """`detections_in_original_image` of an [H, W, 3] uint8 image."""
+    detections, image_info = self._detect(tf.convert_to_tensor(image))
+    return detection_generator.detections_in_original_image(
+        {k: v.numpy() for k, v in detections.items()}, image_info.numpy())
