@@ -22,9 +22,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from official.core import exp_factory  # noqa: E402
-from official.modeling import hyperparams  # noqa: E402
 from tensormask_tf import registry_imports  # noqa: E402,F401
+from tensormask_tf.configs import experiments  # noqa: E402
 from tensormask_tf.evaluation import coco_evaluator  # noqa: E402
 from tensormask_tf.evaluation import visualization  # noqa: E402
 from tensormask_tf.serving import predictor as predictor_lib  # noqa: E402
@@ -47,22 +46,13 @@ _MIN_SCORE = flags.DEFINE_float("min_score", 0.5,
 
 
 def _params():
-  if _MODEL_DIR.value:
-    path = os.path.join(_MODEL_DIR.value, "params.yaml")
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path} does not exist: is --model_dir a "
-                              "training run?")
-    params = exp_factory.get_exp_config("tensormask")
-    params = hyperparams.override_params_dict(params, path, is_strict=False)
-    return params, _CHECKPOINT.value or _MODEL_DIR.value
-  if not (_CHECKPOINT.value and _EXPERIMENT.value):
+  params = experiments.load_experiment(
+      _MODEL_DIR.value, _EXPERIMENT.value, tuple(_CONFIG_FILE.value),
+      _PARAMS_OVERRIDE.value)
+  checkpoint = _CHECKPOINT.value or _MODEL_DIR.value
+  if not checkpoint:
     raise ValueError("give --model_dir, or --checkpoint with --experiment")
-  params = exp_factory.get_exp_config(_EXPERIMENT.value)
-  for path in _CONFIG_FILE.value:
-    params = hyperparams.override_params_dict(params, path, is_strict=True)
-  params = hyperparams.override_params_dict(params, _PARAMS_OVERRIDE.value,
-                                            is_strict=True)
-  return params, _CHECKPOINT.value
+  return params, checkpoint
 
 
 def _image_paths() -> list[str]:

@@ -14,6 +14,7 @@ import os
 
 from official.core import config_definitions as cfg
 from official.core import exp_factory
+from official.modeling import hyperparams
 from official.modeling import optimization
 from tensormask_tf.configs import tensormask_config as tm_cfg
 
@@ -141,3 +142,35 @@ def tensormask_shapes() -> cfg.ExperimentConfig:
                   "warmup_steps": 100, "warmup_learning_rate": 0.0}},
           })),
       restrictions=list(_RESTRICTIONS))
+
+
+def load_experiment(model_dir: str | None = None,
+                    experiment: str | None = None,
+                    config_files: tuple[str, ...] = (),
+                    params_override: str = "") -> cfg.ExperimentConfig:
+  """A run's experiment: `<model_dir>/params.yaml` (what train.py saved),
+  or the registered `experiment` with YAML files and overrides.
+
+  Raises:
+    FileNotFoundError: no params.yaml in model_dir, or a missing YAML file.
+    ValueError: neither model_dir nor experiment, or an unknown experiment.
+  """
+  if model_dir:
+    path = os.path.join(model_dir, "params.yaml")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path} does not exist: is {model_dir} a "
+                              "training run's model_dir?")
+    return hyperparams.override_params_dict(
+        exp_factory.get_exp_config("tensormask"), path, is_strict=False)
+  if not experiment:
+    raise ValueError("give a model_dir or an experiment")
+  try:
+    params = exp_factory.get_exp_config(experiment)
+  except KeyError as e:
+    raise ValueError(f"unknown experiment {experiment!r}") from e
+  for path in config_files:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"config file {path} does not exist")
+    params = hyperparams.override_params_dict(params, path, is_strict=True)
+  return hyperparams.override_params_dict(params, params_override,
+                                          is_strict=True)

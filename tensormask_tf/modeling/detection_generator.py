@@ -136,7 +136,7 @@ def paste_window_masks(window_masks, window_boxes, image_size,
   Args:
     window_masks: [D, R, R] mask probabilities over each window.
     window_boxes: [D, 4] windows [ymin, xmin, ymax, xmax] in pixels.
-    image_size: (height, width).
+    image_size: (height, width), ints or scalar int tensors.
     threshold: masks are `probability >= threshold`.
 
   Returns:
@@ -154,7 +154,8 @@ def paste_window_masks(window_masks, window_boxes, image_size,
   # y1 * (R+1) + i * (y2 - y1) * (R+1) / (height-1), hence these ends.
   scale = side / (boxes[:, 2:] - boxes[:, :2])  # mask pixels per image pixel
   first = (0.5 - boxes[:, :2]) * scale + 0.5
-  last = (tf.constant([height - 0.5, width - 0.5]) - boxes[:, :2]) * scale + 0.5
+  last = (tf.cast(tf.stack([height, width]), tf.float32) - 0.5 -
+          boxes[:, :2]) * scale + 0.5
   denominator = side + 1.0
   normalized = tf.concat([first / denominator, last / denominator], axis=1)
   pasted = tf.image.crop_and_resize(

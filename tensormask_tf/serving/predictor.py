@@ -60,13 +60,34 @@ def class_names(task_config) -> dict[int, str]:
           for k in range(1, task_config.model.num_classes + 1)}
 
 
+def padded_input_size(model_config) -> tuple[int, int]:
+  """The model input's (height, width): input_size rounded up to the
+  coarsest stride."""
+  return tuple(int(v) for v in preprocess_ops.compute_padded_size(
+      list(model_config.input_size[:2]), 2**model_config.max_level))
+
+
 def preprocess(image, model_config, parser_config):
-  """uint8 [H, W, 3] -> (normalized model input [h, w, 3], image_info)."""
-  padded_size = preprocess_ops.compute_padded_size(
-      list(model_config.input_size[:2]), 2**model_config.max_level)
-  return tensormask_input.resize_image(
+  """uint8 [H, W, 3] -> (normalized model input [h, w, 3], image_info
+  [4, 2]), the evaluation preprocessing."""
+  image, image_info = tensormask_input.resize_image(
       preprocess_ops.normalize_image(image), model_config.input_size[:2],
-      padded_size, parser_config.short_side, parser_config.long_side)
+      padded_input_size(model_config), parser_config.short_side,
+      parser_config.long_side)
+  return tf.cast(image, tf.float32), tf.cast(image_info, tf.float32)
+
+
+def resolve_checkpoint(checkpoint: str) -> str:
+  """A checkpoint prefix, or the latest one of a directory; or
+  FileNotFoundError."""
+  if tf.io.gfile.isdir(checkpoint):
+    latest = tf.train.latest_checkpoint(checkpoint)
+    if latest is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpoint}")
+    return latest
+  if not tf.io.gfile.exists(checkpoint + ".index"):
+    raise FileNotFoundError(f"no checkpoint {checkpoint}")
+  return checkpoint
 
 
 class CheckpointPredictor:
@@ -75,13 +96,7 @@ class CheckpointPredictor:
   def __init__(self, params: cfg.ExperimentConfig, checkpoint: str):
     """Builds the experiment's model and restores `checkpoint` (a file
     prefix or a directory with checkpoints)."""
-    if tf.io.gfile.isdir(checkpoint):
-      directory, checkpoint = checkpoint, tf.train.latest_checkpoint(
-          checkpoint)
-      if checkpoint is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
-    elif not tf.io.gfile.exists(checkpoint + ".index"):
-      raise FileNotFoundError(f"no checkpoint {checkpoint}")
+    checkpoint = resolve_checkpoint(checkpoint)
     self._params = params
     task = tensormask_task.TensorMaskTask(params.task)
     self._model = task.build_model()

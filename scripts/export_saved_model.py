@@ -1,0 +1,61 @@
+"""Exports a trained TensorMask model as a SavedModel for TF Serving.
+
+    python scripts/export_saved_model.py --model_dir=runs/tensormask_shapes \
+        --export_dir=runs/tensormask_shapes/saved_model
+
+Writes <export_dir>/<version>/ (TF Serving's layout) with the signatures
+serving_default (encoded images), image_tensor (uint8) and tf_example; see
+tensormask_tf/serving/export_module.py for inputs and outputs. The graph
+uses stock TensorFlow ops only.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from tensormask_tf import registry_imports  # noqa: E402,F401
+from tensormask_tf.configs import experiments  # noqa: E402
+from tensormask_tf.serving import export_module  # noqa: E402
+
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "A training run: its params.yaml and latest checkpoint.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
+                                  "A checkpoint (file prefix or directory).")
+_EXPERIMENT = flags.DEFINE_string("experiment", None,
+                                  "The experiment, with --checkpoint.")
+_CONFIG_FILE = flags.DEFINE_multi_string("config_file", [], "YAML overrides.")
+_PARAMS_OVERRIDE = flags.DEFINE_string("params_override", "",
+                                       "key=value overrides.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None,
+                                  "The model base path TF Serving watches.",
+                                  required=True)
+_VERSION = flags.DEFINE_integer("version", None,
+                                "Version folder (default: Unix time).")
+_IMAGE_MASKS = flags.DEFINE_bool(
+    "image_masks", False,
+    "Also output image-size binary masks (detection_image_masks).")
+
+
+def main(_):
+  try:
+    params = experiments.load_experiment(
+        _MODEL_DIR.value, _EXPERIMENT.value, tuple(_CONFIG_FILE.value),
+        _PARAMS_OVERRIDE.value)
+    checkpoint = _CHECKPOINT.value or _MODEL_DIR.value
+    if not checkpoint:
+      raise ValueError("give --model_dir, or --checkpoint with --experiment")
+    path = export_module.export_saved_model(
+        params, checkpoint, _EXPORT_DIR.value, version=_VERSION.value,
+        image_masks=_IMAGE_MASKS.value)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    sys.exit(f"export_saved_model.py: error: {str(e).splitlines()[0]}")
+  print(f"exported {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

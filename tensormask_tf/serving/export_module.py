@@ -1,0 +1,178 @@
+"""SavedModel export of a TensorMask model for TF Serving.
+
+The serving graph uses standard TensorFlow ops only: the model is rebuilt
+with the pure-TF ops backend (no custom-op library is needed to load it) and
+masks are computed with the gathered path for the kept detections only.
+
+Signatures (all with a dynamic batch; input key "inputs"):
+- `serving_default`: encoded JPEG/PNG/BMP/GIF images, `tf.string [B]`;
+- `image_tensor`: `uint8 [B, H, W, 3]`;
+- `tf_example`: serialized `tf.train.Example`s with `image/encoded`,
+  `tf.string [B]`.
+
+Outputs (D = the config's `max_detections`, entries past num_detections
+zero):
+- `num_detections` int32 [B];
+- `detection_boxes` float32 [B, D, 4]: `[ymin, xmin, ymax, xmax]` in pixels
+  of the input image;
+- `detection_scores` float32 [B, D];
+- `detection_classes` int32 [B, D]: category ids 1..K;
+- `detection_masks` float32 [B, D, R, R]: mask probabilities over each
+  detection's window (R = `mask_size`), to be pasted inside
+- `detection_windows` float32 [B, D, 4]: the window boxes, input pixels
+  (threshold at 0.5; `detection_generator.paste_window_masks` does it);
+- `image_info` float32 [B, 4, 2]: original size, scaled size, scale,
+  offset of each image;
+- with `image_masks=True` also `detection_image_masks` uint8
+  [B, D, H_max, W_max]: the pasted binary masks at the largest input size of
+  the batch (each image's in its top-left corner).
+"""
+
+import json
+import os
+import time
+
+import tensorflow as tf
+
+from official.core import config_definitions as cfg
+from tensormask_tf.modeling import detection_generator
+from tensormask_tf.modeling import factory
+from tensormask_tf.serving import predictor
+from tensormask_tf.tasks import tensormask as tensormask_task
+
+_CHANNELS = 3
+
+
+class TensorMaskExportModule(tf.Module):
+  """The exported functions of one TensorMask model."""
+
+  def __init__(self, params: cfg.ExperimentConfig, checkpoint: str | None,
+               image_masks: bool = False):
+    """Builds the pure-TF model and restores `checkpoint` into it.
+
+    Args:
+      params: the experiment (its task's model, validation parser).
+      checkpoint: a checkpoint prefix or directory; None keeps the random
+        initialization (tests).
+      image_masks: whether to add `detection_image_masks`.
+    """
+    super().__init__(name="tensormask")
+    params = params.replace()  # An unlocked copy.
+    params.task.model.ops_backend = "tf"  # Stock TF ops only.
+    self._params = params
+    self._image_masks = image_masks
+    model = tensormask_task.TensorMaskTask(params.task).build_model()
+    if checkpoint is not None:
+      path = predictor.resolve_checkpoint(checkpoint)
+      tf.train.Checkpoint(model=model).read(
+          path).expect_partial().assert_existing_objects_matched()
+    # Track the variables, not the Keras model: saving a Keras model also
+    # saves every layer's call traces (a graph ~100x larger, slow to write,
+    # and warning at load time), which serving never uses.
+    object.__setattr__(self, "model", model)
+    self.model_variables = list(model.variables)
+
+  def _preprocess(self, image):
+    image = tf.ensure_shape(image, [None, None, _CHANNELS])
+    return predictor.preprocess(image, self._params.task.model,
+                                self._params.task.validation_data.parser)
+
+  def _preprocess_batch(self, images_fn, elements):
+    """map_fn of decode + resize: images of any size batch together."""
+    image_size = predictor.padded_input_size(self._params.task.model)
+    return tf.map_fn(
+        lambda element: self._preprocess(images_fn(element)), elements,
+        fn_output_signature=(
+            tf.TensorSpec([*image_size, _CHANNELS], tf.float32),
+            tf.TensorSpec([4, 2], tf.float32)))
+
+  def _detect(self, images, image_info) -> dict[str, tf.Tensor]:
+    model_config = self._params.task.model
+    outputs = self.model(images, training=False)
+    detections = factory.postprocess(self.model, outputs, images.shape[1:3],
+                                     model_config)
+    scale = tf.tile(image_info[:, 2:3, :], [1, 1, 2])  # [B, 1, 4]
+    offset = tf.tile(image_info[:, 3:4, :], [1, 1, 2])
+    original = tf.tile(image_info[:, 0:1, :], [1, 1, 2])
+    valid = tf.sequence_mask(detections["num_detections"],
+                             tf.shape(detections["detection_scores"])[1])
+    valid = tf.cast(valid, tf.float32)[..., None]
+    boxes = tf.clip_by_value((detections["detection_boxes"] + offset) / scale,
+                             0.0, original)
+    result = {
+        "num_detections": detections["num_detections"],
+        "detection_boxes": boxes * valid,
+        "detection_scores": detections["detection_scores"],
+        "detection_classes": detections["detection_classes"] + tf.cast(
+            valid[..., 0], tf.int32),
+        "detection_masks": detections["detection_masks"],
+        "detection_windows": (detections["detection_windows"] + offset) /
+                             scale * valid,
+        "image_info": image_info,
+    }
+    if self._image_masks:
+      result["detection_image_masks"] = self._paste(result)
+    return result
+
+  def _paste(self, result) -> tf.Tensor:
+    size = tf.cast(tf.reduce_max(result["image_info"][:, 0, :], axis=0),
+                   tf.int32)
+    return tf.map_fn(
+        lambda args: tf.cast(detection_generator.paste_window_masks(
+            args[0], args[1], (size[0], size[1])), tf.uint8),
+        (result["detection_masks"], result["detection_windows"]),
+        fn_output_signature=tf.TensorSpec([None, None, None], tf.uint8))
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+  def serve_encoded_images(self, inputs):
+    def decode(encoded):
+      return tf.io.decode_image(encoded, channels=_CHANNELS,
+                                expand_animations=False)
+    return self._detect(*self._preprocess_batch(decode, inputs))
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None, None, _CHANNELS], tf.uint8)])
+  def serve_image_tensors(self, inputs):
+    return self._detect(*self._preprocess_batch(lambda x: x, inputs))
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+  def serve_tf_examples(self, inputs):
+    def decode(serialized):
+      features = tf.io.parse_single_example(serialized, {
+          "image/encoded": tf.io.FixedLenFeature((), tf.string)})
+      return tf.io.decode_image(features["image/encoded"],
+                                channels=_CHANNELS, expand_animations=False)
+    return self._detect(*self._preprocess_batch(decode, inputs))
+
+  def signatures(self) -> dict:
+    return {
+        "serving_default": self.serve_encoded_images.get_concrete_function(),
+        "image_tensor": self.serve_image_tensors.get_concrete_function(),
+        "tf_example": self.serve_tf_examples.get_concrete_function(),
+    }
+
+
+def export_saved_model(params: cfg.ExperimentConfig, checkpoint: str | None,
+                       export_dir: str, version: int | None = None,
+                       image_masks: bool = False) -> str:
+  """Writes `<export_dir>/<version>/` (TF Serving's layout); returns it.
+
+  The version defaults to the current Unix time. The class names go to
+  `assets.extra/class_names.json` ({"1": name, ...}) for clients.
+  """
+  version = int(time.time()) if version is None else version
+  path = os.path.join(export_dir, str(version))
+  if tf.io.gfile.exists(path):
+    raise FileExistsError(f"{path} exists; pick another --version")
+  module = TensorMaskExportModule(params, checkpoint, image_masks=image_masks)
+  # Serving needs no gradients: saving the custom ones only adds functions
+  # that warn at load time.
+  tf.saved_model.save(
+      module, path, signatures=module.signatures(),
+      options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+  extra = os.path.join(path, "assets.extra")
+  tf.io.gfile.makedirs(extra)
+  with tf.io.gfile.GFile(os.path.join(extra, "class_names.json"), "w") as f:
+    json.dump({str(k): v for k, v in
+               predictor.class_names(params.task).items()}, f)
+  return path
