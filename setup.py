@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "tensorflow==2.20.*",          # not tensorflow-cpu: Model Garden needs this one
     "tf-models-official==2.20.0",  # ResNet, FPN, ops, COCO tools; pins TF 2.20
     "tf-keras==2.20.*",            # Keras 2, which Model Garden is built on
+    "tensorflow-serving-api==2.20.*",  # the gRPC client of TF Serving
     "pycocotools>=2.0.7",
     "absl-py>=1.0",
     "numpy>=1.26",

@@ -3,8 +3,9 @@
     python scripts/predict.py --model_dir=runs/tensormask_shapes \
         --image=data/shapes/val/000000.png --output_dir=/tmp/predictions
 
---model_dir uses the run's params.yaml and latest checkpoint; otherwise
-give --checkpoint with --experiment (and --config_file/--params_override).
+--saved_model uses an exported SavedModel; --model_dir the run's params.yaml
+and latest checkpoint; or give --checkpoint with --experiment (and
+--config_file/--params_override).
 Writes <output_dir>/detections.json (one entry per detection: file_name,
 category_id, bbox [x, y, w, h], score, RLE segmentation) and
 <output_dir>/<image name>.png with the masks, boxes, labels and scores.
@@ -30,6 +31,8 @@ from tensormask_tf.serving import predictor as predictor_lib  # noqa: E402
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "A training run: its params.yaml and latest checkpoint.")
+_SAVED_MODEL = flags.DEFINE_string(
+    "saved_model", None, "An exported SavedModel (export_saved_model.py).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
                                   "A checkpoint (file prefix or directory).")
 _EXPERIMENT = flags.DEFINE_string("experiment", None,
@@ -70,8 +73,10 @@ def _image_paths() -> list[str]:
 def main(_):
   try:
     paths = _image_paths()
-    params, checkpoint = _params()
-    predictor = predictor_lib.CheckpointPredictor(params, checkpoint)
+    if _SAVED_MODEL.value:
+      predictor = predictor_lib.SavedModelPredictor(_SAVED_MODEL.value)
+    else:
+      predictor = predictor_lib.CheckpointPredictor(*_params())
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"predict.py: error: {str(e).splitlines()[0]}")
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)

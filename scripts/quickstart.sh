@@ -2,7 +2,8 @@
 # The main job, one command on a fresh machine (CPU is enough):
 #   set up .venv/ -> generate the synthetic shapes dataset (data/shapes) ->
 #   train tensormask_shapes and evaluate it (COCO mask and box AP) ->
-#   predict on 4 validation images and write PNG pictures of the masks.
+#   export a SavedModel -> predict on 4 validation images with it and write
+#   PNG pictures of the masks.
 # Outputs go to runs/tensormask_shapes/ (a previous run there is replaced).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,15 +25,20 @@ echo "[quickstart] training tensormask_shapes and evaluating it ($run_dir/train.
 rm -rf "$run_dir" && mkdir -p "$run_dir"
 # The full log goes to train.log; progress lines (with ETA) to the console.
 "$python" scripts/train.py --flagfile=configs/tensormask_shapes.flags \
-  --model_dir="$run_dir" \
-  2> >(tee "$run_dir/train.log" | grep --line-buffered "images/s" >&2) \
-  | tee "$run_dir/summary.txt" || {
+  --model_dir="$run_dir" > "$run_dir/train.out" \
+  2> >(tee "$run_dir/train.log" | grep --line-buffered "images/s" >&2) || {
     tail -n 30 "$run_dir/train.log" >&2; exit 1; }
-grep -q "COCO mask AP" "$run_dir/summary.txt" || {
+grep "COCO mask AP" "$run_dir/train.out" > "$run_dir/summary.txt" || {
   tail -n 30 "$run_dir/train.log" >&2; exit 1; }
+cat "$run_dir/summary.txt"
 
-echo "[quickstart] predicting on 4 validation images"
-"$python" scripts/predict.py --model_dir="$run_dir" \
+echo "[quickstart] exporting a SavedModel to $run_dir/saved_model/1"
+"$python" scripts/export_saved_model.py --model_dir="$run_dir" \
+  --export_dir="$run_dir/saved_model" --version=1 >> "$run_dir/train.out" \
+  2>> "$run_dir/train.log" || { tail -n 30 "$run_dir/train.log" >&2; exit 1; }
+
+echo "[quickstart] predicting on 4 validation images with the SavedModel"
+"$python" scripts/predict.py --saved_model="$run_dir/saved_model/1" \
   --image='data/shapes/val/val_00000[1-4].png' \
   --output_dir="$run_dir/predictions" 2>> "$run_dir/train.log"
 

@@ -1,6 +1,7 @@
 """A `tensormask_shapes` experiment shrunk for fast tests (not a test)."""
 
 from official.core import exp_factory
+from official.core import task_factory
 from tensormask_tf import registry_imports  # noqa: F401
 
 # Overrides that make the shapes model small and the run short.
@@ -46,3 +47,8 @@ def params_override_string(shapes_records: dict, extra: str = "") -> str:
   """The same overrides as a --params_override string for train.py."""
   items = _flatten(TINY_OVERRIDES) + _flatten(_data_overrides(shapes_records))
   return ",".join(items + ([extra] if extra else []))
+
+
+def build_model(params):
+  """The experiment's model, built by its task."""
+  return task_factory.get_task(params.task).build_model()

@@ -115,12 +115,21 @@ class TensorMaskExportModule(tf.Module):
     return result
 
   def _paste(self, result) -> tf.Tensor:
-    size = tf.cast(tf.reduce_max(result["image_info"][:, 0, :], axis=0),
-                   tf.int32)
+    sizes = tf.cast(tf.round(result["image_info"][:, 0, :]), tf.int32)
+    canvas = tf.reduce_max(sizes, axis=0)
+
+    def paste(args):
+      masks, windows, size = args
+      pasted = detection_generator.paste_window_masks(
+          masks, windows, (canvas[0], canvas[1]))
+      # Windows reach past the image: nothing outside the image itself.
+      inside = (tf.range(canvas[0])[:, None] < size[0]) & (
+          tf.range(canvas[1])[None, :] < size[1])
+      return tf.cast(pasted & inside[None], tf.uint8)
+
     return tf.map_fn(
-        lambda args: tf.cast(detection_generator.paste_window_masks(
-            args[0], args[1], (size[0], size[1])), tf.uint8),
-        (result["detection_masks"], result["detection_windows"]),
+        paste, (result["detection_masks"], result["detection_windows"],
+                sizes),
         fn_output_signature=tf.TensorSpec([None, None, None], tf.uint8))
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])

@@ -119,3 +119,34 @@ class CheckpointPredictor:
     detections, image_info = self._detect(tf.convert_to_tensor(image))
     return detection_generator.detections_in_original_image(
         {k: v.numpy() for k, v in detections.items()}, image_info.numpy())
+
+
+class SavedModelPredictor:
+  """Detections of one image at a time from an exported SavedModel (its
+  `image_tensor` signature; see export_module.py)."""
+
+  def __init__(self, path: str):
+    if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+      raise FileNotFoundError(f"{path} is not a SavedModel directory (no "
+                              "saved_model.pb)")
+    self._signature = tf.saved_model.load(path).signatures["image_tensor"]
+    names_path = os.path.join(path, "assets.extra", "class_names.json")
+    self.class_names = {}
+    if tf.io.gfile.exists(names_path):
+      with tf.io.gfile.GFile(names_path) as f:
+        self.class_names = {int(k): v for k, v in json.load(f).items()}
+
+  def __call__(self, image: np.ndarray) -> dict:
+    """Like CheckpointPredictor.__call__."""
+    out = {k: v.numpy()[0] for k, v in self._signature(
+        inputs=tf.convert_to_tensor(image[None])).items()}
+    count = int(out["num_detections"])
+    height, width = image.shape[:2]
+    return {
+        "boxes": out["detection_boxes"][:count],
+        "classes": out["detection_classes"][:count].astype(np.int64) - 1,
+        "scores": out["detection_scores"][:count],
+        "masks": detection_generator.paste_window_masks(
+            out["detection_masks"][:count], out["detection_windows"][:count],
+            (height, width)).numpy(),
+    }

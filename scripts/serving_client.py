@@ -1,0 +1,89 @@
+"""Sends images to a TF Serving endpoint; writes COCO JSON and pictures.
+
+    # REST (port 8501) or gRPC (port 8500) of a server started as in README.md
+    python scripts/serving_client.py --rest=http://localhost:8501 \
+        --model_name=tensormask --image='data/shapes/val/*.png' \
+        --output_dir=/tmp/served
+    python scripts/serving_client.py --grpc=localhost:8500 ...
+
+--class_names reads names for the pictures (the export's
+assets.extra/class_names.json).
+"""
+
+import glob
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tensormask_tf.evaluation import coco_evaluator  # noqa: E402
+from tensormask_tf.evaluation import visualization  # noqa: E402
+from tensormask_tf.serving import client  # noqa: E402
+from tensormask_tf.serving import predictor  # noqa: E402
+
+_REST = flags.DEFINE_string("rest", None, "REST base URL, e.g. "
+                            "http://localhost:8501")
+_GRPC = flags.DEFINE_string("grpc", None, "gRPC host:port, e.g. "
+                            "localhost:8500")
+_MODEL_NAME = flags.DEFINE_string("model_name", "tensormask",
+                                  "The served model's name.")
+_IMAGES = flags.DEFINE_multi_string("image", [], "Image files or globs.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write.",
+                                  required=True)
+_CLASS_NAMES = flags.DEFINE_string("class_names", None,
+                                   "JSON {id: name} for the pictures.")
+_MIN_SCORE = flags.DEFINE_float("min_score", 0.5,
+                                "Detections written and drawn above it.")
+_BATCH = flags.DEFINE_integer("batch_size", 4, "Images per request.")
+
+
+def main(_):
+  if bool(_REST.value) == bool(_GRPC.value):
+    sys.exit("serving_client.py: error: give exactly one of --rest, --grpc")
+  paths = [p for pattern in _IMAGES.value for p in sorted(glob.glob(pattern))]
+  if not paths:
+    sys.exit("serving_client.py: error: --image matches no files")
+  names = {}
+  if _CLASS_NAMES.value:
+    with open(_CLASS_NAMES.value) as f:
+      names = {int(k): v for k, v in json.load(f).items()}
+  os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+  results = []
+  for start in range(0, len(paths), _BATCH.value):
+    batch = paths[start:start + _BATCH.value]
+    try:
+      images = [predictor.load_image(path) for path in batch]
+    except predictor.ImageError as e:
+      sys.exit(f"serving_client.py: error: {e}")
+    encoded = [open(path, "rb").read() for path in batch]
+    try:
+      if _REST.value:
+        outputs = client.rest_predict(_REST.value, _MODEL_NAME.value, encoded)
+      else:
+        outputs = client.grpc_predict(_GRPC.value, _MODEL_NAME.value, encoded)
+    except client.ServingError as e:
+      sys.exit(f"serving_client.py: error: {e}")
+    for n, (path, image) in enumerate(zip(batch, images)):
+      found = client.detections_from_outputs(outputs, n)
+      keep = found["scores"] >= _MIN_SCORE.value
+      found = {k: v[keep] for k, v in found.items()}
+      for entry in coco_evaluator.coco_results(start + n, found):
+        entry["file_name"] = os.path.basename(path)
+        results.append(entry)
+      picture = visualization.draw_detections(image, found, names,
+                                              min_score=_MIN_SCORE.value)
+      name = os.path.splitext(os.path.basename(path))[0] + ".png"
+      Image.fromarray(picture).save(os.path.join(_OUTPUT_DIR.value, name))
+      print(f"{path}: {len(found['scores'])} detections")
+  with open(os.path.join(_OUTPUT_DIR.value, "detections.json"), "w") as f:
+    json.dump(results, f)
+
+
+if __name__ == "__main__":
+  app.run(main)

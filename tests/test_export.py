@@ -1,0 +1,261 @@
+"""SavedModel export: stock TF ops only, loads without tensormask_tf, and
+gives the in-process model's detections (issue 6)."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from tensormask_tf.modeling import detection_generator
+from tensormask_tf.serving import client
+from tensormask_tf.serving import export_module
+from tensormask_tf.serving import predictor
+from tests import serving_fixtures
+from tests import tiny_experiment
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+
+# Runs in a fresh interpreter that imports TensorFlow only.
+_LOADER = r"""
+import json, os, sys
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import op_def_registry
+path, inputs, out = sys.argv[1:4]
+proto = saved_model_pb2.SavedModel()
+with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+  proto.ParseFromString(f.read())
+functions = {f.signature.name for g in proto.meta_graphs
+             for f in g.graph_def.library.function}
+ops = set()
+for graph in proto.meta_graphs:
+  ops |= {n.op for n in graph.graph_def.node}
+  for function in graph.graph_def.library.function:
+    ops |= {n.op for n in function.node_def}
+unregistered = sorted(o for o in ops
+                      if o not in functions and op_def_registry.get(o) is None)
+model = tf.saved_model.load(path)
+data = np.load(inputs, allow_pickle=True)
+arrays = {}
+for name, key in (("serving_default", "encoded"), ("image_tensor", "images"),
+                  ("tf_example", "examples")):
+  result = model.signatures[name](inputs=tf.constant(data[key]))
+  arrays.update({f"{name}/{k}": v.numpy() for k, v in result.items()})
+np.savez(out, **arrays)
+print(json.dumps({"ops": len(ops), "unregistered": unregistered,
+                  "signatures": sorted(model.signatures),
+                  "tensormask_tf_imported": "tensormask_tf" in sys.modules}))
+"""
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(shapes_records, tmp_path_factory):
+  """A tiny model's checkpoint, its export, and the fresh process' run."""
+  root = tmp_path_factory.mktemp("export")
+  params = tiny_experiment.tiny_shapes_experiment(shapes_records)
+  # Every window scores: D detections per image, masks and all.
+  params.task.model.detection_generator.override(
+      {"score_threshold": 0.0, "max_detections": 12, "mask_size": 32})
+  tf.random.set_seed(1)
+  model = tiny_experiment.build_model(params)
+  checkpoint = tf.train.Checkpoint(model=model).save(str(root / "ckpt"))
+  path = export_module.export_saved_model(
+      params, checkpoint, str(root / "export"), version=7, image_masks=True)
+
+  rng = np.random.RandomState(0)
+  images = [predictor.load_image(os.path.join(
+      shapes_records["root"], "val", f"val_{i:06d}.png")) for i in (1, 2)]
+  images.append(rng.randint(0, 255, (90, 150, 3)).astype(np.uint8))
+  encoded = [_encode_png(x) for x in images]
+  # Examples as in the TFRecords: the encoded image under image/encoded.
+  records = [tf.train.Example(features=tf.train.Features(feature={
+      "image/encoded": tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[data])),
+      "image/source_id": tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[b"1"]))})).SerializeToString()
+             for data in encoded[:2]]
+  inputs = str(root / "inputs.npz")
+  np.savez(inputs, encoded=np.array(encoded, dtype=object),
+           images=np.stack(images[:2]), examples=np.array(records,
+                                                          dtype=object))
+  out = str(root / "outputs.npz")
+  result = subprocess.run(
+      [sys.executable, "-c", _LOADER, path, inputs, out], capture_output=True,
+      text=True, timeout=600, check=False,
+      env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+  assert result.returncode == 0, result.stderr[-4000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  return {"params": params, "checkpoint": checkpoint, "path": path,
+          "images": images, "report": report,
+          "outputs": dict(np.load(out, allow_pickle=True))}
+
+
+def test_saved_model_uses_only_stock_tensorflow_ops(exported):
+  report = exported["report"]
+  assert not report["tensormask_tf_imported"]
+  assert report["ops"] > 20
+  assert report["unregistered"] == []
+  assert set(report["signatures"]) == {"serving_default", "image_tensor",
+                                       "tf_example"}
+  assert os.path.isfile(os.path.join(exported["path"], "assets.extra",
+                                     "class_names.json"))
+
+
+def _iou(a, b):
+  union = np.logical_or(a, b).sum()
+  return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
+
+
+def test_fresh_process_outputs_equal_the_in_process_model(exported):
+  reference = predictor.CheckpointPredictor(exported["params"],
+                                            exported["checkpoint"])
+  out = exported["outputs"]
+  for n, image in enumerate(exported["images"]):
+    want = reference(image)
+    count = int(out["serving_default/num_detections"][n])
+    assert count == len(want["scores"]) == 12
+    np.testing.assert_allclose(out["serving_default/detection_scores"][n],
+                               want["scores"], atol=1e-4)
+    np.testing.assert_allclose(out["serving_default/detection_boxes"][n],
+                               want["boxes"], atol=1e-4)
+    np.testing.assert_array_equal(out["serving_default/detection_classes"][n],
+                                  want["classes"] + 1)
+    height, width = image.shape[:2]
+    np.testing.assert_allclose(out["serving_default/image_info"][n][0],
+                               [height, width])
+    pasted = detection_generator.paste_window_masks(
+        out["serving_default/detection_masks"][n],
+        out["serving_default/detection_windows"][n], (height, width)).numpy()
+    image_masks = out["serving_default/detection_image_masks"][n]
+    for d in range(count):
+      assert _iou(pasted[d], want["masks"][d]) >= 0.99
+      # The image-size masks are the same pasting, at the batch's largest
+      # size with this image in the top-left corner (sampled on a larger
+      # canvas: a pixel at probability ~0.5 may round the other way).
+      assert _iou(image_masks[d, :height, :width], pasted[d]) >= 0.99
+      assert not image_masks[d, height:].any()
+      assert not image_masks[d, :, width:].any()
+
+
+def test_the_three_signatures_agree(exported):
+  out = exported["outputs"]
+  for name in ("image_tensor", "tf_example"):
+    for key in ("detection_boxes", "detection_scores", "detection_masks"):
+      got = out[f"{name}/{key}"]
+      np.testing.assert_allclose(got, out[f"serving_default/{key}"][:2],
+                                 atol=1e-5, err_msg=f"{name} {key}")
+
+
+def test_export_refuses_to_overwrite_a_version(exported):
+  with pytest.raises(FileExistsError, match="version"):
+    export_module.export_saved_model(
+        exported["params"], exported["checkpoint"],
+        os.path.dirname(exported["path"]), version=7)
+
+
+# --- The TF Serving client (scripts/serving_client.py). --------------------
+
+def _expected(exported, n):
+  out = exported["outputs"]
+  count = int(out["serving_default/num_detections"][n])
+  return {key: out[f"serving_default/{key}"][n][:count]
+          for key in ("detection_boxes", "detection_scores",
+                      "detection_classes")}
+
+
+def _check_reply(exported, outputs, count):
+  assert outputs["detection_boxes"].shape[0] == count
+  for n in range(count):
+    found = client.detections_from_outputs(outputs, n)
+    want = _expected(exported, n)
+    np.testing.assert_allclose(found["boxes"], want["detection_boxes"],
+                               atol=1e-4)
+    np.testing.assert_allclose(found["scores"], want["detection_scores"],
+                               atol=1e-5)
+    np.testing.assert_array_equal(found["classes"] + 1,
+                                  want["detection_classes"])
+    assert found["masks"].shape[1:] == exported["images"][n].shape[:2]
+
+
+def test_rest_request_is_accepted_by_the_signature(exported):
+  encoded = [_encode_png(x) for x in exported["images"]]
+  body = json.loads(json.dumps(client.rest_request(encoded)))
+  assert body["signature_name"] == "serving_default"
+  # What TF Serving does with a row-format request of one input.
+  values = [base64.b64decode(x["b64"]) for x in body["instances"]]
+  signature = tf.saved_model.load(exported["path"]).signatures[
+      body["signature_name"]]
+  outputs = {k: v.numpy() for k, v in
+             signature(inputs=tf.constant(values)).items()}
+  _check_reply(exported, outputs, len(values))
+
+
+def test_rest_and_grpc_clients_against_local_servers(exported):
+  encoded = [_encode_png(x) for x in exported["images"]]
+  rest, url = serving_fixtures.start_rest_server(exported["path"],
+                                                 "tensormask")
+  grpc_server, address = serving_fixtures.start_grpc_server(exported["path"],
+                                                            "tensormask")
+  try:
+    _check_reply(exported, client.rest_predict(url, "tensormask", encoded), 3)
+    _check_reply(exported,
+                 client.grpc_predict(address, "tensormask", encoded), 3)
+    with pytest.raises(client.ServingError, match="HTTP 404"):
+      client.rest_predict(url, "other", encoded[:1])
+    with pytest.raises(client.ServingError, match="NOT_FOUND"):
+      client.grpc_predict(address, "other", encoded[:1])
+  finally:
+    rest.shutdown()
+    rest.server_close()
+    grpc_server.stop(None)
+  with pytest.raises(client.ServingError):
+    client.rest_predict(url, "tensormask", encoded[:1], timeout=5)
+
+
+def test_serving_client_script_writes_coco_json_and_pictures(exported,
+                                                             tmp_path):
+  images = []
+  for n, image in enumerate(exported["images"]):
+    path = tmp_path / f"image{n}.png"
+    Image.fromarray(image).save(path)
+    images.append(path)
+  server, address = serving_fixtures.start_grpc_server(exported["path"],
+                                                       "tensormask")
+  try:
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "serving_client.py"),
+         f"--grpc={address}", f"--image={tmp_path}/image*.png",
+         f"--output_dir={tmp_path / 'out'}", "--min_score=0",
+         "--class_names=" + os.path.join(exported["path"], "assets.extra",
+                                         "class_names.json")],
+        capture_output=True, text=True, timeout=300, check=False)
+  finally:
+    server.stop(None)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "out" / "detections.json") as f:
+    results = json.load(f)
+  assert len(results) == 3 * 12
+  first = [r for r in results if r["file_name"] == "image0.png"]
+  want = _expected(exported, 0)
+  ymin, xmin, ymax, xmax = want["detection_boxes"][0]
+  np.testing.assert_allclose(first[0]["bbox"],
+                             [xmin, ymin, xmax - xmin, ymax - ymin], atol=1e-3)
+  assert first[0]["segmentation"]["size"] == list(
+      exported["images"][0].shape[:2])
+  for n, image in enumerate(exported["images"]):
+    picture = np.asarray(Image.open(tmp_path / "out" / f"image{n}.png"))
+    assert picture.shape[2] == 3 and picture.shape[0] >= image.shape[0]
