@@ -259,3 +259,26 @@ def test_serving_client_script_writes_coco_json_and_pictures(exported,
   for n, image in enumerate(exported["images"]):
     picture = np.asarray(Image.open(tmp_path / "out" / f"image{n}.png"))
     assert picture.shape[2] == 3 and picture.shape[0] >= image.shape[0]
+
+
+def test_predict_script_with_the_saved_model_skips_bad_files(exported,
+                                                             tmp_path):
+  Image.fromarray(exported["images"][0]).save(tmp_path / "good.png")
+  (tmp_path / "empty.png").write_bytes(b"")
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "predict.py"),
+       f"--saved_model={exported['path']}", f"--image={tmp_path}/*.png",
+       f"--output_dir={tmp_path / 'out'}", "--min_score=0"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode != 0  # One file could not be read...
+  assert "empty.png: the file is empty" in result.stderr
+  assert "1 of 2 images could not be read" in result.stderr
+  # ... and the other one was predicted.
+  with open(tmp_path / "out" / "detections.json") as f:
+    results = json.load(f)
+  assert len(results) == 12 and {r["file_name"] for r in results} == {
+      "good.png"}
+  want = _expected(exported, 0)
+  np.testing.assert_allclose(sorted(r["score"] for r in results),
+                             sorted(want["detection_scores"]), atol=1e-5)
+  assert (tmp_path / "out" / "good.png").is_file()
