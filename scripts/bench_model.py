@@ -1,0 +1,372 @@
+"""Benchmark of TensorMask training and inference (issue 7).
+
+    .venv/bin/python scripts/bench_model.py [--size 512] [--repeats 3]
+        [--sections train,inference,memory,input]
+
+All in one run on this machine, random-initialised weights, R50-FPN, batch 1,
+an input of --size x --size (800 means 800x1344, the COCO input), median of
+--repeats timed calls after one warm-up call. Every measurement runs in its
+own child process (same thread settings), so its peak memory (the process'
+peak resident set size above what it had before the measured calls) is its
+own.
+
+1. train: one training step with the mask loss computed from the dense
+   bipyramid (every window's mask, then the positives picked) vs from the
+   gathered masks of the positives only; and the same step without the mask
+   loss, whose peak is subtracted to give the mask branch's own memory. The
+   two variants' losses must agree to 1e-5.
+2. inference: latency of this project's TensorMask vs Model Garden's
+   RetinaNet and Mask R-CNN (R50-FPN, from Model Garden's own experiment
+   configs), all keeping 100 detections (score threshold 0); network and
+   post-processing timed separately where the model allows; FLOPs of the
+   whole inference function from the TF profiler.
+3. memory: TensorMask inference peak memory keeping 50, 100 and 200
+   detections.
+4. input: images/s of the training input pipeline (shapes images written at
+   the benchmark size) vs the training step's demand.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _input_size(size: int) -> list[int]:
+  return [800, 1344] if size == 800 else [size, size]
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _median_time(fn, repeats: int) -> float:
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------
+# Children: each prints one JSON line.
+# ---------------------------------------------------------------------------
+def _tensormask_config(size: int, max_detections: int = 100):
+  from tensormask_tf.configs import tensormask_config  # pylint: disable=g-import-not-at-top
+  config = tensormask_config.TensorMaskModel(
+      num_classes=80, input_size=_input_size(size) + [3])
+  config.detection_generator.override({"score_threshold": 0.0,
+                                       "max_detections": max_detections})
+  return config
+
+
+def _scene(size: int, seed: int = 0):
+  """A random image with 20 rectangles' boxes, classes and masks."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  height, width = _input_size(size)
+  image = rng.normal(size=(1, height, width, 3)).astype(np.float32)
+  boxes, masks = [], []
+  for _ in range(20):
+    side = rng.uniform(16, 0.6 * min(height, width))
+    y0 = rng.uniform(0, height - side)
+    x0 = rng.uniform(0, width - side)
+    boxes.append([y0, x0, y0 + side, x0 + side * rng.uniform(0.5, 1)])
+    mask = np.zeros((height, width), np.float32)
+    y, x = int(y0), int(x0)
+    mask[y:int(boxes[-1][2]), x:int(boxes[-1][3])] = 1
+    masks.append(mask)
+  return (image, np.array(boxes, np.float32),
+          rng.randint(0, 80, 20).astype(np.int32), np.stack(masks))
+
+
+def child_train(size: int, mask_branch: str, repeats: int) -> dict:
+  """One SGD step; mask_branch: dense, gathered or none."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from tensormask_tf import losses  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.modeling import factory  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.ops import window_labeler  # pylint: disable=g-import-not-at-top
+  config = _tensormask_config(size)
+  tf.random.set_seed(0)
+  model = factory.build_tensormask_model(
+      tf_keras.layers.InputSpec(shape=[1] + config.input_size), config)
+  spec = factory.window_spec(config)
+  image, boxes, classes, masks = _scene(size)
+  caps = {k: 64 for k in spec.levels}
+  labels = window_labeler.label_windows(
+      spec, tuple(config.input_size[:2]), boxes, classes, masks, caps, seed=0)
+  labels = {k: v[None] for k, v in labels.items()}
+  optimizer = tf_keras.optimizers.SGD(0.0)  # Same weights every step.
+
+  def mask_logits_fn(outputs):
+    features = outputs["mask_features"]
+    if mask_branch == "gathered":
+      return lambda k, a, idx: model.head.mask_logits(features, k, a, idx)
+    if mask_branch == "dense":
+      def dense(k, a, idx):
+        side = model.head.mask_side(k, a)
+        every = model.head.mask_logits(features, k, a)
+        return tf.reshape(tf.gather_nd(every, idx), [-1, side, side])
+      return dense
+    return lambda k, a, idx: tf.zeros(
+        [tf.shape(idx)[0]] + [model.head.mask_side(k, a)] * 2)
+
+  @tf.function
+  def step(images):
+    with tf.GradientTape() as tape:
+      outputs = model(images, training=True)
+      result = losses.tensormask_losses(
+          outputs, labels, mask_logits_fn(outputs), spec.levels,
+          spec.num_sizes, config.num_classes)
+    grads = tape.gradient(result["total_loss"], model.trainable_variables)
+    optimizer.apply_gradients(
+        (g, v) for g, v in zip(grads, model.trainable_variables)
+        if g is not None)
+    return result
+
+  images = tf.constant(image)
+  step.get_concrete_function(images)
+  before = _peak_rss_mb()
+  seconds = _median_time(lambda: step(images)["total_loss"].numpy(), repeats)
+  result = step(images)
+  return {"seconds": seconds, "peak_mb": _peak_rss_mb() - before,
+          "loss": float(result["total_loss"]),
+          "mask_loss": float(result["mask_loss"]),
+          "mask_windows": int(sum(float(tf.reduce_sum(v)) for k, v in
+                                  labels.items() if k.startswith("mask_valid")))}
+
+
+def _profile_flops(concrete_function) -> float:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top
+  frozen = convert_to_constants.convert_variables_to_constants_v2(
+      concrete_function)
+  options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  options["output"] = "none"
+  info = tf.compat.v1.profiler.profile(graph=frozen.graph, options=options)
+  return float(info.total_float_ops)
+
+
+def child_inference(size: int, model_name: str, repeats: int,
+                    max_detections: int = 100) -> dict:
+  """Latency (network, post-processing), FLOPs and peak memory."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  height, width = _input_size(size)
+  images = tf.random.normal([1, height, width, 3], seed=1)
+  if model_name.startswith("tensormask"):
+    from tensormask_tf.modeling import factory  # pylint: disable=g-import-not-at-top
+    config = _tensormask_config(size, max_detections)
+    config.ops_backend = "tf" if model_name.endswith("tf") else "custom"
+    model = factory.build_tensormask_model(
+        tf_keras.layers.InputSpec(shape=[1, height, width, 3]), config)
+    network = tf.function(lambda x: model(x, training=False))
+    post = tf.function(lambda outputs: factory.postprocess(
+        model, outputs, (height, width), config))
+    full = tf.function(lambda x: factory.postprocess(
+        model, model(x, training=False), (height, width), config))
+    kept = lambda: int(full(images)["num_detections"][0])
+  else:
+    from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+    from official.vision.modeling import factory as mg_factory  # pylint: disable=g-import-not-at-top
+    from official.vision.ops import anchor  # pylint: disable=g-import-not-at-top
+    if model_name == "retinanet":
+      params = exp_factory.get_exp_config("retinanet_resnetfpn_coco")
+      params.task.model.detection_generator.override(
+          {"pre_nms_score_threshold": 0.0, "max_num_detections": 100})
+    else:
+      params = exp_factory.get_exp_config("maskrcnn_resnetfpn_coco")
+      params.task.model.detection_generator.override(
+          {"pre_nms_score_threshold": 0.0, "max_num_detections": 100})
+    model_config = params.task.model
+    model_config.input_size = [height, width, 3]
+    spec = tf_keras.layers.InputSpec(shape=[1, height, width, 3])
+    if model_name == "retinanet":
+      model = mg_factory.build_retinanet(spec, model_config)
+      generator = anchor.build_anchor_generator(
+          min_level=model_config.min_level, max_level=model_config.max_level,
+          num_scales=model_config.anchor.num_scales,
+          aspect_ratios=model_config.anchor.aspect_ratios,
+          anchor_size=model_config.anchor.anchor_size)
+    else:
+      model = mg_factory.build_maskrcnn(spec, model_config)
+      generator = anchor.build_anchor_generator(
+          min_level=model_config.min_level, max_level=model_config.max_level,
+          num_scales=model_config.anchor.num_scales,
+          aspect_ratios=model_config.anchor.aspect_ratios,
+          anchor_size=model_config.anchor.anchor_size)
+    anchors = {k: v[None] for k, v in generator((height, width)).items()}
+    shape = tf.constant([[height, width]], tf.float32)
+    full = tf.function(lambda x: model(x, image_shape=shape,
+                                       anchor_boxes=anchors, training=False))
+    network = post = None
+    if model_name == "retinanet":
+      network = tf.function(
+          lambda x: model.head(model.decoder(model.backbone(x))))
+      post = tf.function(lambda outputs: model.detection_generator(
+          outputs[1], outputs[0], anchors, shape, None))
+    kept = lambda: int(full(images)["num_detections"][0])
+  concrete = full.get_concrete_function(images)
+  before = _peak_rss_mb()  # Traced, never run: the runs' own peak follows.
+  total = _median_time(lambda: tf.nest.map_structure(
+      lambda t: t.numpy(), full(images)), repeats)
+  result = {"seconds": total, "peak_mb": _peak_rss_mb() - before,
+            "detections": kept(), "flops": _profile_flops(concrete)}
+  if network is not None:
+    outputs = network(images)
+    result["network_seconds"] = _median_time(
+        lambda: tf.nest.map_structure(lambda t: t.numpy(), network(images)),
+        repeats)
+    result["post_seconds"] = _median_time(
+        lambda: tf.nest.map_structure(lambda t: t.numpy(), post(outputs)),
+        repeats)
+  return result
+
+
+def child_input(size: int, repeats: int) -> dict:
+  """Images/s of the training pipeline over shapes images of this size."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  from official.core import task_factory  # pylint: disable=g-import-not-at-top
+  from tensormask_tf import registry_imports  # noqa: F401 pylint: disable=g-import-not-at-top,unused-import
+  from tensormask_tf.data import coco_tfrecord  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.data import shapes_dataset  # pylint: disable=g-import-not-at-top
+  height, width = _input_size(size)
+  with tempfile.TemporaryDirectory() as root:
+    json_path = shapes_dataset.write_shapes_dataset(
+        root, "train", 16, height=height, width=width, max_objects=8, seed=0)
+    coco_tfrecord.write_coco_tfrecords(json_path, os.path.join(root, "train"),
+                                       os.path.join(root, "rec"), 1)
+    params = exp_factory.get_exp_config("tensormask_r50_fpn_coco_1x")
+    params.task.model.input_size = [height, width, 3]
+    data = params.task.train_data
+    data.override({"input_path": os.path.join(root, "rec*"),
+                   "global_batch_size": 1, "shuffle_buffer_size": 16})
+    if size != 800:
+      data.parser.override({"short_side": 0, "long_side": 0})
+    task = task_factory.get_task(params.task)
+    iterator = iter(task.build_inputs(data).repeat())
+    next(iterator)
+    count = 16 * repeats
+    start = time.perf_counter()
+    for _ in range(count):
+      next(iterator)
+    return {"images_per_second": count / (time.perf_counter() - start)}
+
+
+def _child(args) -> dict:
+  kind, size, repeats = args.child, args.size, args.repeats
+  if kind.startswith("train:"):
+    return child_train(size, kind.split(":")[1], repeats)
+  if kind.startswith("inference:"):
+    _, name, detections = kind.split(":")
+    return child_inference(size, name, repeats, int(detections))
+  if kind == "input":
+    return child_input(size, repeats)
+  raise ValueError(kind)
+
+
+# ---------------------------------------------------------------------------
+# The parent: runs the children, prints the tables.
+# ---------------------------------------------------------------------------
+def _run_child(kind: str, args) -> dict:
+  command = [sys.executable, __file__, f"--child={kind}", f"--size={args.size}",
+             f"--repeats={args.repeats}"]
+  result = subprocess.run(command, capture_output=True, text=True,
+                          check=False, cwd=REPO)
+  if result.returncode:
+    print(f"[{kind}] failed:\n{result.stderr[-3000:]}", file=sys.stderr)
+    return {}
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _fmt(value, unit="", digits=2):
+  return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--size", type=int, default=512)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--sections", default="train,inference,memory,input")
+  parser.add_argument("--child", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    print(json.dumps(_child(args)))
+    return
+  sections = args.sections.split(",")
+  height, width = _input_size(args.size)
+  print(f"# bench_model: R50-FPN, batch 1, input {height}x{width}, "
+        f"{os.cpu_count()} CPUs, median of {args.repeats}")
+  train = {}
+  if "train" in sections:
+    train = {b: _run_child(f"train:{b}", args)
+             for b in ("gathered", "dense", "none")}
+    base = train["none"].get("peak_mb")
+    print("\n## 1. Training step (SGD, one image)")
+    print("| mask branch | step s | peak MB | mask branch MB | total loss |")
+    print("| --- | --- | --- | --- | --- |")
+    for branch in ("gathered", "dense", "none"):
+      r = train[branch]
+      own = (r["peak_mb"] - base) if r and base is not None and (
+          branch != "none") else None
+      print(f"| {branch} | {_fmt(r.get('seconds'))} | "
+            f"{_fmt(r.get('peak_mb'), digits=0)} | {_fmt(own, digits=0)} | "
+            f"{_fmt(r.get('loss'), digits=6)} |")
+    g, d = train["gathered"], train["dense"]
+    if g and d:
+      print(f"\ndense/gathered: step time {d['seconds'] / g['seconds']:.2f}x, "
+            f"mask-branch memory {(d['peak_mb'] - base) / max(g['peak_mb'] - base, 1):.1f}x; "
+            f"|loss difference| {abs(d['loss'] - g['loss']):.2e} "
+            f"({g['mask_windows']} positive windows with masks)")
+  if "inference" in sections:
+    models = ("tensormask_custom", "tensormask_tf", "maskrcnn", "retinanet")
+    results = {m: _run_child(f"inference:{m}:100", args) for m in models}
+    ref = results["maskrcnn"]
+    print("\n## 2. Inference, 100 detections kept (score threshold 0)")
+    print("| model | total s | network s | post-processing s | GFLOPs | "
+          "time / Mask R-CNN | FLOPs / Mask R-CNN |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for m in models:
+      r = results[m]
+      print(f"| {m} | {_fmt(r.get('seconds'))} | "
+            f"{_fmt(r.get('network_seconds'))} | {_fmt(r.get('post_seconds'))} | "
+            f"{_fmt(r.get('flops', 0) / 1e9, digits=0) if r else '-'} | "
+            f"{_fmt(r['seconds'] / ref['seconds']) if r and ref else '-'} | "
+            f"{_fmt(r['flops'] / ref['flops']) if r and ref else '-'} |")
+  if "memory" in sections:
+    print("\n## 3. TensorMask inference peak memory vs kept detections")
+    print("| detections kept | total s | peak MB |")
+    print("| --- | --- | --- |")
+    for count in (50, 100, 200):
+      r = _run_child(f"inference:tensormask_custom:{count}", args)
+      print(f"| {count} ({r.get('detections', '-')} returned) | "
+            f"{_fmt(r.get('seconds'))} | {_fmt(r.get('peak_mb'), digits=0)} |")
+  if "input" in sections:
+    r = _run_child("input", args)
+    demand = (1.0 / train["gathered"]["seconds"]
+              if train.get("gathered") else None)
+    print("\n## 4. Input pipeline (parse + labels, batch 1)")
+    print("| pipeline images/s | training step images/s | ratio |")
+    print("| --- | --- | --- |")
+    print(f"| {_fmt(r.get('images_per_second'), digits=1)} | "
+          f"{_fmt(demand, digits=2)} | "
+          f"{_fmt(r['images_per_second'] / demand, 'x', 1) if r and demand else '-'} |")
+
+
+if __name__ == "__main__":
+  main()
