@@ -183,3 +183,17 @@ def test_labels_have_static_shapes_when_traced():
       tf.TensorSpec([None, *SIZE])).structured_outputs
   for key, value in labels.items():
     assert value.shape.is_fully_defined(), (key, value.shape)
+
+
+def test_mask_caps_never_exceed_the_windows_of_a_level():
+  # 64x64 input: grids 16x16, 8x8, 4x4; a cap of 100 at P4 keeps 16 rows.
+  masks = np.zeros((1, 64, 64), np.float32)
+  masks[0, 8:40, 8:40] = 1
+  labels = window_labeler.label_windows(
+      SPEC, SIZE, [[8.0, 8.0, 40.0, 40.0]], [1], masks,
+      {2: 300, 3: 100, 4: 100})
+  for level, rows in ((2, 256), (3, 64), (4, 16)):
+    for a in range(2):
+      assert labels[f"mask_valid_{level}_{a}"].shape == (rows,)
+      assert labels[f"mask_indices_{level}_{a}"].shape == (rows, 2)
+  assert float(labels["num_mask_positives_dropped"]) == 0.0

@@ -3,9 +3,9 @@
 For every level k the labels hold class targets `[H_k, W_k, A]` (class id,
 or -1 for negative windows) and box targets `[H_k, W_k, A*4]` (deltas, zero
 for negatives). Masks are learned only at positive windows, so for every
-level k and window size a the labels hold at most `mask_caps[k]` of them:
-their grid positions `[cap, 2]` (y, x), a validity flag `[cap]` and their
-mask targets `[cap, M, M]` (M = S_a * 2**k). When an image has more positives
+level k and window size a the labels hold at most `cap = min(mask_caps[k],
+H_k * W_k)` of them: their grid positions `[cap, 2]` (y, x), a validity
+flag `[cap]` and their mask targets `[cap, M, M]` (M = S_a * 2**k). When an image has more positives
 of a (level, size) than the cap, a random subset is kept and the number left
 out is counted in `num_mask_positives_dropped`. Crowd and padding ground
 truths (class < 0) never make a window positive.
@@ -95,7 +95,9 @@ def label_windows(spec: windows_lib.WindowSpec, image_size: tuple[int, int],
     level_positive = tf.reshape(is_positive[level_slice], [-1, num_sizes])
     level_matched = tf.reshape(matched[level_slice], [-1, num_sizes])
     level_windows = tf.reshape(all_windows[level_slice], [-1, num_sizes, 4])
-    cap = mask_caps[level]
+    # A level has at most H_k * W_k windows of a size: more rows would only
+    # be padding whose (large, at high levels) masks get computed.
+    cap = min(mask_caps[level], grid_h * grid_w)
     for a in range(num_sizes):
       cells = tf.cast(tf.where(level_positive[:, a])[:, 0], tf.int32)
       num = tf.shape(cells)[0]
