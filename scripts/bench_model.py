@@ -4,7 +4,8 @@
         [--sections train,inference,memory,input]
 
 All in one run on this machine, random-initialised weights, R50-FPN, batch 1,
-an input of --size x --size (800 means 800x1344, the COCO input), median of
+an input of --size x --size (800 means 896x1344: an 800x1333 image padded
+to the P7 stride, as the COCO pipeline does), median of
 --repeats timed calls after one warm-up call. Every measurement runs in its
 own child process (same thread settings), so its peak memory (the process'
 peak resident set size above what it had before the measured calls) is its
@@ -46,7 +47,8 @@ REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
 def _input_size(size: int) -> list[int]:
-  return [800, 1344] if size == 800 else [size, size]
+  # 800x1333 padded to a multiple of the P7 stride (128).
+  return [896, 1344] if size == 800 else [size, size]
 
 
 def _peak_rss_mb() -> float:
@@ -254,18 +256,20 @@ def child_input(size: int, repeats: int) -> dict:
   from tensormask_tf import registry_imports  # noqa: F401 pylint: disable=g-import-not-at-top,unused-import
   from tensormask_tf.data import coco_tfrecord  # pylint: disable=g-import-not-at-top
   from tensormask_tf.data import shapes_dataset  # pylint: disable=g-import-not-at-top
-  height, width = _input_size(size)
+  height, width = [800, 1333] if size == 800 else _input_size(size)
   with tempfile.TemporaryDirectory() as root:
     json_path = shapes_dataset.write_shapes_dataset(
         root, "train", 16, height=height, width=width, max_objects=8, seed=0)
     coco_tfrecord.write_coco_tfrecords(json_path, os.path.join(root, "train"),
                                        os.path.join(root, "rec"), 1)
+    # The COCO experiment's pipeline (short side 800, long side <= 1333),
+    # or at other sizes a fixed square input.
     params = exp_factory.get_exp_config("tensormask_r50_fpn_coco_1x")
-    params.task.model.input_size = [height, width, 3]
     data = params.task.train_data
     data.override({"input_path": os.path.join(root, "rec*"),
                    "global_batch_size": 1, "shuffle_buffer_size": 16})
     if size != 800:
+      params.task.model.input_size = [height, width, 3]
       data.parser.override({"short_side": 0, "long_side": 0})
     task = task_factory.get_task(params.task)
     iterator = iter(task.build_inputs(data).repeat())

@@ -184,3 +184,10 @@ def test_training_step_compiles_with_xla_on_the_pure_tf_backend():
   for result in (first, second):
     assert all(np.isfinite(float(v)) for v in result.values())
   assert float(second["total_loss"]) < float(first["total_loss"])
+
+
+def test_default_input_size_fits_the_coarsest_level():
+  config = tensormask_config.TensorMaskModel()
+  stride = 2**config.max_level
+  assert all(v % stride == 0 for v in config.input_size[:2])
+  assert config.input_size[0] >= 800 and config.input_size[1] >= 1333

@@ -56,7 +56,9 @@ class DetectionGenerator(hyperparams.Config):
 class TensorMaskModel(hyperparams.Config):
   """One dataclass that describes the whole model."""
   num_classes: int = 80
-  input_size: list[int] = dataclasses.field(default_factory=lambda: [800, 1344, 3])
+  # Multiples of 2**max_level: an 800x1333 image padded to the P7 stride.
+  input_size: list[int] = dataclasses.field(
+      default_factory=lambda: [896, 1344, 3])
   min_level: int = 2
   max_level: int = 7
   windows: Windows = dataclasses.field(default_factory=Windows)
