@@ -47,6 +47,9 @@ def test_coco_experiments_follow_the_spec_recipe(name, depth, steps,
   assert task.train_data.global_batch_size == 16
   parser = task.train_data.parser
   assert (parser.short_side, parser.long_side) == (800, 1333)
+  # Both orientations fit, and every level has a whole grid.
+  assert all(v >= 1333 and v % 2**task.model.max_level == 0
+             for v in task.model.input_size[:2])
   assert parser.aug_rand_hflip
   assert 800 * parser.aug_scale_min == pytest.approx(640 if jitter < 1 else 800)
   assert trainer.train_steps == steps

@@ -58,7 +58,7 @@ class TensorMaskModel(hyperparams.Config):
   num_classes: int = 80
   # Multiples of 2**max_level: an 800x1333 image padded to the P7 stride.
   input_size: list[int] = dataclasses.field(
-      default_factory=lambda: [896, 1344, 3])
+      default_factory=lambda: [896, 1408, 3])
   min_level: int = 2
   max_level: int = 7
   windows: Windows = dataclasses.field(default_factory=Windows)
