@@ -7,9 +7,9 @@ All in one run on this machine, random-initialised weights, R50-FPN, batch 1,
 an input of --size x --size (800 means 896x1408: an 800x1333 image padded
 to the P7 stride, as the COCO pipeline does), median of
 --repeats timed calls after one warm-up call. Every measurement runs in its
-own child process (same thread settings), so its peak memory (the process'
-peak resident set size above what it had before the measured calls) is its
-own.
+own child process (same thread settings) with TensorFlow's BFC allocator on
+the CPU (TF_CPU_ALLOCATOR_USE_BFC=true), whose statistics give the peak
+memory held by tensors (weights included) during the measured calls.
 
 1. train: one training step with the mask loss computed from the dense
    bipyramid (every window's mask, then the positives picked) vs from the
@@ -32,7 +32,6 @@ own.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,8 +50,16 @@ def _input_size(size: int) -> list[int]:
   return [896, 1408] if size == 800 else [size, size]
 
 
-def _peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _reset_peak():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.experimental.reset_memory_stats("CPU:0")
+
+
+def _peak_mb() -> float:
+  """Peak bytes held by TF's CPU allocator since _reset_peak (children run
+  with TF_CPU_ALLOCATOR_USE_BFC=true, which keeps these statistics)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -97,7 +104,8 @@ def _scene(size: int, seed: int = 0):
           rng.randint(0, 80, 20).astype(np.int32), np.stack(masks))
 
 
-def child_train(size: int, mask_branch: str, repeats: int) -> dict:
+def child_train(size: int, mask_branch: str, repeats: int,
+                branch_only: bool = False) -> dict:
   """One SGD step; mask_branch: dense, gathered, or features (the mask
   features are computed and back-propagated, no masks)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -149,11 +157,42 @@ def child_train(size: int, mask_branch: str, repeats: int) -> dict:
     return result
 
   images = tf.constant(image)
+  if branch_only:
+    # The mask branch alone: projection, mask representation, mask loss and
+    # their gradients, from fixed mask features.
+    features = {k: tf.constant(v) for k, v in
+                model(images, training=True)["mask_features"].items()}
+    variables = [v for v in model.trainable_variables
+                 if "mask_projection" in v.name]
+
+    @tf.function
+    def branch(features):
+      with tf.GradientTape() as tape:
+        tape.watch(features)
+        fn = mask_logits_fn({"mask_features": features})
+        total = 0.0
+        for k in spec.levels:
+          for a in range(spec.num_sizes):
+            cells = labels[f"mask_indices_{k}_{a}"][0]
+            idx = tf.concat([tf.zeros_like(cells[:, :1]), cells], 1)
+            total += losses.mask_loss(fn(k, a, idx),
+                                      labels[f"mask_targets_{k}_{a}"][0],
+                                      labels[f"mask_valid_{k}_{a}"][0])
+      grads = tape.gradient(total, [features, variables])
+      return total, tf.add_n([tf.reduce_sum(g) for g in
+                              tf.nest.flatten(grads)])
+
+    branch.get_concrete_function(features)
+    _reset_peak()
+    held = tf.config.experimental.get_memory_info("CPU:0")["current"] / 2**20
+    seconds = _median_time(lambda: branch(features)[0].numpy(), repeats)
+    return {"seconds": seconds, "peak_mb": _peak_mb() - held,
+            "mask_loss": float(branch(features)[0])}
   step.get_concrete_function(images)
-  before = _peak_rss_mb()
+  _reset_peak()
   seconds = _median_time(lambda: step(images)["total_loss"].numpy(), repeats)
   result = step(images)
-  return {"seconds": seconds, "peak_mb": _peak_rss_mb() - before,
+  return {"seconds": seconds, "peak_mb": _peak_mb(),
           "loss": float(result["total_loss"]),
           "mask_loss": float(result["mask_loss"]),
           "mask_windows": int(sum(float(tf.reduce_sum(v)) for k, v in
@@ -232,10 +271,10 @@ def child_inference(size: int, model_name: str, repeats: int,
           outputs[1], outputs[0], anchors, shape, None))
     kept = lambda: int(full(images)["num_detections"][0])
   concrete = full.get_concrete_function(images)
-  before = _peak_rss_mb()  # Traced, never run: the runs' own peak follows.
+  _reset_peak()
   total = _median_time(lambda: tf.nest.map_structure(
       lambda t: t.numpy(), full(images)), repeats)
-  result = {"seconds": total, "peak_mb": _peak_rss_mb() - before,
+  result = {"seconds": total, "peak_mb": _peak_mb(),
             "detections": kept(), "flops": _profile_flops(concrete)}
   if network is not None:
     outputs = network(images)
@@ -285,6 +324,8 @@ def _child(args) -> dict:
   kind, size, repeats = args.child, args.size, args.repeats
   if kind.startswith("train:"):
     return child_train(size, kind.split(":")[1], repeats)
+  if kind.startswith("mask_branch:"):
+    return child_train(size, kind.split(":")[1], repeats, branch_only=True)
   if kind.startswith("inference:"):
     _, name, detections = kind.split(":")
     return child_inference(size, name, repeats, int(detections))
@@ -300,7 +341,8 @@ def _run_child(kind: str, args) -> dict:
   command = [sys.executable, __file__, f"--child={kind}", f"--size={args.size}",
              f"--repeats={args.repeats}"]
   result = subprocess.run(command, capture_output=True, text=True,
-                          check=False, cwd=REPO)
+                          check=False, cwd=REPO,
+                          env={**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"})
   if result.returncode:
     print(f"[{kind}] failed:\n{result.stderr[-3000:]}", file=sys.stderr)
     return {}
@@ -340,6 +382,21 @@ def main():
       print(f"| {branch} | {_fmt(r.get('seconds'))} | "
             f"{_fmt(r.get('peak_mb'), digits=0)} | {_fmt(own, digits=0)} | "
             f"{_fmt(r.get('loss'), digits=6)} |")
+    branch = {b: _run_child(f"mask_branch:{b}", args)
+              for b in ("gathered", "dense")}
+    print("\nThe mask branch alone (from fixed mask features: projection, "
+          "masks, mask loss, gradients):")
+    print("| mask branch | s | peak MB above its inputs | mask loss |")
+    print("| --- | --- | --- | --- |")
+    for b in ("gathered", "dense"):
+      r = branch[b]
+      print(f"| {b} | {_fmt(r.get('seconds'), digits=3)} | "
+            f"{_fmt(r.get('peak_mb'), digits=1)} | "
+            f"{_fmt(r.get('mask_loss'), digits=6)} |")
+    if branch["gathered"] and branch["dense"]:
+      print(f"\ndense/gathered mask branch: time "
+            f"{branch['dense']['seconds'] / branch['gathered']['seconds']:.1f}x, "
+            f"memory {branch['dense']['peak_mb'] / branch['gathered']['peak_mb']:.1f}x")
     g, d = train["gathered"], train["dense"]
     if g and d:
       print(f"\ndense/gathered: step time {d['seconds'] / g['seconds']:.2f}x, "
