@@ -134,7 +134,13 @@ class TensorMaskTask(base_task.Task):
   def build_losses(self, outputs: dict, labels: dict,
                    model: tf_keras.Model, aux_losses=None
                    ) -> dict[str, tf.Tensor]:
-    """This replica's losses; see the module docstring for the scaling."""
+    """This replica's losses; see the module docstring for the scaling.
+
+    Losses are computed in float32 whatever the model's compute dtype
+    (mixed precision).
+    """
+    outputs = {k: tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), v)
+               if k != "mask_features" else v for k, v in outputs.items()}
     model_config = self.task_config.model
     config = self.task_config.losses
     spec = factory.window_spec(model_config)
@@ -183,8 +189,6 @@ class TensorMaskTask(base_task.Task):
     images, labels = inputs
     with tf.GradientTape() as tape:
       outputs = model(images, training=True)
-      outputs = {k: tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), v)
-                 if k != "mask_features" else v for k, v in outputs.items()}
       result = self.build_losses(outputs, labels, model, model.losses)
       loss = result["total_loss"]
       if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
