@@ -6,7 +6,8 @@
 All in one run on this machine, random-initialised weights, R50-FPN, batch 1,
 an input of --size x --size (800 means 896x1408: an 800x1333 image padded
 to the P7 stride, as the COCO pipeline does), median of
---repeats timed calls after one warm-up call. Every measurement runs in its
+--repeats timed calls after one warm-up call; --precision bfloat16 (or
+float16) runs every model under Keras' mixed policy of that type. Every measurement runs in its
 own child process (same thread settings) with TensorFlow's BFC allocator on
 the CPU (TF_CPU_ALLOCATOR_USE_BFC=true), whose statistics give the peak
 memory held by tensors (weights included) during the measured calls.
@@ -322,6 +323,9 @@ def child_input(size: int, repeats: int) -> dict:
 
 def _child(args) -> dict:
   kind, size, repeats = args.child, args.size, args.repeats
+  if args.precision != "float32":
+    import tf_keras  # pylint: disable=g-import-not-at-top
+    tf_keras.mixed_precision.set_global_policy(f"mixed_{args.precision}")
   if kind.startswith("train:"):
     return child_train(size, kind.split(":")[1], repeats)
   if kind.startswith("mask_branch:"):
@@ -339,7 +343,7 @@ def _child(args) -> dict:
 # ---------------------------------------------------------------------------
 def _run_child(kind: str, args) -> dict:
   command = [sys.executable, __file__, f"--child={kind}", f"--size={args.size}",
-             f"--repeats={args.repeats}"]
+             f"--repeats={args.repeats}", f"--precision={args.precision}"]
   result = subprocess.run(command, capture_output=True, text=True,
                           check=False, cwd=REPO,
                           env={**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"})
@@ -358,6 +362,9 @@ def main():
   parser.add_argument("--size", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--sections", default="train,inference,memory,input")
+  parser.add_argument("--precision", default="float32",
+                      choices=("float32", "bfloat16", "float16"),
+                      help="Keras mixed-precision policy of every model")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -366,7 +373,7 @@ def main():
   sections = args.sections.split(",")
   height, width = _input_size(args.size)
   print(f"# bench_model: R50-FPN, batch 1, input {height}x{width}, "
-        f"{os.cpu_count()} CPUs, median of {args.repeats}")
+        f"{args.precision}, {os.cpu_count()} CPUs, median of {args.repeats}")
   train = {}
   if "train" in sections:
     train = {b: _run_child(f"train:{b}", args)
