@@ -67,8 +67,8 @@ class TensorMaskExportModule(tf.Module):
       tf.train.Checkpoint(model=model).read(
           path).expect_partial().assert_existing_objects_matched()
     # Track the variables, not the Keras model: saving a Keras model also
-    # saves every layer's call traces (a graph ~100x larger, slow to write,
-    # and warning at load time), which serving never uses.
+    # saves every layer's call traces (5x the functions, slower to write,
+    # hundreds of warnings at load time), which serving never uses.
     object.__setattr__(self, "model", model)
     self.model_variables = list(model.variables)
 
