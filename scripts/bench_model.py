@@ -33,7 +33,6 @@ memory held by tensors (weights included) during the measured calls.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
+from bench_ops import median_time  # noqa: E402  (scripts/ is on sys.path)
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
@@ -61,16 +61,6 @@ def _peak_mb() -> float:
   with TF_CPU_ALLOCATOR_USE_BFC=true, which keeps these statistics)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20
-
-
-def _median_time(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 # ---------------------------------------------------------------------------
@@ -186,12 +176,12 @@ def child_train(size: int, mask_branch: str, repeats: int,
     branch.get_concrete_function(features)
     _reset_peak()
     held = tf.config.experimental.get_memory_info("CPU:0")["current"] / 2**20
-    seconds = _median_time(lambda: branch(features)[0].numpy(), repeats)
+    seconds = median_time(lambda: branch(features)[0].numpy(), repeats)
     return {"seconds": seconds, "peak_mb": _peak_mb() - held,
             "mask_loss": float(branch(features)[0])}
   step.get_concrete_function(images)
   _reset_peak()
-  seconds = _median_time(lambda: step(images)["total_loss"].numpy(), repeats)
+  seconds = median_time(lambda: step(images)["total_loss"].numpy(), repeats)
   result = step(images)
   return {"seconds": seconds, "peak_mb": _peak_mb(),
           "loss": float(result["total_loss"]),
@@ -235,31 +225,22 @@ def child_inference(size: int, model_name: str, repeats: int,
     from official.core import exp_factory  # pylint: disable=g-import-not-at-top
     from official.vision.modeling import factory as mg_factory  # pylint: disable=g-import-not-at-top
     from official.vision.ops import anchor  # pylint: disable=g-import-not-at-top
-    if model_name == "retinanet":
-      params = exp_factory.get_exp_config("retinanet_resnetfpn_coco")
-      params.task.model.detection_generator.override(
-          {"pre_nms_score_threshold": 0.0, "max_num_detections": 100})
-    else:
-      params = exp_factory.get_exp_config("maskrcnn_resnetfpn_coco")
-      params.task.model.detection_generator.override(
-          {"pre_nms_score_threshold": 0.0, "max_num_detections": 100})
+    params = exp_factory.get_exp_config(
+        {"retinanet": "retinanet_resnetfpn_coco",
+         "maskrcnn": "maskrcnn_resnetfpn_coco"}[model_name])
+    params.task.model.detection_generator.override(
+        {"pre_nms_score_threshold": 0.0, "max_num_detections": 100})
     model_config = params.task.model
     model_config.input_size = [height, width, 3]
     spec = tf_keras.layers.InputSpec(shape=[1, height, width, 3])
-    if model_name == "retinanet":
-      model = mg_factory.build_retinanet(spec, model_config)
-      generator = anchor.build_anchor_generator(
-          min_level=model_config.min_level, max_level=model_config.max_level,
-          num_scales=model_config.anchor.num_scales,
-          aspect_ratios=model_config.anchor.aspect_ratios,
-          anchor_size=model_config.anchor.anchor_size)
-    else:
-      model = mg_factory.build_maskrcnn(spec, model_config)
-      generator = anchor.build_anchor_generator(
-          min_level=model_config.min_level, max_level=model_config.max_level,
-          num_scales=model_config.anchor.num_scales,
-          aspect_ratios=model_config.anchor.aspect_ratios,
-          anchor_size=model_config.anchor.anchor_size)
+    build = (mg_factory.build_retinanet if model_name == "retinanet"
+             else mg_factory.build_maskrcnn)
+    model = build(spec, model_config)
+    generator = anchor.build_anchor_generator(
+        min_level=model_config.min_level, max_level=model_config.max_level,
+        num_scales=model_config.anchor.num_scales,
+        aspect_ratios=model_config.anchor.aspect_ratios,
+        anchor_size=model_config.anchor.anchor_size)
     anchors = {k: v[None] for k, v in generator((height, width)).items()}
     shape = tf.constant([[height, width]], tf.float32)
     full = tf.function(lambda x: model(x, image_shape=shape,
@@ -273,16 +254,16 @@ def child_inference(size: int, model_name: str, repeats: int,
     kept = lambda: int(full(images)["num_detections"][0])
   concrete = full.get_concrete_function(images)
   _reset_peak()
-  total = _median_time(lambda: tf.nest.map_structure(
+  total = median_time(lambda: tf.nest.map_structure(
       lambda t: t.numpy(), full(images)), repeats)
   result = {"seconds": total, "peak_mb": _peak_mb(),
             "detections": kept(), "flops": _profile_flops(concrete)}
   if network is not None:
     outputs = network(images)
-    result["network_seconds"] = _median_time(
+    result["network_seconds"] = median_time(
         lambda: tf.nest.map_structure(lambda t: t.numpy(), network(images)),
         repeats)
-    result["post_seconds"] = _median_time(
+    result["post_seconds"] = median_time(
         lambda: tf.nest.map_structure(lambda t: t.numpy(), post(outputs)),
         repeats)
   return result
@@ -290,7 +271,6 @@ def child_inference(size: int, model_name: str, repeats: int,
 
 def child_input(size: int, repeats: int) -> dict:
   """Images/s of the training pipeline over shapes images of this size."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from official.core import exp_factory  # pylint: disable=g-import-not-at-top
   from official.core import task_factory  # pylint: disable=g-import-not-at-top
   from tensormask_tf import registry_imports  # noqa: F401 pylint: disable=g-import-not-at-top,unused-import

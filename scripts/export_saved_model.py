@@ -19,18 +19,10 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from tensormask_tf import registry_imports  # noqa: E402,F401
-from tensormask_tf.configs import experiments  # noqa: E402
 from tensormask_tf.serving import export_module  # noqa: E402
+from tensormask_tf.serving import model_source  # noqa: E402
 
-_MODEL_DIR = flags.DEFINE_string(
-    "model_dir", None, "A training run: its params.yaml and latest checkpoint.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "A checkpoint (file prefix or directory).")
-_EXPERIMENT = flags.DEFINE_string("experiment", None,
-                                  "The experiment, with --checkpoint.")
-_CONFIG_FILE = flags.DEFINE_multi_string("config_file", [], "YAML overrides.")
-_PARAMS_OVERRIDE = flags.DEFINE_string("params_override", "",
-                                       "key=value overrides.")
+model_source.define_flags()
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None,
                                   "The model base path TF Serving watches.",
                                   required=True)
@@ -43,12 +35,7 @@ _IMAGE_MASKS = flags.DEFINE_bool(
 
 def main(_):
   try:
-    params = experiments.load_experiment(
-        _MODEL_DIR.value, _EXPERIMENT.value, tuple(_CONFIG_FILE.value),
-        _PARAMS_OVERRIDE.value)
-    checkpoint = _CHECKPOINT.value or _MODEL_DIR.value
-    if not checkpoint:
-      raise ValueError("give --model_dir, or --checkpoint with --experiment")
+    params, checkpoint = model_source.load()
     path = export_module.export_saved_model(
         params, checkpoint, _EXPORT_DIR.value, version=_VERSION.value,
         image_masks=_IMAGE_MASKS.value)

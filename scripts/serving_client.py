@@ -20,10 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from tensormask_tf.evaluation import coco_evaluator  # noqa: E402
-from tensormask_tf.evaluation import visualization  # noqa: E402
 from tensormask_tf.serving import client  # noqa: E402
 from tensormask_tf.serving import predictor  # noqa: E402
 
@@ -70,17 +67,11 @@ def main(_):
     except client.ServingError as e:
       sys.exit(f"serving_client.py: error: {e}")
     for n, (path, image) in enumerate(zip(batch, images)):
-      found = client.detections_from_outputs(outputs, n)
-      keep = found["scores"] >= _MIN_SCORE.value
-      found = {k: v[keep] for k, v in found.items()}
-      for entry in coco_evaluator.coco_results(start + n, found):
-        entry["file_name"] = os.path.basename(path)
-        results.append(entry)
-      picture = visualization.draw_detections(image, found, names,
-                                              min_score=_MIN_SCORE.value)
-      name = os.path.splitext(os.path.basename(path))[0] + ".png"
-      Image.fromarray(picture).save(os.path.join(_OUTPUT_DIR.value, name))
-      print(f"{path}: {len(found['scores'])} detections")
+      entries, _ = predictor.save_prediction(
+          path, image, client.detections_from_outputs(outputs, n), start + n,
+          names, _OUTPUT_DIR.value, _MIN_SCORE.value)
+      results += entries
+      print(f"{path}: {len(entries)} detections")
   with open(os.path.join(_OUTPUT_DIR.value, "detections.json"), "w") as f:
     json.dump(results, f)
 

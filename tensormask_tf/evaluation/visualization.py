@@ -1,9 +1,23 @@
 """Pictures of detections: translucent class-coloured masks, boxes, labels
 and scores, drawn with Model Garden's visualization utilities."""
 
+import json
+import os
+
 import numpy as np
 
 from official.vision.utils.object_detection import visualization_utils
+
+
+def class_names(annotation_file: str | None,
+                num_classes: int) -> dict[int, str]:
+  """{1..K: name} from a COCO annotation file's categories, else
+  "class k"."""
+  names = {}
+  if annotation_file and os.path.isfile(annotation_file):
+    with open(annotation_file) as f:
+      names = {c["id"]: c["name"] for c in json.load(f)["categories"]}
+  return {k: names.get(k, f"class {k}") for k in range(1, num_classes + 1)}
 
 
 def draw_detections(image: np.ndarray, detections: dict,

@@ -171,6 +171,26 @@ def paste_window_masks(window_masks, window_boxes, image_size,
   return pasted >= threshold
 
 
+def to_original_pixels(boxes, image_info) -> tf.Tensor:
+  """Boxes in model-input pixels -> the original image's pixels.
+
+  Args:
+    boxes: [..., D, 4] [ymin, xmin, ymax, xmax] in the (resized, padded)
+      model input.
+    image_info: [..., 4, 2] Model Garden's (original size, scaled size,
+      scale, offset) of the images.
+
+  Returns:
+    [..., D, 4] float32, not clipped.
+  """
+  image_info = tf.cast(image_info, tf.float32)
+  scale = tf.tile(image_info[..., 2:3, :], [1] * (image_info.shape.rank - 1)
+                  + [2])  # [..., 1, 4]: y, x, y, x
+  offset = tf.tile(image_info[..., 3:4, :], [1] * (image_info.shape.rank - 1)
+                   + [2])
+  return (tf.cast(boxes, tf.float32) + offset) / scale
+
+
 def detections_in_original_image(detections: dict, image_info,
                                  include_masks: bool = True) -> dict:
   """One image's detections mapped back to its original pixels.
@@ -189,14 +209,13 @@ def detections_in_original_image(detections: dict, image_info,
   """
   image_info = np.asarray(image_info, np.float32)
   height, width = (int(round(v)) for v in image_info[0])
-  scale = np.tile(image_info[2], 2)  # [y, x, y, x]
-  offset = np.tile(image_info[3], 2)
   count = int(detections["num_detections"])
-  boxes = (np.asarray(detections["detection_boxes"][:count]) + offset) / scale
+  boxes = to_original_pixels(detections["detection_boxes"][:count],
+                             image_info).numpy()
   masks = None
   if include_masks:
-    windows = (np.asarray(detections["detection_windows"][:count]) + offset
-               ) / scale
+    windows = to_original_pixels(detections["detection_windows"][:count],
+                                 image_info)
     masks = paste_window_masks(detections["detection_masks"][:count], windows,
                                (height, width)).numpy()
   boxes = np.clip(boxes, 0, [height, width, height, width])

@@ -91,14 +91,12 @@ class TensorMaskExportModule(tf.Module):
     outputs = self.model(images, training=False)
     detections = factory.postprocess(self.model, outputs, images.shape[1:3],
                                      model_config)
-    scale = tf.tile(image_info[:, 2:3, :], [1, 1, 2])  # [B, 1, 4]
-    offset = tf.tile(image_info[:, 3:4, :], [1, 1, 2])
-    original = tf.tile(image_info[:, 0:1, :], [1, 1, 2])
+    original = tf.tile(image_info[:, 0:1, :], [1, 1, 2])  # [B, 1, 4]
     valid = tf.sequence_mask(detections["num_detections"],
                              tf.shape(detections["detection_scores"])[1])
     valid = tf.cast(valid, tf.float32)[..., None]
-    boxes = tf.clip_by_value((detections["detection_boxes"] + offset) / scale,
-                             0.0, original)
+    boxes = tf.clip_by_value(detection_generator.to_original_pixels(
+        detections["detection_boxes"], image_info), 0.0, original)
     result = {
         "num_detections": detections["num_detections"],
         "detection_boxes": boxes * valid,
@@ -106,8 +104,8 @@ class TensorMaskExportModule(tf.Module):
         "detection_classes": detections["detection_classes"] + tf.cast(
             valid[..., 0], tf.int32),
         "detection_masks": detections["detection_masks"],
-        "detection_windows": (detections["detection_windows"] + offset) /
-                             scale * valid,
+        "detection_windows": detection_generator.to_original_pixels(
+            detections["detection_windows"], image_info) * valid,
         "image_info": image_info,
     }
     if self._image_masks:

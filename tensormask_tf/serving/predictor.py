@@ -16,6 +16,8 @@ import tensorflow as tf
 from official.core import config_definitions as cfg
 from official.vision.ops import preprocess_ops
 from tensormask_tf.dataloaders import tensormask_input
+from tensormask_tf.evaluation import coco_evaluator
+from tensormask_tf.evaluation import visualization
 from tensormask_tf.modeling import detection_generator
 from tensormask_tf.modeling import factory
 from tensormask_tf.tasks import tensormask as tensormask_task
@@ -50,14 +52,38 @@ def load_image(path: str) -> np.ndarray:
 
 
 def class_names(task_config) -> dict[int, str]:
-  """{1..K: name} from the task's annotation file, else "class k"."""
-  names = {}
-  path = task_config.annotation_file
-  if path and os.path.isfile(path):
-    with open(path) as f:
-      names = {c["id"]: c["name"] for c in json.load(f)["categories"]}
-  return {k: names.get(k, f"class {k}")
-          for k in range(1, task_config.model.num_classes + 1)}
+  """{1..K: name} of the task's annotation file (see visualization)."""
+  return visualization.class_names(task_config.annotation_file,
+                                   task_config.model.num_classes)
+
+
+def save_prediction(path: str, image: np.ndarray, detections: dict,
+                    image_id: int, names: dict[int, str], output_dir: str,
+                    min_score: float) -> tuple[list[dict], str]:
+  """Writes `<output_dir>/<image name>.png` with the detections scoring at
+  least min_score; returns their COCO results entries (with "file_name")
+  and the picture's path.
+
+  Args:
+    path: the image's file (its name names the picture).
+    image: [H, W, 3] uint8.
+    detections: `detections_in_original_image`-style dict of the image.
+    image_id: the COCO image id of the entries.
+    names: {class id 1..K: name} for the picture.
+    output_dir: an existing directory.
+    min_score: detections below it are left out.
+  """
+  keep = detections["scores"] >= min_score
+  found = {k: v[keep] for k, v in detections.items()}
+  entries = coco_evaluator.coco_results(image_id, found)
+  for entry in entries:
+    entry["file_name"] = os.path.basename(path)
+  picture = visualization.draw_detections(image, found, names,
+                                          min_score=min_score)
+  picture_path = os.path.join(
+      output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+  Image.fromarray(picture).save(picture_path)
+  return entries, picture_path
 
 
 def padded_input_size(model_config) -> tuple[int, int]:

@@ -8,7 +8,6 @@ the weight-decay term, which every replica adds in full, is divided by the
 number of replicas. Logged losses are the global batch's.
 """
 
-import json
 import os
 
 from absl import logging
@@ -235,17 +234,10 @@ class TensorMaskTask(base_task.Task):
       state["pictures"].extend(self._pictures(batch, wanted))
     return state
 
-  def _class_names(self) -> dict[int, str]:
-    names = {}
-    if self.task_config.annotation_file:
-      with open(self.task_config.annotation_file) as f:
-        names = {c["id"]: c["name"] for c in json.load(f)["categories"]}
-    return {k: names.get(k, f"class {k}")
-            for k in range(1, self.task_config.model.num_classes + 1)}
-
   def _pictures(self, batch: dict, count: int) -> list[np.ndarray]:
     """Input images with their detections' masks, boxes and scores."""
-    class_names = self._class_names()
+    class_names = visualization.class_names(
+        self.task_config.annotation_file, self.task_config.model.num_classes)
     pictures = []
     for n in range(min(count, len(batch["images"]))):
       image = denormalize_image(batch["images"][n])
