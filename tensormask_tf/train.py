@@ -143,11 +143,9 @@ def run(params: cfg.ExperimentConfig, model_dir: str, mode: str) -> dict:
   if mode not in MODES:
     raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
   params = prepare_params(params)
-  for split in _splits(mode):
-    for pattern in getattr(params.task, split).input_path.split(","):
-      if not tf.io.gfile.glob(pattern):
-        raise FileNotFoundError(
-            f"task.{split}.input_path {pattern!r} matches no files")
+  for split in _splits(mode):  # Before the model is built.
+    record_check.input_files(getattr(params.task, split).input_path,
+                             f"task.{split}.input_path")
   if "train" in mode:
     train_utils.serialize_config(params, model_dir)
   if params.runtime.mixed_precision_dtype:

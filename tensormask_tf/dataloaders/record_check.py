@@ -22,6 +22,30 @@ def _checked(decoded: dict) -> tf.Tensor:
   return num
 
 
+def input_files(input_path, name: str = "input_path") -> list[str]:
+  """The sorted files of a data config's input_path.
+
+  Args:
+    input_path: a glob, comma-separated globs, or a list of them.
+    name: how errors name the setting.
+
+  Raises:
+    FileNotFoundError: no pattern at all, or a pattern that matches no
+      files (named).
+  """
+  patterns = [input_path] if isinstance(input_path, str) else list(input_path)
+  patterns = [p for pattern in patterns for p in pattern.split(",") if p]
+  if not patterns:
+    raise FileNotFoundError(f"{name} is empty: no files to read")
+  files = []
+  for pattern in patterns:
+    matches = tf.io.gfile.glob(pattern)
+    if not matches:
+      raise FileNotFoundError(f"{name} {pattern!r} matches no files")
+    files += matches
+  return sorted(files)
+
+
 def find_bad_record(file_pattern: str) -> str | None:
   """'<file>: record <i> (source_id ...): <reason>' for the first bad record.
 
@@ -34,9 +58,7 @@ def find_bad_record(file_pattern: str) -> str | None:
     checked, or None when every record is fine.
   """
   decoder = tf_example_decoder.TfExampleDecoder(include_mask=True)
-  paths = sorted(p for pattern in file_pattern.split(",") if pattern
-                 for p in tf.io.gfile.glob(pattern))
-  for path in paths:
+  for path in input_files(file_pattern):
     records = tf.data.TFRecordDataset(path)
     index = 0
     try:

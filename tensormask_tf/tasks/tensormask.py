@@ -23,6 +23,7 @@ from official.vision.dataloaders import tf_example_decoder
 from official.vision.ops import preprocess_ops
 from tensormask_tf import losses as losses_lib
 from tensormask_tf.configs import tensormask_config as tm_cfg
+from tensormask_tf.dataloaders import record_check
 from tensormask_tf.dataloaders import tensormask_input
 from tensormask_tf.evaluation import coco_evaluator
 from tensormask_tf.evaluation import visualization
@@ -96,14 +97,7 @@ class TensorMaskTask(base_task.Task):
                    input_context: tf.distribute.InputContext | None = None
                    ) -> tf.data.Dataset:
     """Batched (images [B, H, W, 3], labels) of one split."""
-    patterns = ([params.input_path] if isinstance(params.input_path, str)
-                else list(params.input_path))
-    patterns = [p for pattern in patterns for p in pattern.split(",") if p]
-    if not patterns:
-      raise ValueError("the data config has no input_path")
-    for pattern in patterns:
-      if not tf.io.gfile.glob(pattern):
-        raise FileNotFoundError(f"input_path {pattern!r} matches no files")
+    record_check.input_files(params.input_path)  # Clear errors, early.
     model_config = self.task_config.model
     decoder_config = params.decoder.get()
     if params.decoder.type != "simple_decoder":
