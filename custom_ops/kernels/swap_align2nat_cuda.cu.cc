@@ -2,18 +2,23 @@
 // and swap_align2nat_math.h for the arithmetic. Compile as CUDA (nvcc -x cu,
 // or TensorFlow's GPU build, which treats *.cu.cc as CUDA).
 //
-// Design, all memory bound:
-// * Forward (dense and gathered): a block owns a tile of one output window
-//   (rows v0.., columns u0..). The per-axis taps of the tile's rows and
-//   columns are computed once into shared memory (rows + cols tap sets
-//   instead of rows * cols), then every thread writes contiguous elements of
-//   the tile, so stores are coalesced and each element costs <= 16 loads
-//   that mostly hit L1 (neighbouring outputs read neighbouring inputs).
-// * Backward (dense and gathered): a gather, not a scatter, so that no
-//   atomics touch dx and the sum order is fixed: a block owns a run of input
-//   pixels (n, a, b0..b1) x all (c, d), with the per-axis hits (AxisHits) of
-//   its rows and columns in shared memory, and each thread sums the outputs
-//   that read its element in the order row hit, column hit (, window k).
+// Design, all memory bound. The op is separable (row taps (a, c) of (py, v)
+// times column taps (b, d) of (px, u)), and its layouts put S*S channels
+// between neighbouring pixels, so a thread per output element reading its 16
+// taps makes every load a separate memory sector. Instead each block works in
+// two phases through shared memory:
+// * Forward, staged (the dense op up to lam = 16): a block owns one window
+//   row v of a run of windows. Phase 1 combines the row taps over the pixels
+//   and window columns the run reads (S-long runs of consecutive channels);
+//   phase 2 applies the column taps and writes T-long runs of outputs.
+//   Where that stage would be mostly unused (the gathered op: one window per
+//   block; lam = 32), a tiled kernel with per-axis tap tables reads the taps
+//   directly.
+// * Backward (dense and gathered): the transpose, as a gather so that no
+//   atomics touch dx and the sum order is fixed. A block owns one input row
+//   (n, a, window row c) of a run of pixels; phase 1 combines the row hits
+//   (p, v) of (a, c) over the output columns and offsets (q, u) that reach
+//   the run, phase 2 applies the column hits of each (b, d).
 // * Gathered backward builds a CSR of the windows of every output cell in the
 //   workspace: counts, exclusive scan, placement, then a per-window rank so
 //   that each cell lists its windows in ascending k whatever order the
@@ -29,14 +34,10 @@ namespace tensormask {
 namespace {
 
 constexpr int kThreads = 256;
-// Forward tile: about this many outputs per block, at most this many columns
-// (bounds shared memory whatever T is).
+// Direct forward tile: about this many outputs per block, at most this many
+// columns (bounds shared memory whatever T is).
 constexpr int kForwardTileElements = 4096;
 constexpr int kForwardMaxTileCols = 512;
-// Backward tile: about this many inputs per block, at most this many column
-// hit sets.
-constexpr int kBackwardTileElements = 2048;
-constexpr int kBackwardMaxColEntries = 256;
 constexpr int64_t kMaxGridX = 0x7fffffff;
 constexpr int64_t kMaxGridY = 65535;
 constexpr int kScanThreads = 1024;
@@ -57,8 +58,202 @@ __device__ __forceinline__ bool ValidCell(const Geometry& g, int64_t n,
 }
 
 // ---------------------------------------------------------------------------
+// Shared by both directions.
+// ---------------------------------------------------------------------------
+// Staging buffer per block, in bytes: with the few static words below, a
+// block stays under the 48 KB every CUDA device grants without opting in.
+constexpr size_t kStageBytes = 40 * 1024;
+
+template <typename T>
+constexpr int64_t StageElements() {
+  return static_cast<int64_t>(kStageBytes / sizeof(T));
+}
+
+__host__ __device__ inline int64_t CeilDivSigned(int64_t a, int64_t b) {
+  return -FloorDiv(-a, b);  // b > 0
+}
+
+// ---------------------------------------------------------------------------
 // Forward.
 // ---------------------------------------------------------------------------
+// Two kernels, chosen per geometry by MakeForwardPlan from the H100 timings in
+// docs/benchmarks.md:
+// * Staged (the dense op when the stage below is mostly used): a block owns
+//   one window row v of a run of P windows along x and U window columns u.
+//   Phase 1 combines the <= 4 row taps into a stage
+//     stage[b, d] = sum_i w_i * x[n, a_i, b, c_i * S + d]
+//   over the block's pixels b and window columns d (reads of S-long runs of
+//   consecutive channels); phase 2 applies the column taps from shared memory
+//   and writes T-long runs of consecutive outputs. Global traffic is then
+//   close to one read of x per window row and one write of y, instead of a
+//   scattered 4-byte read per tap (the channel stride S*S separates
+//   neighbouring u).
+// * Direct (the gathered op, and large lam): a block owns a tile of one
+//   window, the tile's row and column taps in shared memory, and each output
+//   reads its <= 16 taps from x. With one window per block only a diagonal
+//   band of a stage's (b, d) rectangle would be read.
+struct ForwardPlan {
+  int u_tile, u_tiles;    // U window columns per block; blocks per window row
+  int px_tile, px_tiles;  // P windows per block along x; blocks per grid row
+  int d_span;             // stage row length (window columns d)
+  bool staged;
+};
+
+// Staged when the stage holds at most this many entries per output: on an
+// H100, 1.2 to 1.9 (lam <= 16) ran 1.5 to 2x faster than the direct kernel,
+// 4.0 (lam = 32) 1.3x slower.
+constexpr double kMaxStagePerOutput = 2.5;
+
+// Window columns d a run of U offsets u reads: the low taps advance by one
+// every lam offsets, plus the high tap of the last one.
+inline int ForwardDSpan(int u_tile, int lam) {
+  return (u_tile + lam - 2) / lam + 2;
+}
+
+template <typename T>
+ForwardPlan MakeForwardPlan(const Geometry& g, bool gather) {
+  const int ns = NumSpatialTaps(g.out_window);
+  const int64_t capacity = StageElements<T>();
+  ForwardPlan plan;
+  plan.u_tile = g.out_window;
+  while (plan.u_tile > 1 &&
+         static_cast<int64_t>(plan.u_tile + ns - 1) *
+                 ForwardDSpan(plan.u_tile, g.lam) > capacity) {
+    plan.u_tile = (plan.u_tile + 1) / 2;
+  }
+  plan.d_span = ForwardDSpan(plan.u_tile, g.lam);
+  plan.u_tiles = static_cast<int>(CeilDiv(g.out_window, plan.u_tile));
+  int64_t px = 1 + (capacity / plan.d_span - (plan.u_tile + ns - 1)) / g.lam;
+  px = px < 1 ? 1 : (px > g.out_width ? g.out_width : px);
+  plan.px_tile = static_cast<int>(px);
+  plan.px_tiles = static_cast<int>(CeilDiv(g.out_width, px));
+  // Stage entries per output over a whole grid row (the last x tile too).
+  const int64_t full = g.out_width / px;
+  const int64_t last = g.out_width - full * px;
+  const int64_t entries =
+      plan.d_span * (full * (g.lam * (px - 1) + plan.u_tile + ns - 1) +
+                     (last > 0 ? g.lam * (last - 1) + plan.u_tile + ns - 1
+                               : 0));
+  plan.staged = !gather && entries <= kMaxStagePerOutput *
+                                          static_cast<double>(g.out_width) *
+                                          plan.u_tile;
+  return plan;
+}
+
+// Grid: x runs over (grid row (n, py), window row v), y over (x tile, u tile).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    StagedForwardKernel(Geometry g, T pad, const T* __restrict__ x,
+                        ForwardPlan plan, T* __restrict__ y) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  T* stage = reinterpret_cast<T*>(shared);
+  __shared__ int64_t row_offset[kMaxAxisTaps];  // a * W * S*S + c * S
+  __shared__ T row_weight[kMaxAxisTaps];
+  __shared__ T row_outside;
+  __shared__ int row_count;
+
+  const int s = g.window;
+  const int t_size = g.out_window;
+  const int lam = g.lam;
+  const int shift = SpatialShift(t_size);
+  const int ns = NumSpatialTaps(t_size);
+  const T spatial_weight = ns == 2 ? T(0.5) : T(1);
+  const T inv_den = T(1) / static_cast<T>(2 * lam);
+  const int64_t channels = static_cast<int64_t>(s) * s;
+  const int64_t window_elements = static_cast<int64_t>(t_size) * t_size;
+  const int64_t jobs = g.batch * g.out_height * t_size;
+  const int tiles = plan.px_tiles * plan.u_tiles;
+
+  for (int64_t job = blockIdx.x; job < jobs; job += gridDim.x) {
+    const int64_t w = job / t_size;  // grid row n * Ho + py
+    const int v = static_cast<int>(job - w * t_size);
+    const int64_t n = w / g.out_height;
+    const int64_t py = w - n * g.out_height;
+    const T* xn = x + n * g.height * g.width * channels;
+    for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
+      const int px_chunk = tile / plan.u_tiles;
+      const int u0 = (tile - px_chunk * plan.u_tiles) * plan.u_tile;
+      const int u_count = min(plan.u_tile, t_size - u0);
+      const int64_t px0 = static_cast<int64_t>(px_chunk) * plan.px_tile;
+      const int px_count =
+          static_cast<int>(Min64(plan.px_tile, g.out_width - px0));
+      // Output (px0 + p, v, u) lives at out + p * T*T + u.
+      T* out = y + (w * g.out_width + px0) * window_elements + v * t_size;
+      __syncthreads();  // The previous tile's readers are done with shared.
+      if (threadIdx.x == 0) {
+        AxisTap taps[kMaxAxisTaps];
+        double outside;
+        const int count = AxisTaps(py, v, lam, s, g.height, taps, &outside);
+        for (int i = 0; i < count; ++i) {
+          row_offset[i] =
+              taps[i].spatial * g.width * channels + taps[i].window * s;
+          row_weight[i] = static_cast<T>(taps[i].weight);
+        }
+        row_count = count;
+        row_outside = static_cast<T>(outside);
+      }
+      __syncthreads();
+      // Phase 1: the stage covers pixels b_lo.. and window columns d_lo.. .
+      const int64_t b_lo = lam * px0 + u0 - shift;
+      const int b_count = lam * (px_count - 1) + u_count + ns - 1;
+      const int u_last = u0 + u_count - 1;
+      const int d_lo = u0 / lam + WindowLowShift(u0 % lam, lam);
+      const int d_count =
+          u_last / lam + WindowLowShift(u_last % lam, lam) + 2 - d_lo;
+      const int count = row_count;
+      for (int e = threadIdx.x; e < b_count * d_count; e += blockDim.x) {
+        const int bb = e / d_count;
+        const int d = d_lo + (e - bb * d_count);
+        const int64_t b = b_lo + bb;
+        T value = T(0);
+        if (b >= 0 && b < g.width && d >= 0 && d < s) {
+          const T* xb = xn + b * channels + d;
+          for (int i = 0; i < count; ++i) {
+            value += row_weight[i] * xb[row_offset[i]];
+          }
+        }
+        stage[e] = value;
+      }
+      __syncthreads();
+      // Phase 2: column taps from the stage, T-long runs of outputs.
+      const T outside_row = row_outside;
+      for (int e = threadIdx.x; e < px_count * u_count; e += blockDim.x) {
+        const int p = e / u_count;
+        const int u = u0 + (e - p * u_count);
+        const int k = u / lam;
+        const int r = u - k * lam;
+        const int d = k + WindowLowShift(r, lam);
+        const int rem = WindowRemainder(r, lam);
+        const T high = static_cast<T>(rem) * inv_den;
+        const int64_t first = lam * (px0 + p) + u - shift;
+        T acc = T(0);
+        T outside = T(0);
+        for (int i = 0; i < ns; ++i) {
+          const int64_t b = first + i;
+          const bool b_inside = b >= 0 && b < g.width;
+          const T* row = stage + (b - b_lo) * d_count - d_lo;
+          const T low_weight = spatial_weight * (T(1) - high);
+          if (b_inside && d >= 0 && d < s) {
+            acc += low_weight * row[d];
+          } else {
+            outside += low_weight;
+          }
+          if (rem != 0) {
+            const T high_weight = spatial_weight * high;
+            if (b_inside && d + 1 < s) {
+              acc += high_weight * row[d + 1];
+            } else {
+              outside += high_weight;
+            }
+          }
+        }
+        out[p * window_elements + u] =
+            acc + pad * (outside_row + outside - outside_row * outside);
+      }
+    }
+  }
+}
+
 struct ForwardTile {
   int rows, cols;              // tile extent (v, u)
   int row_chunks, col_chunks;  // tiles per window
@@ -92,7 +287,7 @@ size_t ForwardSharedBytes(const ForwardTile& tile) {
 //   int   count[entries]
 template <typename T, bool kGather>
 __global__ void __launch_bounds__(kThreads)
-    ForwardKernel(Geometry g, T pad, const T* __restrict__ x,
+    DirectForwardKernel(Geometry g, T pad, const T* __restrict__ x,
                   const int32_t* __restrict__ indices, int64_t num_windows,
                   ForwardTile tile, T* __restrict__ y) {
   extern __shared__ __align__(16) unsigned char shared[];
@@ -205,6 +400,21 @@ cudaError_t LaunchForward(const Geometry& g, T pad, const T* x,
                           const int32_t* indices, int64_t num_windows, T* y,
                           cudaStream_t stream) {
   if (num_windows <= 0 || g.out_window <= 0) return cudaGetLastError();
+  const ForwardPlan plan = MakeForwardPlan<T>(g, kGather);
+  if (plan.staged) {
+    const size_t shared_bytes =
+        sizeof(T) * static_cast<size_t>(plan.d_span) *
+        (g.lam * (plan.px_tile - 1) + plan.u_tile +
+         NumSpatialTaps(g.out_window) - 1);
+    const dim3 grid(
+        static_cast<unsigned>(
+            Min64(g.batch * g.out_height * g.out_window, kMaxGridX)),
+        static_cast<unsigned>(Min64(
+            static_cast<int64_t>(plan.px_tiles) * plan.u_tiles, kMaxGridY)));
+    StagedForwardKernel<T><<<grid, kThreads, shared_bytes, stream>>>(
+        g, pad, x, plan, y);
+    return cudaGetLastError();
+  }
   const ForwardTile tile = MakeForwardTile(g.out_window);
   const size_t shared_bytes = ForwardSharedBytes<T>(tile);
   const dim3 grid(
@@ -212,7 +422,7 @@ cudaError_t LaunchForward(const Geometry& g, T pad, const T* x,
       static_cast<unsigned>(
           Min64(static_cast<int64_t>(tile.row_chunks) * tile.col_chunks,
                 kMaxGridY)));
-  ForwardKernel<T, kGather><<<grid, kThreads, shared_bytes, stream>>>(
+  DirectForwardKernel<T, kGather><<<grid, kThreads, shared_bytes, stream>>>(
       g, pad, x, indices, num_windows, tile, y);
   return cudaGetLastError();
 }
@@ -220,30 +430,46 @@ cudaError_t LaunchForward(const Geometry& g, T pad, const T* x,
 // ---------------------------------------------------------------------------
 // Backward.
 // ---------------------------------------------------------------------------
-struct BackwardTile {
-  int pixels;  // input pixels b per block
-  int chunks;  // blocks per input row
+// The transpose of the forward, as a gather so that no atomics touch dx and
+// every sum has a fixed order. A block owns one input row (n, a, window row c)
+// and a run of B pixels b. Phase 1 combines the <= 4 row hits (p_i, v_i) of
+// (a, c) into a stage
+//   stage[q, u] = sum_i w_i * g(n, p_i, q, v_i * T + u)
+// over the output columns q and window offsets u whose column taps reach the
+// block's pixels (reads of runs of consecutive u). g is dy for the dense op;
+// for the gathered op it sums the windows listed at cell (n, p_i, q) in
+// ascending k, so cells without windows cost one lookup per stage entry rather
+// than one per tap of every input element. Phase 2 applies the <= 4 column
+// hits of each (b, d) from shared memory and writes S-long runs of dx.
+struct BackwardPlan {
+  int b_tile, b_tiles;  // pixels per block; blocks per input row
+  int q_span, u_span;   // stage extent: output columns x window offsets
 };
 
-BackwardTile MakeBackwardTile(const Geometry& g) {
-  const int64_t channels = static_cast<int64_t>(g.window) * g.window;
-  int64_t pixels = CeilDiv(kBackwardTileElements, channels);
-  const int64_t by_shared = kBackwardMaxColEntries / g.window;
-  if (pixels > by_shared) pixels = by_shared;
-  if (pixels > g.width) pixels = g.width;
-  if (pixels < 1) pixels = 1;
-  BackwardTile tile;
-  tile.pixels = static_cast<int>(pixels);
-  tile.chunks = static_cast<int>(CeilDiv(g.width, pixels));
-  return tile;
+inline int BackwardQSpan(const Geometry& g, int b_tile) {
+  const int64_t q = (b_tile + NumSpatialTaps(g.out_window) + g.out_window -
+                     3) / g.lam + 1;
+  return static_cast<int>(Min64(q, g.out_width));
+}
+
+inline int BackwardUSpan(const Geometry& g, int b_tile) {
+  return static_cast<int>(
+      Min64(g.out_window, b_tile + NumSpatialTaps(g.out_window) - 1));
 }
 
 template <typename T>
-size_t BackwardSharedBytes(const Geometry& g, const BackwardTile& tile) {
-  const size_t entries =
-      static_cast<size_t>(g.window) * (1 + static_cast<size_t>(tile.pixels));
-  return entries *
-         (kMaxAxisHits * (sizeof(T) + 2 * sizeof(int)) + sizeof(int));
+BackwardPlan MakeBackwardPlan(const Geometry& g) {
+  const int64_t capacity = StageElements<T>();
+  BackwardPlan plan;
+  plan.b_tile = static_cast<int>(Min64(g.width, 0x3fffffff));
+  while (plan.b_tile > 1 && static_cast<int64_t>(BackwardQSpan(g, plan.b_tile)) *
+                                    BackwardUSpan(g, plan.b_tile) > capacity) {
+    plan.b_tile = (plan.b_tile + 1) / 2;
+  }
+  plan.b_tiles = static_cast<int>(CeilDiv(g.width, plan.b_tile));
+  plan.q_span = BackwardQSpan(g, plan.b_tile);
+  plan.u_span = BackwardUSpan(g, plan.b_tile);
+  return plan;
 }
 
 // Sum of dy over the windows at output cell `cell`, at window element
@@ -264,90 +490,109 @@ __device__ __forceinline__ T ReadGradient(const T* __restrict__ dy,
   return sum;
 }
 
-// One block per (n, a, run of pixels b). Shared memory, structure of arrays
-// over `entries` slots (S row hit sets for c = 0..S-1, then pixels*S column
-// hit sets for (b, d)):
-//   T   weight[kMaxAxisHits][entries]
-//   int position[kMaxAxisHits][entries]   output y (rows) or x (columns)
-//   int offset[kMaxAxisHits][entries]     window offset v or u
-//   int count[entries]
+// Grid: x runs over input rows (n, a, c), y over pixel tiles.
 template <typename T, bool kGather>
 __global__ void __launch_bounds__(kThreads)
     BackwardKernel(Geometry g, const T* __restrict__ dy,
                    const int32_t* __restrict__ offsets,
-                   const int32_t* __restrict__ order, BackwardTile tile,
+                   const int32_t* __restrict__ order, BackwardPlan plan,
                    T* __restrict__ dx) {
   extern __shared__ __align__(16) unsigned char shared[];
+  T* stage = reinterpret_cast<T*>(shared);
+  __shared__ int64_t row_cell[kMaxAxisHits];  // (n * Ho + p) * Wo
+  __shared__ int row_element[kMaxAxisHits];   // v * T
+  __shared__ T row_weight[kMaxAxisHits];
+  __shared__ int row_count;
+
   const int s = g.window;
-  const int entries = s * (1 + tile.pixels);
-  T* weight = reinterpret_cast<T*>(shared);
-  int* position = reinterpret_cast<int*>(weight + kMaxAxisHits * entries);
-  int* offset = position + kMaxAxisHits * entries;
-  int* count = offset + kMaxAxisHits * entries;
-
   const int t_size = g.out_window;
+  const int lam = g.lam;
+  const int shift = SpatialShift(t_size);
+  const int ns = NumSpatialTaps(t_size);
+  const T spatial_weight = ns == 2 ? T(0.5) : T(1);
+  const T inv_den = T(1) / static_cast<T>(2 * lam);
+  const int64_t channels = static_cast<int64_t>(s) * s;
   const int64_t window_elements = static_cast<int64_t>(t_size) * t_size;
-  const int channels = s * s;
-  const int64_t input_rows = g.batch * g.height;
+  const int64_t rows = g.batch * g.height * s;
 
-  for (int64_t row = blockIdx.x; row < input_rows; row += gridDim.x) {
-    const int64_t n = row / g.height;
-    const int64_t a = row - n * g.height;
-    for (int chunk = blockIdx.y; chunk < tile.chunks; chunk += gridDim.y) {
-      const int64_t b0 = static_cast<int64_t>(chunk) * tile.pixels;
-      const int pixels =
-          static_cast<int>(Min64(tile.pixels, g.width - b0));
-      __syncthreads();  // The previous chunk's readers are done with shared.
-      for (int e = threadIdx.x; e < s * (1 + pixels); e += blockDim.x) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t na = row / s;
+    const int c = static_cast<int>(row - na * s);
+    const int64_t n = na / g.height;
+    const int64_t a = na - n * g.height;
+    for (int tile = blockIdx.y; tile < plan.b_tiles; tile += gridDim.y) {
+      const int64_t b0 = static_cast<int64_t>(tile) * plan.b_tile;
+      const int b_count = static_cast<int>(Min64(plan.b_tile, g.width - b0));
+      __syncthreads();  // The previous tile's readers are done with shared.
+      if (threadIdx.x == 0) {
         AxisHit hits[kMaxAxisHits];
-        int num;
-        if (e < s) {
-          num = AxisHits(a, e, g.lam, s, g.out_height, hits);
-        } else {
-          const int p = (e - s) / s;
-          num = AxisHits(b0 + p, e - s - p * s, g.lam, s, g.out_width, hits);
+        const int count = AxisHits(a, c, lam, s, g.out_height, hits);
+        for (int i = 0; i < count; ++i) {
+          row_cell[i] = (n * g.out_height + hits[i].position) * g.out_width;
+          row_element[i] = hits[i].offset * t_size;
+          row_weight[i] = static_cast<T>(hits[i].weight);
         }
-        for (int i = 0; i < num; ++i) {
-          weight[i * entries + e] = static_cast<T>(hits[i].weight);
-          position[i * entries + e] = static_cast<int>(hits[i].position);
-          offset[i * entries + e] = hits[i].offset;
-        }
-        count[e] = num;
+        row_count = count;
       }
       __syncthreads();
-      T* out = dx + (row * g.width + b0) * channels;
-      const int tile_elements = pixels * channels;
-      for (int e = threadIdx.x; e < tile_elements; e += blockDim.x) {
-        const int p = e / channels;
-        const int cd = e - p * channels;
-        const int c = cd / s;
-        const int col_slot = s + p * s + (cd - c * s);
-        const int row_count = count[c];
-        const int col_count = count[col_slot];
-        T acc = T(0);
-#pragma unroll
-        for (int i = 0; i < kMaxAxisHits; ++i) {
-          if (i < row_count) {
-            const int64_t cell_row =
-                (n * g.out_height + position[i * entries + c]) * g.out_width;
-            const int64_t element_row =
-                static_cast<int64_t>(offset[i * entries + c]) * t_size;
-            T inner = T(0);
-#pragma unroll
-            for (int j = 0; j < kMaxAxisHits; ++j) {
-              if (j < col_count) {
-                inner += weight[j * entries + col_slot] *
-                         ReadGradient<T, kGather>(
-                             dy, offsets, order,
-                             cell_row + position[j * entries + col_slot],
-                             element_row + offset[j * entries + col_slot],
-                             window_elements);
-              }
-            }
-            acc += weight[i * entries + c] * inner;
+      // Phase 1: stage[q - q_lo, u - u_start(q)] for the (q, u) whose column
+      // taps b = q * lam + u - shift (+1) fall in [b0, b0 + b_count).
+      const int64_t u_base0 = b0 + shift - (ns - 1);  // u_base(q) + q * lam
+      const int64_t u_end0 = b0 + b_count - 1 + shift;
+      const int64_t q_first = CeilDivSigned(u_base0 - (t_size - 1), lam);
+      const int64_t q_lo = q_first > 0 ? q_first : 0;
+      const int64_t q_hi = Min64(g.out_width - 1, FloorDiv(u_end0, lam));
+      const int q_count = static_cast<int>(q_hi - q_lo + 1);
+      const int u_span = static_cast<int>(
+          Min64(t_size, b_count + ns - 1));
+      const int count = row_count;
+      for (int e = threadIdx.x; e < q_count * u_span; e += blockDim.x) {
+        const int qq = e / u_span;
+        const int64_t q = q_lo + qq;
+        const int64_t u_start = u_base0 - q * lam > 0 ? u_base0 - q * lam : 0;
+        const int64_t u = u_start + (e - qq * u_span);
+        T value = T(0);
+        if (u <= Min64(t_size - 1, u_end0 - q * lam)) {
+          for (int i = 0; i < count; ++i) {
+            value += row_weight[i] *
+                     ReadGradient<T, kGather>(dy, offsets, order,
+                                              row_cell[i] + q,
+                                              row_element[i] + u,
+                                              window_elements);
           }
         }
-        out[e] = acc;
+        stage[e] = value;
+      }
+      __syncthreads();
+      // Phase 2: column hits (q, u) of (b, d): u = lam * k + r with
+      // r = (b + shift - i) mod lam, and k such that d is u's low or high tap.
+      T* out = dx + ((n * g.height + a) * g.width + b0) * channels + c * s;
+      for (int e = threadIdx.x; e < b_count * s; e += blockDim.x) {
+        const int bb = e / s;
+        const int d = e - bb * s;
+        T acc = T(0);
+        for (int i = 0; i < ns; ++i) {
+          // 32-bit: a 64-bit division costs several times more, and m < W + T.
+          const int m = static_cast<int>(b0) + bb + shift - i;  // >= 0
+          const int big = m / lam;
+          const int r = m - big * lam;
+          const int low_shift = WindowLowShift(r, lam);
+          const int rem = WindowRemainder(r, lam);
+          const T high = static_cast<T>(rem) * inv_den;
+          // Low tap: k + low_shift == d; high tap: k + low_shift + 1 == d.
+          for (int j = 0; j < (rem != 0 ? 2 : 1); ++j) {
+            const int k = d - low_shift - j;
+            const int u = k * lam + r;
+            const int q = big - k;
+            if (k < 0 || u >= t_size || q < q_lo || q > q_hi) continue;
+            const int64_t u_start =
+                u_base0 - static_cast<int64_t>(q) * lam > 0
+                    ? u_base0 - static_cast<int64_t>(q) * lam : 0;
+            const T weight = spatial_weight * (j == 0 ? T(1) - high : high);
+            acc += weight * stage[(q - q_lo) * u_span + (u - u_start)];
+          }
+        }
+        out[bb * channels + d] = acc;
       }
     }
   }
@@ -360,22 +605,16 @@ cudaError_t LaunchBackward(const Geometry& g, const T* dy,
   if (g.batch * g.height * g.width <= 0 || g.window <= 0) {
     return cudaGetLastError();
   }
-  const BackwardTile tile = MakeBackwardTile(g);
-  const size_t shared_bytes = BackwardSharedBytes<T>(g, tile);
-  if (shared_bytes > 48 * 1024) {
-    // Only very large windows (S > ~300) get here: opt in to more shared
-    // memory (fails cleanly where the device has too little).
-    const cudaError_t status = cudaFuncSetAttribute(
-        BackwardKernel<T, kGather>,
-        cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(shared_bytes));
-    if (status != cudaSuccess) return status;
-  }
+  // Phase 2 indexes pixels and offsets in 32 bits.
+  if (g.width + g.out_window >= 0x7fffffff) return cudaErrorInvalidValue;
+  const BackwardPlan plan = MakeBackwardPlan<T>(g);
+  const size_t shared_bytes =
+      sizeof(T) * static_cast<size_t>(plan.q_span) * plan.u_span;
   const dim3 grid(
-      static_cast<unsigned>(Min64(g.batch * g.height, kMaxGridX)),
-      static_cast<unsigned>(Min64(tile.chunks, kMaxGridY)));
+      static_cast<unsigned>(Min64(g.batch * g.height * g.window, kMaxGridX)),
+      static_cast<unsigned>(Min64(plan.b_tiles, kMaxGridY)));
   BackwardKernel<T, kGather><<<grid, kThreads, shared_bytes, stream>>>(
-      g, dy, offsets, order, tile, dx);
+      g, dy, offsets, order, plan, dx);
   return cudaGetLastError();
 }
 
