@@ -15,7 +15,11 @@ and compares every launcher with the numpy float64 reference
   duplicate and invalid index rows included).
 
 Then times the kernels at TensorMask's sizes (S=15 on the P2 grid of an
-800x1333 image) and prints a markdown table. Exits non-zero on any mismatch.
+800x1333 image) and prints a markdown table, with a device-to-device copy of
+the same bytes and an original-style baseline (naive_baseline.cu: one
+thread per output, 16 float-coordinate taps, atomicAdd gradient; checked
+against the reference first) timed in the same run. Exits non-zero on any
+mismatch.
 
 Usage: python custom_ops/cuda_test/run_cuda_kernels.py [--build_dir /tmp]
        [--skip_timing] [--repeats 20]
@@ -40,6 +44,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SHIM = os.path.join(HERE, "standalone.cu")
 LIB_NAME = "libswap_align2nat_standalone.so"
+BASELINE = os.path.join(HERE, "naive_baseline.cu")
+BASELINE_LIB_NAME = "libnaive_baseline.so"
 
 
 
@@ -67,14 +73,14 @@ reference = _load_by_path("swap_reference",
 # ---------------------------------------------------------------------------
 # Building and binding the shim.
 # ---------------------------------------------------------------------------
-def build(build_dir):
-  """Compiles the shim for the current device; returns the .so path."""
+def build(build_dir, source=SHIM, name=LIB_NAME):
+  """Compiles a source for the current device; returns the .so path."""
   os.makedirs(build_dir, exist_ok=True)
   arch = cp.cuda.Device().compute_capability  # e.g. "90"
-  lib = os.path.join(build_dir, LIB_NAME)
+  lib = os.path.join(build_dir, name)
   cmd = ["nvcc", "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
          "--expt-relaxed-constexpr", "-shared",
-         f"-gencode=arch=compute_{arch},code=sm_{arch}", SHIM, "-o", lib]
+         f"-gencode=arch=compute_{arch},code=sm_{arch}", source, "-o", lib]
   print("$", " ".join(cmd), flush=True)
   subprocess.run(cmd, check=True)
   return lib
@@ -148,6 +154,35 @@ class Kernels:
     self._check(f(*self.geometry(x_shape, s, lam), dy.data.ptr,
                   indices.data.ptr, indices.shape[0], workspace.data.ptr,
                   dx.data.ptr, self._stream()), "gather_backward")
+
+
+class Baseline:
+  """The original-style kernels (float32, dense only)."""
+
+  def __init__(self, lib_path):
+    lib = ctypes.CDLL(lib_path)
+    i32, vp = ctypes.c_int, ctypes.c_void_p
+    lib.naive_forward_f32.argtypes = [i32] * 5 + [ctypes.c_float, vp, vp, vp]
+    lib.naive_backward_f32.argtypes = [i32] * 5 + [vp, vp, vp]
+    lib.naive_forward_f32.restype = ctypes.c_int
+    lib.naive_backward_f32.restype = ctypes.c_int
+    self.lib = lib
+
+  def forward(self, x, s, lam, pad, y):
+    n, h, w = x.shape[:3]
+    status = self.lib.naive_forward_f32(n, h, w, s, lam, pad, x.data.ptr,
+                                        y.data.ptr,
+                                        cp.cuda.get_current_stream().ptr)
+    if status:
+      raise RuntimeError(f"naive forward: CUDA error {status}")
+
+  def backward(self, dy, x_shape, s, lam, dx):
+    n, h, w = x_shape[:3]
+    status = self.lib.naive_backward_f32(n, h, w, s, lam, dy.data.ptr,
+                                         dx.data.ptr,
+                                         cp.cuda.get_current_stream().ptr)
+    if status:
+      raise RuntimeError(f"naive backward: CUDA error {status}")
 
 
 # ---------------------------------------------------------------------------
@@ -424,6 +459,32 @@ def check_edge_cases(kernels, failures):
   print("checked edge cases", flush=True)
 
 
+def check_baseline(baseline, failures):
+  """The baseline computes the same function (float32, 1e-4: its coordinates
+  are float), so timing it against the kernels is a fair comparison."""
+  for s, lam, pad, (height, width) in CASES[::4] + [(15, 32, -6.0, (9, 13))]:
+    t = lam * s
+    out_h, out_w = -(-height // lam), -(-width // lam)
+    x_shape = (BATCH, height, width, s * s)
+    rng = np.random.RandomState(5)
+    x = rng.uniform(-3, 3, x_shape).astype(np.float32)
+    dy = rng.uniform(-3, 3, (BATCH, out_h, out_w, t * t)).astype(np.float32)
+    y = poisoned(dy.shape, np.float32)
+    baseline.forward(cp.asarray(x), s, lam, pad, y)
+    want = reference.swap_align2nat(x.astype(np.float64), lam, pad)
+    failures.check(close(cp.asnumpy(y), want, 1e-4),
+                   f"baseline S{s} lam{lam} forward: "
+                   f"{max_error(cp.asnumpy(y), want)}")
+    dx = poisoned(x_shape, np.float32)
+    baseline.backward(cp.asarray(dy), x_shape, s, lam, dx)
+    want = adjoint(x_shape, lam, dense_cells(BATCH, out_h, out_w),
+                   dy.astype(np.float64).reshape(-1, t, t))
+    failures.check(close(cp.asnumpy(dx), want, 1e-4),
+                   f"baseline S{s} lam{lam} backward: "
+                   f"{max_error(cp.asnumpy(dx), want)}")
+  print("checked the original-style baseline", flush=True)
+
+
 # ---------------------------------------------------------------------------
 # Timing.
 # ---------------------------------------------------------------------------
@@ -452,7 +513,7 @@ def memcpy_gbps(traffic_bytes, repeats):
   return 2 * nbytes / ms / 1e6
 
 
-def run_timing(kernels, repeats):
+def run_timing(kernels, baseline, repeats):
   height, width, s, batch = 200, 334, 15, 1
   dtype = np.float32
   esize = np.dtype(dtype).itemsize
@@ -465,18 +526,24 @@ def run_timing(kernels, repeats):
   print("\nTiming (float32, N=1, H=200, W=334, S=15; CUDA events, median of "
         f"{repeats} after warm-up). Bytes: dense = input + output; gather "
         "forward = 2 x output (one read per output); gather backward = dy + "
-        "dx (dx is fully written). memcpy = D2D copy moving the same bytes.\n")
+        "dx (dx is fully written). memcpy = D2D copy moving the same bytes. "
+        "original-style: naive_baseline.cu; the original has no gathered op "
+        "(it computes every window's mask, then picks), so its gather rows "
+        "are its dense op.\n")
   for lam in (1, 2, 4, 8, 16, 32):
     t = lam * s
     out_h, out_w = -(-height // lam), -(-width // lam)
     y = cp.empty((batch, out_h, out_w, t * t), dtype)
     dy = cp.asarray(rng.uniform(-1, 1, y.shape).astype(dtype))
     traffic = x_bytes + y.nbytes
+    naive_fwd = time_ms(lambda: baseline.forward(d_x, s, lam, -6.0, y),
+                        repeats)
+    naive_bwd = time_ms(lambda: baseline.backward(dy, x_shape, s, lam, dx),
+                        repeats)
     ms = time_ms(lambda: kernels.forward(d_x, s, lam, -6.0, y), repeats)
-    rows.append(("dense fwd", lam, t, "-", traffic, ms))
+    rows.append(("dense fwd", lam, t, "-", traffic, ms, naive_fwd))
     ms = time_ms(lambda: kernels.backward(dy, x_shape, s, lam, dx), repeats)
-    rows.append(("dense bwd", lam, t, "-", traffic, ms))
-    del y, dy
+    rows.append(("dense bwd", lam, t, "-", traffic, ms, naive_bwd))
     for k in (100, 1000):
       indices = cp.asarray(np.stack(
           [np.zeros(k, np.int64), rng.randint(0, out_h, k),
@@ -487,20 +554,23 @@ def run_timing(kernels, repeats):
           max(1, kernels.workspace_bytes(x_shape, s, lam, k)), cp.uint8)
       ms = time_ms(lambda: kernels.gather_forward(d_x, indices, s, lam, -6.0,
                                                   yg), repeats)
-      rows.append(("gather fwd", lam, t, k, 2 * k * t * t * esize, ms))
+      rows.append(("gather fwd", lam, t, k, 2 * k * t * t * esize, ms,
+                   naive_fwd))
       ms = time_ms(lambda: kernels.gather_backward(dyg, indices, x_shape, s,
                                                    lam, workspace, dx),
                    repeats)
-      rows.append(("gather bwd", lam, t, k, dyg.nbytes + x_bytes, ms))
+      rows.append(("gather bwd", lam, t, k, dyg.nbytes + x_bytes, ms,
+                   naive_bwd))
   print("| op | lam | T | K | MB moved | time (us) | GB/s | memcpy GB/s | "
-        "% of memcpy |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  for op, lam, t, k, traffic, ms in rows:
+        "% of memcpy | original-style (us) | speed-up |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for op, lam, t, k, traffic, ms, naive in rows:
     gbps = traffic / ms / 1e6
     ref = memcpy_gbps(traffic, repeats)
     print(f"| {op} | {lam} | {t} | {k} | {traffic / 1e6:.1f} | "
           f"{ms * 1e3:.1f} | {gbps:.0f} | {ref:.0f} | "
-          f"{100 * gbps / ref:.0f}% |", flush=True)
+          f"{100 * gbps / ref:.0f}% | {naive * 1e3:.1f} | "
+          f"{naive / ms:.1f}x |", flush=True)
 
 
 def main():
@@ -513,9 +583,11 @@ def main():
     print("CuPy is required (device memory for the kernels).")
     return 2
   kernels = Kernels(build(args.build_dir))
+  baseline = Baseline(build(args.build_dir, BASELINE, BASELINE_LIB_NAME))
   print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}",
         flush=True)
   failures = Failures()
+  check_baseline(baseline, failures)
   check_tiny_jacobians(kernels, failures)
   check_edge_cases(kernels, failures)
   for s, lam, pad, (height, width) in CASES + EXTRA_CASES:
@@ -527,7 +599,7 @@ def main():
   print(f"\nall {len(CASES)} cases passed (float64 to {TOL[np.float64]}, "
         f"float32 to {TOL[np.float32]})")
   if not args.skip_timing:
-    run_timing(kernels, args.repeats)
+    run_timing(kernels, baseline, args.repeats)
   return 0
 
 
