@@ -12,13 +12,16 @@ own child process (same thread settings) with TensorFlow's BFC allocator on
 the CPU (TF_CPU_ALLOCATOR_USE_BFC=true), whose statistics give the peak
 memory held by tensors (weights included) during the measured calls.
 
-1. train: one training step with the mask loss computed from the dense
-   bipyramid (every window's mask, then the positives picked) vs from the
-   gathered masks of the positives only (the task's default mask caps); and
-   the same step with the mask features but no masks, whose peak is
-   subtracted to give the mask branch's own memory (projection, mask
-   representation, mask loss, their gradients). The two variants' losses
-   must agree to 1e-5.
+1. train: one training step with the mask loss computed from the gathered
+   masks of the positives only (the task's default mask caps) vs from the
+   dense bipyramid (every window's mask, then the positives picked), the
+   latter two ways: level by level ("dense": TensorFlow frees each level's
+   masks once its positives are picked) and held as the original
+   implementation holds it ("dense_held": every level's masks exist before
+   any positive is picked); and the same step with the mask features but no
+   masks, whose peak is subtracted to give the mask branch's own memory
+   (projection, mask representation, mask loss, their gradients). The
+   variants' losses must agree to 1e-5.
 2. inference: latency of this project's TensorMask vs Model Garden's
    RetinaNet and Mask R-CNN (R50-FPN, from Model Garden's own experiment
    configs), all keeping 100 detections (score threshold 0); network and
@@ -95,10 +98,33 @@ def _scene(size: int, seed: int = 0):
           rng.randint(0, 80, 20).astype(np.int32), np.stack(masks))
 
 
+def _natural_masks_mb(model, spec, config, labels, mask_branch) -> float:
+  """MB of natural mask logits the branch computes (float32, one image).
+
+  The dense bipyramid is every window of every level and size,
+  H_k * W_k * (lam * S)^2 values each; the gathered branch computes the
+  rows of the mask caps only (valid or not).
+  """
+  height, width = config.input_size[:2]
+  values = 0
+  for k in spec.levels:
+    stride = 2**k
+    for a in range(spec.num_sizes):
+      side = model.head.mask_side(k, a)
+      if mask_branch == "gathered":
+        windows = int(labels[f"mask_indices_{k}_{a}"].shape[1])
+      elif mask_branch.startswith("dense"):
+        windows = (height // stride) * (width // stride)
+      else:
+        windows = 0
+      values += windows * side * side
+  return 4 * values / 2**20
+
+
 def child_train(size: int, mask_branch: str, repeats: int,
                 branch_only: bool = False) -> dict:
-  """One SGD step; mask_branch: dense, gathered, or features (the mask
-  features are computed and back-propagated, no masks)."""
+  """One SGD step; mask_branch: gathered, dense, dense_held, or features (the
+  mask features are computed and back-propagated, no masks)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
   from tensormask_tf import losses  # pylint: disable=g-import-not-at-top
@@ -129,6 +155,17 @@ def child_train(size: int, mask_branch: str, repeats: int,
         every = model.head.mask_logits(features, k, a)
         return tf.reshape(tf.gather_nd(every, idx), [-1, side, side])
       return dense
+    if mask_branch == "dense_held":
+      # The whole bipyramid first: no positive is picked (so no level's
+      # masks can be freed) before every level's masks exist.
+      bipyramid = {(k, a): model.head.mask_logits(features, k, a)
+                   for k in spec.levels for a in range(spec.num_sizes)}
+      def dense_held(k, a, idx):
+        side = model.head.mask_side(k, a)
+        with tf.control_dependencies(list(bipyramid.values())):
+          picked = tf.gather_nd(bipyramid[(k, a)], idx)
+        return tf.reshape(picked, [-1, side, side])
+      return dense_held
     # Zero logits that still depend on the level's mask features, so the
     # mask tower and the bipyramid run forward and backward.
     return lambda k, a, idx: 0.0 * tf.reduce_mean(features[str(k)]) + tf.zeros(
@@ -178,12 +215,16 @@ def child_train(size: int, mask_branch: str, repeats: int,
     held = tf.config.experimental.get_memory_info("CPU:0")["current"] / 2**20
     seconds = median_time(lambda: branch(features)[0].numpy(), repeats)
     return {"seconds": seconds, "peak_mb": _peak_mb() - held,
-            "mask_loss": float(branch(features)[0])}
+            "mask_loss": float(branch(features)[0]),
+            "natural_mb": _natural_masks_mb(model, spec, config, labels,
+                                            mask_branch)}
+  natural_mb = _natural_masks_mb(model, spec, config, labels, mask_branch)
   step.get_concrete_function(images)
   _reset_peak()
   seconds = median_time(lambda: step(images)["total_loss"].numpy(), repeats)
   result = step(images)
   return {"seconds": seconds, "peak_mb": _peak_mb(),
+          "natural_mb": natural_mb,
           "loss": float(result["total_loss"]),
           "mask_loss": float(result["mask_loss"]),
           "mask_windows": int(sum(float(tf.reduce_sum(v)) for k, v in
@@ -356,40 +397,45 @@ def main():
         f"{args.precision}, {os.cpu_count()} CPUs, median of {args.repeats}")
   train = {}
   if "train" in sections:
+    branches = ("gathered", "dense", "dense_held")
     train = {b: _run_child(f"train:{b}", args)
-             for b in ("gathered", "dense", "features")}
+             for b in branches + ("features",)}
     base = train["features"].get("peak_mb")
     print("\n## 1. Training step (SGD, one image)")
-    print("| mask branch | step s | peak MB | mask branch MB | total loss |")
-    print("| --- | --- | --- | --- | --- |")
-    for branch in ("gathered", "dense", "features"):
-      r = train[branch]
+    print("| mask branch | step s | peak MB | mask branch MB | natural masks "
+          "MB | total loss |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for b in branches + ("features",):
+      r = train[b]
       own = (r["peak_mb"] - base) if r and base is not None and (
-          branch != "features") else None
-      print(f"| {branch} | {_fmt(r.get('seconds'))} | "
+          b != "features") else None
+      print(f"| {b} | {_fmt(r.get('seconds'))} | "
             f"{_fmt(r.get('peak_mb'), digits=0)} | {_fmt(own, digits=0)} | "
+            f"{_fmt(r.get('natural_mb'), digits=1)} | "
             f"{_fmt(r.get('loss'), digits=6)} |")
-    branch = {b: _run_child(f"mask_branch:{b}", args)
-              for b in ("gathered", "dense")}
+    branch = {b: _run_child(f"mask_branch:{b}", args) for b in branches}
     print("\nThe mask branch alone (from fixed mask features: projection, "
           "masks, mask loss, gradients):")
     print("| mask branch | s | peak MB above its inputs | mask loss |")
     print("| --- | --- | --- | --- |")
-    for b in ("gathered", "dense"):
+    for b in branches:
       r = branch[b]
       print(f"| {b} | {_fmt(r.get('seconds'), digits=3)} | "
             f"{_fmt(r.get('peak_mb'), digits=1)} | "
             f"{_fmt(r.get('mask_loss'), digits=6)} |")
-    if branch["gathered"] and branch["dense"]:
-      print(f"\ndense/gathered mask branch: time "
-            f"{branch['dense']['seconds'] / branch['gathered']['seconds']:.1f}x, "
-            f"memory {branch['dense']['peak_mb'] / branch['gathered']['peak_mb']:.1f}x")
-    g, d = train["gathered"], train["dense"]
-    if g and d:
+    g = train["gathered"]
+    for b in ("dense", "dense_held"):
+      if not (g and train[b] and branch[b] and branch["gathered"]):
+        continue
+      d = train[b]
       # Over the whole step the allocator's free order moves the peak by
-      # ~100 MB, so the mask branch's own memory is the table above.
-      print(f"\ndense/gathered: step time {d['seconds'] / g['seconds']:.2f}x, "
-            f"peak {d['peak_mb'] / g['peak_mb']:.2f}x; "
+      # up to ~250 MB (the "features" run can peak above "gathered"), so
+      # the branch's own ratios come from the branch-alone runs.
+      print(f"\n{b}/gathered: step time {d['seconds'] / g['seconds']:.2f}x, "
+            f"peak {d['peak_mb'] / g['peak_mb']:.2f}x, mask branch alone: time "
+            f"{branch[b]['seconds'] / branch['gathered']['seconds']:.1f}x, "
+            f"memory {branch[b]['peak_mb'] / branch['gathered']['peak_mb']:.1f}x, "
+            f"natural masks {d['natural_mb'] / g['natural_mb']:.0f}x; "
             f"|loss difference| {abs(d['loss'] - g['loss']):.2e} "
             f"({g['mask_windows']} positive windows with masks)")
   if "inference" in sections:

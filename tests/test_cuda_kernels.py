@@ -1,7 +1,8 @@
 """The CUDA kernels of swap_align2nat, without TensorFlow.
 
-(a) The kernels compile with nvcc for Ampere and Hopper (skipped, with the
-    reason, only where nvcc is absent).
+(a) The kernels, and the standalone harness's sources (its extern "C" shim
+    and the original-style baseline it times against), compile with nvcc for
+    Ampere and Hopper (skipped, with the reason, only where nvcc is absent).
 (b) On a GPU (marker `gpu`): custom_ops/cuda_test/run_cuda_kernels.py checks
     all four launchers against the numpy reference on the foundation cases
     (NaN-poisoned outputs, bit-reproducible gradients) and must exit 0.
@@ -17,7 +18,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = os.path.join(ROOT, "custom_ops", "kernels",
                        "swap_align2nat_cuda.cu.cc")
-RUNNER = os.path.join(ROOT, "custom_ops", "cuda_test", "run_cuda_kernels.py")
+CUDA_TEST = os.path.join(ROOT, "custom_ops", "cuda_test")
+RUNNER = os.path.join(CUDA_TEST, "run_cuda_kernels.py")
 # *.cu.cc is CUDA only with -x cu (nvcc would hand a .cc to the host compiler).
 NVCC_FLAGS = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC",
               "--expt-relaxed-constexpr",
@@ -26,12 +28,17 @@ NVCC_FLAGS = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC",
               "-gencode", "arch=compute_90,code=compute_90", "-x", "cu"]
 
 
-def test_cuda_kernels_compile(tmp_path):
+@pytest.mark.parametrize("source", [
+    KERNELS,
+    os.path.join(CUDA_TEST, "standalone.cu"),
+    os.path.join(CUDA_TEST, "naive_baseline.cu"),
+], ids=["kernels", "standalone_shim", "original_style_baseline"])
+def test_cuda_sources_compile(tmp_path, source):
   nvcc = shutil.which("nvcc")
   if nvcc is None:
     pytest.skip("nvcc is not on PATH: the CUDA kernels cannot be compiled")
-  out = tmp_path / "swap_align2nat_cuda.o"
-  result = subprocess.run([nvcc, *NVCC_FLAGS, "-c", KERNELS, "-o", str(out)],
+  out = tmp_path / "out.o"
+  result = subprocess.run([nvcc, *NVCC_FLAGS, "-c", source, "-o", str(out)],
                           capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
   assert out.stat().st_size > 0
