@@ -133,6 +133,9 @@ def child_train(size: int, mask_branch: str, repeats: int,
   from tensormask_tf.configs import tensormask_config  # pylint: disable=g-import-not-at-top
   from tensormask_tf.tasks import tensormask as tensormask_task  # pylint: disable=g-import-not-at-top
   config = _tensormask_config(size)
+  # The compiled op, as training on CPU uses by default; "auto" would fall
+  # back to pure TF (one warning) on a stale library and measure that.
+  config.ops_backend = "custom"
   tf_keras.utils.set_random_seed(0)  # Python, numpy and TF: same weights.
   model = factory.build_tensormask_model(
       tf_keras.layers.InputSpec(shape=[1] + config.input_size), config)
