@@ -1,7 +1,7 @@
 """Benchmark of TensorMask training and inference (issue 7).
 
     .venv/bin/python scripts/bench_model.py [--size 512] [--repeats 3]
-        [--sections train,inference,memory,input]
+        [--sections train,inference,memory,profile,input]
 
 All in one run on this machine, random-initialised weights, R50-FPN, batch 1,
 an input of --size x --size (800 means 896x1408: an 800x1333 image padded
@@ -29,6 +29,9 @@ memory held by tensors (weights included) during the measured calls.
    whole inference function from the TF profiler.
 3. memory: TensorMask inference peak memory keeping 50, 100 and 200
    detections.
+   profile: TensorMask inference stage by stage (backbone, FPN, the head's
+   class, box and mask parts, post-processing with 100 masks), each a
+   tf.function timed on the previous stage's outputs, with its FLOPs.
 4. input: images/s of the training input pipeline (shapes images written at
    the benchmark size) vs the training step's demand.
 """
@@ -313,6 +316,45 @@ def child_inference(size: int, model_name: str, repeats: int,
   return result
 
 
+def child_profile(size: int, repeats: int) -> dict:
+  """Seconds and FLOPs of each stage of TensorMask inference."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.modeling import factory  # pylint: disable=g-import-not-at-top
+  tf_keras.utils.set_random_seed(0)
+  height, width = _input_size(size)
+  images = tf.random.normal([1, height, width, 3], seed=1)
+  config = _tensormask_config(size)
+  config.ops_backend = "custom"
+  model = factory.build_tensormask_model(
+      tf_keras.layers.InputSpec(shape=[1, height, width, 3]), config)
+  outputs = model(images, training=False)
+  head = model.head
+  stages = [
+      ("backbone", lambda x: model.backbone(x, training=False)),
+      ("FPN", lambda x: model.decoder(x, training=False)),
+      ("head: class tower + logits", head.class_outputs),
+      ("head: box tower + deltas", head.box_outputs),
+      ("head: mask tower + bipyramid", head.mask_features),
+      ("post-processing (100 masks)", lambda o: factory.postprocess(
+          model, o, (height, width), config)),
+  ]
+  inputs = {"backbone": images}
+  inputs["FPN"] = model.backbone(images, training=False)
+  features = model.decoder(inputs["FPN"], training=False)
+  for name, _ in stages[2:5]:
+    inputs[name] = features
+  inputs[stages[5][0]] = outputs
+  result = {}
+  for name, fn in stages:
+    function = tf.function(fn)
+    concrete = function.get_concrete_function(inputs[name])
+    seconds = median_time(lambda f=function, x=inputs[name]: tf.nest.map_structure(
+        lambda t: t.numpy(), f(x)), repeats)
+    result[name] = {"seconds": seconds, "flops": _profile_flops(concrete)}
+  return result
+
+
 def child_input(size: int, repeats: int) -> dict:
   """Images/s of the training pipeline over shapes images of this size."""
   from official.core import exp_factory  # pylint: disable=g-import-not-at-top
@@ -359,6 +401,8 @@ def _child(args) -> dict:
     return child_inference(size, name, repeats, int(detections))
   if kind == "input":
     return child_input(size, repeats)
+  if kind == "profile":
+    return child_profile(size, repeats)
   raise ValueError(kind)
 
 
@@ -464,6 +508,21 @@ def main():
       r = _run_child(f"inference:tensormask_custom:{count}", args)
       print(f"| {count} ({r.get('detections', '-')} returned) | "
             f"{_fmt(r.get('seconds'))} | {_fmt(r.get('peak_mb'), digits=0)} |")
+  if "profile" in sections:
+    r = _run_child("profile", args)
+    total = sum(v["seconds"] for v in r.values()) if r else None
+    print("\n## TensorMask inference by stage (each on the previous stage's "
+          "outputs)")
+    print("| stage | s | share | GFLOPs | GFLOP/s |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, v in r.items():
+      print(f"| {name} | {v['seconds']:.3f} | "
+            f"{100 * v['seconds'] / total:.0f}% | {v['flops'] / 1e9:.0f} | "
+            f"{v['flops'] / 1e9 / v['seconds']:.0f} |")
+    if r:
+      flops = sum(v["flops"] for v in r.values())
+      print(f"| sum | {total:.3f} | 100% | {flops / 1e9:.0f} | "
+            f"{flops / 1e9 / total:.0f} |")
   if "input" in sections:
     r = _run_child("input", args)
     demand = (1.0 / train["gathered"]["seconds"]

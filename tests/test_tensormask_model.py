@@ -191,3 +191,83 @@ def test_default_input_size_fits_the_coarsest_level():
   stride = 2**config.max_level
   assert all(v % stride == 0 for v in config.input_size[:2])
   assert config.input_size[0] >= 800 and config.input_size[1] >= 1333
+
+
+# ---------------------------------------------------------------------------
+# The head's numbers against a numpy float64 reference of SPEC.md 3.
+# ---------------------------------------------------------------------------
+def _np_conv3x3(x, layer):
+  """'same' 3x3 convolution, NHWC, float64, with the layer's weights."""
+  kernel, bias = (np.asarray(w, np.float64) for w in layer.get_weights())
+  _, height, width, _ = x.shape
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = np.zeros(x.shape[:3] + (kernel.shape[-1],)) + bias
+  for i in range(3):
+    for j in range(3):
+      out += padded[:, i:i + height, j:j + width, :] @ kernel[i, j]
+  return out
+
+
+def _np_upsample_bilinear(x, scale):
+  """Bilinear resize by an integer factor, align_corners=False (half-pixel
+  centres), reading the edge pixel past the borders."""
+  def axis_taps(size):
+    source = (np.arange(size * scale) + 0.5) / scale - 0.5
+    low = np.floor(source)
+    frac = source - low
+    low = low.astype(int)
+    return (np.clip(low, 0, size - 1), np.clip(low + 1, 0, size - 1), frac)
+  y0, y1, fy = axis_taps(x.shape[1])
+  x0, x1, fx = axis_taps(x.shape[2])
+  rows = (x[:, y0] * (1 - fy)[None, :, None, None] +
+          x[:, y1] * fy[None, :, None, None])
+  return (rows[:, :, x0] * (1 - fx)[None, None, :, None] +
+          rows[:, :, x1] * fx[None, None, :, None])
+
+
+def test_head_matches_a_numpy_reference_of_the_spec():
+  """Class and box towers (conv3x3 + ReLU, then logits / deltas), and the
+  bipyramid: each level's mask-tower feature upsampled by 2**k to the P2 grid
+  (half-pixel bilinear), cropped, added to P2's, through the shared fuse
+  conv3x3 + ReLU. `call` returns the same three parts."""
+  config = _small_config()
+  model = _build(config)
+  # Non-trivial weights: the init's std of 0.01 would make every term tiny.
+  rng = np.random.RandomState(0)
+  for variable in model.head.trainable_variables:
+    variable.assign(rng.uniform(-0.3, 0.3, variable.shape))
+  features = {str(k): tf.random.normal([2, IMAGE // 2**k, IMAGE // 2**k, 32],
+                                       seed=k) for k in range(2, 6)}
+  head = model.head
+  class_outputs, box_outputs, mask_features = head(features)
+  towers = {"class": head._class_tower, "box": head._box_tower,  # pylint: disable=protected-access
+            "mask": head._mask_tower}  # pylint: disable=protected-access
+  relu = lambda v: np.maximum(v, 0.0)
+  tower_out = {}
+  for name, layers in towers.items():
+    for k in range(2, 6):
+      y = np.asarray(features[str(k)], np.float64)
+      for layer in layers:
+        y = relu(_np_conv3x3(y, layer))
+      tower_out[name, k] = y
+  for k in range(2, 6):
+    np.testing.assert_allclose(
+        class_outputs[str(k)],
+        _np_conv3x3(tower_out["class", k], head._class_logits),  # pylint: disable=protected-access
+        rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        box_outputs[str(k)],
+        _np_conv3x3(tower_out["box", k], head._box_deltas),  # pylint: disable=protected-access
+        rtol=1e-4, atol=1e-4)
+    base = tower_out["mask", 2]
+    up = _np_upsample_bilinear(tower_out["mask", k], 2**(k - 2))
+    up = up[:, :base.shape[1], :base.shape[2]]
+    np.testing.assert_allclose(
+        mask_features[str(k)], relu(_np_conv3x3(up + base, head._fuse)),  # pylint: disable=protected-access
+        rtol=1e-4, atol=1e-4)
+  # The public parts are what `call` is made of.
+  for part, whole in ((head.class_outputs, class_outputs),
+                      (head.box_outputs, box_outputs),
+                      (head.mask_features, mask_features)):
+    tf.nest.map_structure(np.testing.assert_array_equal, part(features),
+                          whole)

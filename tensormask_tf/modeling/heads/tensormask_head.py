@@ -172,30 +172,44 @@ class TensorMaskHead(tf_keras.layers.Layer):
         P2-grid features for "bipyramid" (Hm, Wm = P2's size), the level's
         own mask-tower features otherwise.
     """
-    class_outputs, box_outputs, tower = {}, {}, {}
-    for level in self.levels:
-      x = features[str(level)]
-      y = x
-      for conv in self._class_tower:
-        y = conv(y)
-      class_outputs[str(level)] = self._class_logits(y)
-      y = x
-      for conv in self._box_tower:
-        y = conv(y)
-      box_outputs[str(level)] = self._box_deltas(y)
-      y = x
-      for conv in self._mask_tower:
-        y = conv(y)
-      tower[level] = y
-    if self._config_dict["head_type"] != "bipyramid":
-      return class_outputs, box_outputs, {str(k): v for k, v in tower.items()}
+    return (self.class_outputs(features), self.box_outputs(features),
+            self.mask_features(features))
 
-    base = tower[self._config_dict["min_level"]]
+  def _run_tower(self, tower, last, features):
+    outputs = {}
+    for level in self.levels:
+      y = features[str(level)]
+      for conv in tower:
+        y = conv(y)
+      outputs[str(level)] = last(y) if last is not None else y
+    return outputs
+
+  # The three parts of `call`, public so that they can be run (and timed,
+  # scripts/bench_model.py) on their own.
+  def class_outputs(self, features: dict[str, tf.Tensor]):
+    """{str(level): [N, H_k, W_k, A*K]} class logits (class tower)."""
+    return self._run_tower(self._class_tower, self._class_logits, features)
+
+  def box_outputs(self, features: dict[str, tf.Tensor]):
+    """{str(level): [N, H_k, W_k, A*4]} box deltas (box tower)."""
+    return self._run_tower(self._box_tower, self._box_deltas, features)
+
+  def mask_features(self, features: dict[str, tf.Tensor]):
+    """The mask tower's features, fused on the P2 grid for "bipyramid".
+
+    Returns {str(level): [N, Hm, Wm, mask_filters]}, as `call`'s third
+    output.
+    """
+    tower = self._run_tower(self._mask_tower, None, features)
+    if self._config_dict["head_type"] != "bipyramid":
+      return tower
+    min_level = self._config_dict["min_level"]
+    base = tower[str(min_level)]
     base_size = tf.shape(base)[1:3]
     mask_features = {}
     for level in self.levels:
-      up = tower[level]
-      scale = 2**(level - self._config_dict["min_level"])
+      up = tower[str(level)]
+      scale = 2**(level - min_level)
       if scale > 1:
         # Bilinear with half-pixel centres (align_corners=False), then
         # cropped to the P2 grid.
@@ -204,7 +218,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
                                      method="bilinear"), base.dtype)
         up = up[:, :base_size[0], :base_size[1], :]
       mask_features[str(level)] = self._fuse(up + base)
-    return class_outputs, box_outputs, mask_features
+    return mask_features
 
   def mask_side(self, level: int, size_index: int) -> int:
     """Side M of the natural masks of a window size at a level."""
