@@ -73,6 +73,32 @@ __host__ __device__ inline int64_t CeilDivSigned(int64_t a, int64_t b) {
   return -FloorDiv(-a, b);  // b > 0
 }
 
+// What both staged kernels derive from the geometry.
+template <typename T>
+struct StagedConstants {
+  int s, t_size, lam;  // S, T = lam * S, lam
+  int shift, ns;       // SpatialShift(T), NumSpatialTaps(T)
+  T spatial_weight;    // of each spatial tap: 1, or 0.5 when ns = 2
+  T inv_den;           // 1 / (2 lam): a window tap weighs rem * inv_den
+  int64_t channels;         // S * S
+  int64_t window_elements;  // T * T
+};
+
+template <typename T>
+__device__ __forceinline__ StagedConstants<T> MakeStagedConstants(
+    const Geometry& g) {
+  const int ns = NumSpatialTaps(g.out_window);
+  return {g.window,
+          g.out_window,
+          g.lam,
+          SpatialShift(g.out_window),
+          ns,
+          ns == 2 ? T(0.5) : T(1),
+          T(1) / static_cast<T>(2 * g.lam),
+          static_cast<int64_t>(g.window) * g.window,
+          static_cast<int64_t>(g.out_window) * g.out_window};
+}
+
 // ---------------------------------------------------------------------------
 // Forward.
 // ---------------------------------------------------------------------------
@@ -152,15 +178,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ T row_outside;
   __shared__ int row_count;
 
-  const int s = g.window;
-  const int t_size = g.out_window;
-  const int lam = g.lam;
-  const int shift = SpatialShift(t_size);
-  const int ns = NumSpatialTaps(t_size);
-  const T spatial_weight = ns == 2 ? T(0.5) : T(1);
-  const T inv_den = T(1) / static_cast<T>(2 * lam);
-  const int64_t channels = static_cast<int64_t>(s) * s;
-  const int64_t window_elements = static_cast<int64_t>(t_size) * t_size;
+  const auto [s, t_size, lam, shift, ns, spatial_weight, inv_den, channels,
+              window_elements] = MakeStagedConstants<T>(g);
   const int64_t jobs = g.batch * g.out_height * t_size;
   const int tiles = plan.px_tiles * plan.u_tiles;
 
@@ -504,15 +523,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ T row_weight[kMaxAxisHits];
   __shared__ int row_count;
 
-  const int s = g.window;
-  const int t_size = g.out_window;
-  const int lam = g.lam;
-  const int shift = SpatialShift(t_size);
-  const int ns = NumSpatialTaps(t_size);
-  const T spatial_weight = ns == 2 ? T(0.5) : T(1);
-  const T inv_den = T(1) / static_cast<T>(2 * lam);
-  const int64_t channels = static_cast<int64_t>(s) * s;
-  const int64_t window_elements = static_cast<int64_t>(t_size) * t_size;
+  const auto [s, t_size, lam, shift, ns, spatial_weight, inv_den, channels,
+              window_elements] = MakeStagedConstants<T>(g);
   const int64_t rows = g.batch * g.height * s;
 
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
