@@ -7,10 +7,11 @@ All in one run on this machine, random-initialised weights, R50-FPN, batch 1,
 an input of --size x --size (800 means 896x1408: an 800x1333 image padded
 to the P7 stride, as the COCO pipeline does), median of
 --repeats timed calls after one warm-up call; --precision bfloat16 (or
-float16) runs every model under Keras' mixed policy of that type. Every measurement runs in its
-own child process (same thread settings) with TensorFlow's BFC allocator on
-the CPU (TF_CPU_ALLOCATOR_USE_BFC=true), whose statistics give the peak
-memory held by tensors (weights included) during the measured calls.
+float16) runs every model under Keras' mixed policy of that type. Every
+measurement runs in its own child process (same thread settings) with
+TensorFlow's BFC allocator on the CPU (TF_CPU_ALLOCATOR_USE_BFC=true), whose
+statistics give the peak memory held by tensors (weights included) during
+the measured calls.
 
 1. train: one training step with the mask loss computed from the gathered
    masks of the positives only (the task's default mask caps) vs from the
@@ -151,26 +152,26 @@ def child_train(size: int, mask_branch: str, repeats: int,
   labels = {k: v[None] for k, v in labels.items()}
   optimizer = tf_keras.optimizers.SGD(0.0)  # Same weights every step.
 
+  def positives(every, k, a, idx):
+    """[K, M, M] masks of the windows idx from every window's masks."""
+    side = model.head.mask_side(k, a)
+    return tf.reshape(tf.gather_nd(every, idx), [-1, side, side])
+
   def mask_logits_fn(outputs):
     features = outputs["mask_features"]
     if mask_branch == "gathered":
       return lambda k, a, idx: model.head.mask_logits(features, k, a, idx)
     if mask_branch == "dense":
-      def dense(k, a, idx):
-        side = model.head.mask_side(k, a)
-        every = model.head.mask_logits(features, k, a)
-        return tf.reshape(tf.gather_nd(every, idx), [-1, side, side])
-      return dense
+      return lambda k, a, idx: positives(
+          model.head.mask_logits(features, k, a), k, a, idx)
     if mask_branch == "dense_held":
       # The whole bipyramid first: no positive is picked (so no level's
       # masks can be freed) before every level's masks exist.
       bipyramid = {(k, a): model.head.mask_logits(features, k, a)
                    for k in spec.levels for a in range(spec.num_sizes)}
       def dense_held(k, a, idx):
-        side = model.head.mask_side(k, a)
         with tf.control_dependencies(list(bipyramid.values())):
-          picked = tf.gather_nd(bipyramid[(k, a)], idx)
-        return tf.reshape(picked, [-1, side, side])
+          return positives(bipyramid[(k, a)], k, a, idx)
       return dense_held
     # Zero logits that still depend on the level's mask features, so the
     # mask tower and the bipyramid run forward and backward.
@@ -191,6 +192,7 @@ def child_train(size: int, mask_branch: str, repeats: int,
     return result
 
   images = tf.constant(image)
+  natural_mb = _natural_masks_mb(model, spec, config, labels, mask_branch)
   if branch_only:
     # The mask branch alone: projection, mask representation, mask loss and
     # their gradients, from fixed mask features.
@@ -221,10 +223,7 @@ def child_train(size: int, mask_branch: str, repeats: int,
     held = tf.config.experimental.get_memory_info("CPU:0")["current"] / 2**20
     seconds = median_time(lambda: branch(features)[0].numpy(), repeats)
     return {"seconds": seconds, "peak_mb": _peak_mb() - held,
-            "mask_loss": float(branch(features)[0]),
-            "natural_mb": _natural_masks_mb(model, spec, config, labels,
-                                            mask_branch)}
-  natural_mb = _natural_masks_mb(model, spec, config, labels, mask_branch)
+            "mask_loss": float(branch(features)[0]), "natural_mb": natural_mb}
   step.get_concrete_function(images)
   _reset_peak()
   seconds = median_time(lambda: step(images)["total_loss"].numpy(), repeats)
@@ -328,29 +327,27 @@ def child_profile(size: int, repeats: int) -> dict:
   config.ops_backend = "custom"
   model = factory.build_tensormask_model(
       tf_keras.layers.InputSpec(shape=[1, height, width, 3]), config)
-  outputs = model(images, training=False)
   head = model.head
+  levels = model.backbone(images, training=False)
+  features = model.decoder(levels, training=False)
+  outputs = model(images, training=False)
+  # (stage, its function, the previous stage's outputs it runs on)
   stages = [
-      ("backbone", lambda x: model.backbone(x, training=False)),
-      ("FPN", lambda x: model.decoder(x, training=False)),
-      ("head: class tower + logits", head.class_outputs),
-      ("head: box tower + deltas", head.box_outputs),
-      ("head: mask tower + bipyramid", head.mask_features),
+      ("backbone", lambda x: model.backbone(x, training=False), images),
+      ("FPN", lambda x: model.decoder(x, training=False), levels),
+      ("head: class tower + logits", head.class_outputs, features),
+      ("head: box tower + deltas", head.box_outputs, features),
+      ("head: mask tower + bipyramid", head.mask_features, features),
       ("post-processing (100 masks)", lambda o: factory.postprocess(
-          model, o, (height, width), config)),
+          model, o, (height, width), config), outputs),
   ]
-  inputs = {"backbone": images}
-  inputs["FPN"] = model.backbone(images, training=False)
-  features = model.decoder(inputs["FPN"], training=False)
-  for name, _ in stages[2:5]:
-    inputs[name] = features
-  inputs[stages[5][0]] = outputs
   result = {}
-  for name, fn in stages:
+  for name, fn, inputs in stages:
     function = tf.function(fn)
-    concrete = function.get_concrete_function(inputs[name])
-    seconds = median_time(lambda f=function, x=inputs[name]: tf.nest.map_structure(
-        lambda t: t.numpy(), f(x)), repeats)
+    concrete = function.get_concrete_function(inputs)
+    seconds = median_time(
+        lambda f=function, x=inputs: tf.nest.map_structure(
+            lambda t: t.numpy(), f(x)), repeats)
     result[name] = {"seconds": seconds, "flops": _profile_flops(concrete)}
   return result
 
@@ -478,10 +475,11 @@ def main():
       # Over the whole step the allocator's free order moves the peak by
       # up to ~250 MB (the "features" run can peak above "gathered"), so
       # the branch's own ratios come from the branch-alone runs.
+      alone, alone_g = branch[b], branch["gathered"]
       print(f"\n{b}/gathered: step time {d['seconds'] / g['seconds']:.2f}x, "
             f"peak {d['peak_mb'] / g['peak_mb']:.2f}x, mask branch alone: time "
-            f"{branch[b]['seconds'] / branch['gathered']['seconds']:.1f}x, "
-            f"memory {branch[b]['peak_mb'] / branch['gathered']['peak_mb']:.1f}x, "
+            f"{alone['seconds'] / alone_g['seconds']:.1f}x, "
+            f"memory {alone['peak_mb'] / alone_g['peak_mb']:.1f}x, "
             f"natural masks {d['natural_mb'] / g['natural_mb']:.0f}x; "
             f"|loss difference| {abs(d['loss'] - g['loss']):.2e} "
             f"({g['mask_windows']} positive windows with masks)")

@@ -65,8 +65,8 @@ __device__ __forceinline__ void ForEachTap(int64_t e, int height, int width,
         }
 }
 
-__global__ void NaiveForward(int batch, int height, int width, int s,
-                             int lam, float pad, const float* x, float* y,
+__global__ void NaiveForward(int height, int width, int s, int lam,
+                             float pad, const float* x, float* y,
                              int64_t total) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) +
                    threadIdx.x;
@@ -80,9 +80,8 @@ __global__ void NaiveForward(int batch, int height, int width, int s,
   }
 }
 
-__global__ void NaiveBackward(int batch, int height, int width, int s,
-                              int lam, const float* dy, float* dx,
-                              int64_t total) {
+__global__ void NaiveBackward(int height, int width, int s, int lam,
+                              const float* dy, float* dx, int64_t total) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) +
                    threadIdx.x;
        e < total; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -112,7 +111,7 @@ extern "C" int naive_forward_f32(int batch, int height, int width, int s,
                                  void* stream) {
   const int64_t total = OutputSize(batch, height, width, s, lam);
   NaiveForward<<<Blocks(total), 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      batch, height, width, s, lam, pad, static_cast<const float*>(x),
+      height, width, s, lam, pad, static_cast<const float*>(x),
       static_cast<float*>(y), total);
   return static_cast<int>(cudaGetLastError());
 }
@@ -128,7 +127,7 @@ extern "C" int naive_backward_f32(int batch, int height, int width, int s,
   if (status != cudaSuccess) return static_cast<int>(status);
   const int64_t total = OutputSize(batch, height, width, s, lam);
   NaiveBackward<<<Blocks(total), 256, 0, st>>>(
-      batch, height, width, s, lam, static_cast<const float*>(dy),
+      height, width, s, lam, static_cast<const float*>(dy),
       static_cast<float*>(dx), total);
   return static_cast<int>(cudaGetLastError());
 }
