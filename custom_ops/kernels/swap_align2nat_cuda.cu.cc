@@ -136,20 +136,29 @@ inline int ForwardDSpan(int u_tile, int lam) {
   return (u_tile + lam - 2) / lam + 2;
 }
 
+// Pixels b a staged block reads: `windows` windows lam pixels apart, U
+// offsets each, and the second spatial tap when T is even (the kernel's
+// b_count for its tile).
+inline int64_t ForwardStagePixels(const Geometry& g, int64_t windows,
+                                  int u_tile) {
+  return g.lam * (windows - 1) + u_tile + NumSpatialTaps(g.out_window) - 1;
+}
+
 template <typename T>
 ForwardPlan MakeForwardPlan(const Geometry& g, bool gather) {
-  const int ns = NumSpatialTaps(g.out_window);
   const int64_t capacity = StageElements<T>();
   ForwardPlan plan;
   plan.u_tile = g.out_window;
-  while (plan.u_tile > 1 &&
-         static_cast<int64_t>(plan.u_tile + ns - 1) *
-                 ForwardDSpan(plan.u_tile, g.lam) > capacity) {
+  while (plan.u_tile > 1 && ForwardStagePixels(g, 1, plan.u_tile) *
+                                    ForwardDSpan(plan.u_tile, g.lam) >
+                                capacity) {
     plan.u_tile = (plan.u_tile + 1) / 2;
   }
   plan.d_span = ForwardDSpan(plan.u_tile, g.lam);
   plan.u_tiles = static_cast<int>(CeilDiv(g.out_window, plan.u_tile));
-  int64_t px = 1 + (capacity / plan.d_span - (plan.u_tile + ns - 1)) / g.lam;
+  // The most windows whose stage fits.
+  int64_t px = 1 + (capacity / plan.d_span -
+                    ForwardStagePixels(g, 1, plan.u_tile)) / g.lam;
   px = px < 1 ? 1 : (px > g.out_width ? g.out_width : px);
   plan.px_tile = static_cast<int>(px);
   plan.px_tiles = static_cast<int>(CeilDiv(g.out_width, px));
@@ -157,9 +166,9 @@ ForwardPlan MakeForwardPlan(const Geometry& g, bool gather) {
   const int64_t full = g.out_width / px;
   const int64_t last = g.out_width - full * px;
   const int64_t entries =
-      plan.d_span * (full * (g.lam * (px - 1) + plan.u_tile + ns - 1) +
-                     (last > 0 ? g.lam * (last - 1) + plan.u_tile + ns - 1
-                               : 0));
+      plan.d_span *
+      (full * ForwardStagePixels(g, px, plan.u_tile) +
+       (last > 0 ? ForwardStagePixels(g, last, plan.u_tile) : 0));
   plan.staged = !gather && entries <= kMaxStagePerOutput *
                                           static_cast<double>(g.out_width) *
                                           plan.u_tile;
@@ -212,7 +221,8 @@ __global__ void __launch_bounds__(kThreads)
         row_outside = static_cast<T>(outside);
       }
       __syncthreads();
-      // Phase 1: the stage covers pixels b_lo.. and window columns d_lo.. .
+      // Phase 1: the stage covers pixels b_lo.. and window columns d_lo..
+      // (b_count = ForwardStagePixels(g, px_count, u_count)).
       const int64_t b_lo = lam * px0 + u0 - shift;
       const int b_count = lam * (px_count - 1) + u_count + ns - 1;
       const int u_last = u0 + u_count - 1;
@@ -423,8 +433,7 @@ cudaError_t LaunchForward(const Geometry& g, T pad, const T* x,
   if (plan.staged) {
     const size_t shared_bytes =
         sizeof(T) * static_cast<size_t>(plan.d_span) *
-        (g.lam * (plan.px_tile - 1) + plan.u_tile +
-         NumSpatialTaps(g.out_window) - 1);
+        ForwardStagePixels(g, plan.px_tile, plan.u_tile);
     const dim3 grid(
         static_cast<unsigned>(
             Min64(g.batch * g.out_height * g.out_window, kMaxGridX)),

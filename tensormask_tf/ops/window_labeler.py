@@ -5,10 +5,10 @@ or -1 for negative windows) and box targets `[H_k, W_k, A*4]` (deltas, zero
 for negatives). Masks are learned only at positive windows, so for every
 level k and window size a the labels hold at most `cap = min(mask_caps[k],
 H_k * W_k)` of them: their grid positions `[cap, 2]` (y, x), a validity
-flag `[cap]` and their mask targets `[cap, M, M]` (M = S_a * 2**k). When an image has more positives
-of a (level, size) than the cap, a random subset is kept and the number left
-out is counted in `num_mask_positives_dropped`. Crowd and padding ground
-truths (class < 0) never make a window positive.
+flag `[cap]` and their mask targets `[cap, M, M]` (M = S_a * 2**k). When an
+image has more positives of a (level, size) than the cap, a random subset is
+kept and the number left out is counted in `num_mask_positives_dropped`.
+Crowd and padding ground truths (class < 0) never make a window positive.
 
 Run per image (e.g. in the tf.data pipeline); the batch dimension is added by
 batching.
