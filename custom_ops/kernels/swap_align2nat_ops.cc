@@ -2,7 +2,9 @@
 // SwapAlign2NatGatherGrad: definitions, shape functions and the CPU (and,
 // when built with GOOGLE_CUDA, GPU) kernels. The arithmetic lives in
 // swap_align2nat_math.h; the loops in swap_align2nat_cpu.h and
-// swap_align2nat_cuda.cu.cc. Gradients are registered in Python
+// swap_align2nat_cuda.cu.cc. ProjectSwapAlign2NatGather(Grad), the fused
+// conv1x1 + swap_align2nat_gather (project_swap_align2nat_cpu.h), has a CPU
+// kernel only. Gradients are registered in Python
 // (tensormask_tf/ops/custom_op_library.py).
 //
 // Only float and double are registered: the Python wrapper computes half and
@@ -18,6 +20,7 @@
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/util/work_sharder.h"
 
+#include "project_swap_align2nat_cpu.h"
 #include "swap_align2nat_cpu.h"
 #include "swap_align2nat_math.h"
 
@@ -154,6 +157,68 @@ REGISTER_OP("SwapAlign2NatGatherGrad")
     .Attr("poison_output: bool = false")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) { return GradShape(c, 2); });
+
+
+// The fused conv1x1 + swap_align2nat_gather (project_swap_align2nat_cpu.h).
+Status ProjectGatherShape(InferenceContext* c) {
+  ShapeHandle features, weights, bias, indices;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &features));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &weights));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &bias));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &indices));
+  DimensionHandle unused;
+  TF_RETURN_IF_ERROR(c->WithValue(c->Dim(indices, 1), 3, &unused));
+  int lam;
+  TF_RETURN_IF_ERROR(c->GetAttr("lam", &lam));
+  DimensionHandle side = c->UnknownDim();
+  DimensionHandle channels = c->Dim(weights, 0);
+  if (c->ValueKnown(channels)) {
+    const int64_t s = WindowSide(c->Value(channels));
+    if (s < 0) {
+      return InvalidArgument("project_swap_align2nat_gather: weights must "
+                             "have S*S rows for a window side S >= 1, got ",
+                             c->Value(channels), " rows.");
+    }
+    side = c->MakeDim(lam * s);
+  }
+  c->set_output(0, c->MakeShape({c->Dim(indices, 0), side, side}));
+  return Status();
+}
+
+REGISTER_OP("ProjectSwapAlign2NatGather")
+    .Input("features: T")
+    .Input("weights: T")
+    .Input("bias: T")
+    .Input("indices: int32")
+    .Output("masks: T")
+    .Attr("lam: int >= 1")
+    .Attr("pad: float = -6.0")
+    .Attr("poison_output: bool = false")
+    .Attr("T: {float, double}")
+    .SetShapeFn(ProjectGatherShape)
+    .Doc(R"doc(
+swap_align2nat_gather(conv1x1(features, weights^T) + bias, indices, lam, pad)
+without the projection: features [N,H,W,C], weights [S*S,C], bias [S*S],
+indices [K,3] -> masks [K, lam*S, lam*S].
+)doc");
+
+REGISTER_OP("ProjectSwapAlign2NatGatherGrad")
+    .Input("dy: T")
+    .Input("features: T")
+    .Input("weights: T")
+    .Input("indices: int32")
+    .Output("dfeatures: T")
+    .Output("dweights: T")
+    .Output("dbias: T")
+    .Attr("lam: int >= 1")
+    .Attr("poison_output: bool = false")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(2));
+      c->set_output(2, c->Vector(c->Dim(c->input(2), 0)));
+      return Status();
+    });
 
 // ---------------------------------------------------------------------------
 // Shared checks.
@@ -503,6 +568,122 @@ class SwapAlign2NatGatherGradOp : public SwapAlign2NatBase<Device, T> {
   }
 };
 
+// ---------------------------------------------------------------------------
+// ProjectSwapAlign2NatGather(Grad): CPU kernels only.
+// ---------------------------------------------------------------------------
+constexpr char kProjectOp[] = "project_swap_align2nat_gather";
+
+// Checks features [N, H, W, C], weights [S*S, C], bias [S*S] (when given)
+// and the index rows; same messages as the Python wrapper's checks.
+Status ProjectionGeometryFromInputs(const Tensor& features,
+                                    const Tensor& weights, const Tensor* bias,
+                                    const Tensor& indices, int lam,
+                                    cpu::ProjectionGeometry* pg) {
+  if (features.dims() != 4) {
+    return InvalidArgument(kProjectOp, ": features must have rank 4 "
+                           "[N, H, W, C], got shape ",
+                           features.shape().DebugString(), ".");
+  }
+  if (features.dim_size(1) < 1 || features.dim_size(2) < 1) {
+    return InvalidArgument(kProjectOp, ": H and W must be >= 1, got shape ",
+                           features.shape().DebugString(), ".");
+  }
+  if (weights.dims() != 2 || weights.dim_size(1) != features.dim_size(3)) {
+    return InvalidArgument(kProjectOp, ": weights must have shape [S*S, C] "
+                           "with C = ", features.dim_size(3),
+                           " (the features' channels), got shape ",
+                           weights.shape().DebugString(), ".");
+  }
+  const int64_t s = WindowSide(weights.dim_size(0));
+  if (s < 0) {
+    return InvalidArgument(kProjectOp, ": weights must have S*S rows for a "
+                           "window side S >= 1, got ", weights.dim_size(0),
+                           " rows, which is not a non-zero square.");
+  }
+  if (bias != nullptr &&
+      (bias->dims() != 1 || bias->dim_size(0) != weights.dim_size(0))) {
+    return InvalidArgument(kProjectOp, ": bias must have shape [S*S] = [",
+                           weights.dim_size(0), "], got shape ",
+                           bias->shape().DebugString(), ".");
+  }
+  pg->g = MakeGeometry(features.dim_size(0), features.dim_size(1),
+                       features.dim_size(2), static_cast<int>(s), lam);
+  pg->channels = features.dim_size(3);
+  TF_RETURN_IF_ERROR(CheckIndicesShape(indices));
+  return CheckIndices(indices, pg->g);
+}
+
+template <typename T>
+class ProjectSwapAlign2NatGatherOp : public SwapAlign2NatBase<CpuDevice, T> {
+ public:
+  using SwapAlign2NatBase<CpuDevice, T>::SwapAlign2NatBase;
+
+  void Compute(OpKernelContext* c) override {
+    const Tensor& features = c->input(0);
+    const Tensor& weights = c->input(1);
+    const Tensor& bias = c->input(2);
+    const Tensor& indices = c->input(3);
+    cpu::ProjectionGeometry pg;
+    OP_REQUIRES_OK(c, ProjectionGeometryFromInputs(features, weights, &bias,
+                                                   indices, this->lam_, &pg));
+    const int64_t num_windows = indices.dim_size(0);
+    Tensor* masks = nullptr;
+    OP_REQUIRES_OK(c, this->AllocateOutput(
+                          c,
+                          TensorShape({num_windows, pg.g.out_window,
+                                       pg.g.out_window}),
+                          &masks));
+    if (masks == nullptr) return;
+    cpu::ProjectSwapAlign2NatGatherForward<T>(
+        pg, features.flat<T>().data(), weights.flat<T>().data(),
+        bias.flat<T>().data(), static_cast<T>(this->pad_),
+        indices.flat<int32_t>().data(), num_windows, masks->flat<T>().data(),
+        CpuParallelFor(c));
+  }
+};
+
+template <typename T>
+class ProjectSwapAlign2NatGatherGradOp
+    : public SwapAlign2NatBase<CpuDevice, T> {
+ public:
+  using SwapAlign2NatBase<CpuDevice, T>::SwapAlign2NatBase;
+
+  void Compute(OpKernelContext* c) override {
+    const Tensor& dy = c->input(0);
+    const Tensor& features = c->input(1);
+    const Tensor& weights = c->input(2);
+    const Tensor& indices = c->input(3);
+    cpu::ProjectionGeometry pg;
+    OP_REQUIRES_OK(c, ProjectionGeometryFromInputs(features, weights, nullptr,
+                                                   indices, this->lam_, &pg));
+    const TensorShape want({indices.dim_size(0), pg.g.out_window,
+                            pg.g.out_window});
+    OP_REQUIRES(c, dy.shape() == want,
+                InvalidArgument("ProjectSwapAlign2NatGatherGrad: dy has shape ",
+                                dy.shape().DebugString(), ", expected ",
+                                want.DebugString(), "."));
+    Tensor *dfeatures = nullptr, *dweights = nullptr, *dbias = nullptr;
+    OP_REQUIRES_OK(c, c->allocate_output(0, features.shape(), &dfeatures));
+    OP_REQUIRES_OK(c, c->allocate_output(1, weights.shape(), &dweights));
+    OP_REQUIRES_OK(c, c->allocate_output(
+                          2, TensorShape({weights.dim_size(0)}), &dbias));
+    for (Tensor* t : {dfeatures, dweights, dbias}) {
+      MaybePoison<CpuDevice, T>(c, this->poison_, t);
+    }
+    Tensor workspace;
+    OP_REQUIRES_OK(c, c->allocate_temp(
+                          tensorflow::DataTypeToEnum<T>::value,
+                          TensorShape({cpu::ProjectionGradWorkspaceSize(pg)}),
+                          &workspace));
+    cpu::ProjectSwapAlign2NatGatherBackward<T>(
+        pg, dy.flat<T>().data(), features.flat<T>().data(),
+        weights.flat<T>().data(), indices.flat<int32_t>().data(),
+        indices.dim_size(0), dfeatures->flat<T>().data(),
+        dweights->flat<T>().data(), dbias->flat<T>().data(),
+        workspace.flat<T>().data(), CpuParallelFor(c));
+  }
+};
+
 #define REGISTER_CPU(T)                                                    \
   REGISTER_KERNEL_BUILDER(                                                 \
       Name("SwapAlign2Nat").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
@@ -517,7 +698,15 @@ class SwapAlign2NatGatherGradOp : public SwapAlign2NatBase<Device, T> {
   REGISTER_KERNEL_BUILDER(Name("SwapAlign2NatGatherGrad")                  \
                               .Device(DEVICE_CPU)                          \
                               .TypeConstraint<T>("T"),                     \
-                          SwapAlign2NatGatherGradOp<CpuDevice, T>);
+                          SwapAlign2NatGatherGradOp<CpuDevice, T>);      \
+  REGISTER_KERNEL_BUILDER(Name("ProjectSwapAlign2NatGather")               \
+                              .Device(DEVICE_CPU)                          \
+                              .TypeConstraint<T>("T"),                     \
+                          ProjectSwapAlign2NatGatherOp<T>);                \
+  REGISTER_KERNEL_BUILDER(Name("ProjectSwapAlign2NatGatherGrad")           \
+                              .Device(DEVICE_CPU)                          \
+                              .TypeConstraint<T>("T"),                     \
+                          ProjectSwapAlign2NatGatherGradOp<T>);
 REGISTER_CPU(float);
 REGISTER_CPU(double);
 #undef REGISTER_CPU

@@ -2,6 +2,7 @@
 windows, the assignment rule and training targets (SPEC.md 3)."""
 
 from tensormask_tf.ops.mask_representation import align2nat
+from tensormask_tf.ops.mask_projection import project_swap_align2nat_gather
 from tensormask_tf.ops.mask_representation import DEFAULT_PAD
 from tensormask_tf.ops.mask_representation import nat2align
 from tensormask_tf.ops.mask_representation import swap_align2nat
@@ -25,6 +26,7 @@ __all__ = [
     "generate_windows",
     "label_windows",
     "nat2align",
+    "project_swap_align2nat_gather",
     "swap_align2nat",
     "swap_align2nat_gather",
     "up_align2nat",

@@ -118,3 +118,10 @@ def _swap_align2nat_gather_grad(op, dy):
       dy, op.inputs[1], tf.shape(op.inputs[0], out_type=tf.int64),
       lam=op.get_attr("lam"))
   return dx, None
+
+
+@tf.RegisterGradient("ProjectSwapAlign2NatGather")
+def _project_swap_align2nat_gather_grad(op, dy):
+  dfeatures, dweights, dbias = load().project_swap_align2_nat_gather_grad(
+      dy, op.inputs[0], op.inputs[1], op.inputs[3], lam=op.get_attr("lam"))
+  return dfeatures, dweights, dbias, None

@@ -123,7 +123,7 @@ def _check_input(x, op_name: str) -> tuple[tf.Tensor, int]:
   return tf.cast(x, compute_dtype), window
 
 
-def _check_gather_indices(indices, batch: tf.Tensor, out_height: int,
+def check_gather_indices(indices, batch: tf.Tensor, out_height: int,
                           out_width: int) -> tf.Tensor:
   """Validates `[K, 3]` rows `(n, y, x)` against the batch and output grid."""
   indices = tf.convert_to_tensor(indices)
@@ -381,7 +381,7 @@ def swap_align2nat_gather(x, indices, lam: int, pad: float = DEFAULT_PAD,
     x, window = _check_input(x, op_name)
     dtype = x.dtype
     batch_static, height, width, _ = x.shape.as_list()
-    indices = _check_gather_indices(indices, tf.shape(x)[0],
+    indices = check_gather_indices(indices, tf.shape(x)[0],
                                     -(-height // lam), -(-width // lam))
     if backend_lib.resolve(backend) == "custom":
       return tf.cast(custom_op_library.load().swap_align2_nat_gather(
