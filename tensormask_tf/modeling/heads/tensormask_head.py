@@ -18,7 +18,9 @@ masks of side S_a there ("simple_*": S_a**2 channels, natural or aligned;
 `call` returns the towers' outputs and the mask features only; masks are
 computed by `mask_logits`, densely (tests, ablations) or only at given
 windows (`indices`), so training and inference never build the dense
-bipyramid.
+bipyramid; at given windows the bipyramid's projection is fused into the
+gather (`ops.project_swap_align2nat_gather`), so its dense [N, H2, W2, S*S]
+output is not built either.
 """
 
 import math
@@ -244,17 +246,20 @@ class TensorMaskHead(tf_keras.layers.Layer):
     """
     c = self._config_dict
     feature = mask_features[str(level)]
-    projected = self._mask_projections[size_index](feature)
-    side = self.mask_side(level, size_index)
+    projection = self._mask_projections[size_index]
     head_type = c["head_type"]
     if head_type == "bipyramid":
       lam = 2**(level - c["min_level"])
       if indices is None:
-        return ops.swap_align2nat(projected, lam, pad=c["mask_pad"],
+        return ops.swap_align2nat(projection(feature), lam, pad=c["mask_pad"],
                                   backend=c["ops_backend"])
-      return ops.swap_align2nat_gather(projected, indices, lam,
-                                       pad=c["mask_pad"],
-                                       backend=c["ops_backend"])
+      # The projection only where the windows read it (SPEC.md 2, memory
+      # note): it is [N, H2, W2, S*S] on the P2 grid for every level.
+      return ops.project_swap_align2nat_gather(
+          feature, projection.kernel, projection.bias, indices, lam,
+          pad=c["mask_pad"], backend=c["ops_backend"])
+    projected = projection(feature)
+    side = self.mask_side(level, size_index)
     # Baselines: masks are S x S on the level's own grid, so computing them
     # densely is cheap; windows are gathered afterwards.
     if head_type == "simple_natural":
