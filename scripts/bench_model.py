@@ -107,8 +107,10 @@ def _natural_masks_mb(model, spec, config, labels, mask_branch) -> float:
 
   The dense bipyramid is every window of every level and size,
   H_k * W_k * (lam * S)^2 values each; the gathered branch computes the
-  rows of the mask caps only (valid or not).
+  positives' rows of the mask caps only (the task's default; the padding
+  rows too with `losses.static_mask_shapes`).
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   height, width = config.input_size[:2]
   values = 0
   for k in spec.levels:
@@ -116,7 +118,7 @@ def _natural_masks_mb(model, spec, config, labels, mask_branch) -> float:
     for a in range(spec.num_sizes):
       side = model.head.mask_side(k, a)
       if mask_branch == "gathered":
-        windows = int(labels[f"mask_indices_{k}_{a}"].shape[1])
+        windows = int(tf.reduce_sum(labels[f"mask_valid_{k}_{a}"]))
       elif mask_branch.startswith("dense"):
         windows = (height // stride) * (width // stride)
       else:
@@ -207,16 +209,23 @@ def child_train(size: int, mask_branch: str, repeats: int,
         tape.watch(features)
         fn = mask_logits_fn({"mask_features": features})
         total = 0.0
-        for k in spec.levels:
+        if mask_branch == "features":
+          # Only the features' gradient, which every variant returns.
+          total = tf.add_n([0.0 * tf.reduce_mean(f) for f in
+                            features.values()])
+        for k in spec.levels if mask_branch != "features" else ():
           for a in range(spec.num_sizes):
             cells = labels[f"mask_indices_{k}_{a}"][0]
-            idx = tf.concat([tf.zeros_like(cells[:, :1]), cells], 1)
-            total += losses.mask_loss(fn(k, a, idx),
-                                      labels[f"mask_targets_{k}_{a}"][0],
-                                      labels[f"mask_valid_{k}_{a}"][0])
+            # The positives' rows, as the task's loss computes them.
+            idx, targets, valid = losses.positive_mask_rows(
+                tf.concat([tf.zeros_like(cells[:, :1]), cells], 1),
+                labels[f"mask_targets_{k}_{a}"][0],
+                labels[f"mask_valid_{k}_{a}"][0])
+            total += losses.mask_loss(fn(k, a, idx), targets, valid)
       grads = tape.gradient(total, [features, variables])
+      # (The "features" branch has no projection gradients.)
       return total, tf.add_n([tf.reduce_sum(g) for g in
-                              tf.nest.flatten(grads)])
+                              tf.nest.flatten(grads) if g is not None])
 
     branch.get_concrete_function(features)
     _reset_peak()
@@ -457,15 +466,25 @@ def main():
             f"{_fmt(r.get('peak_mb'), digits=0)} | {_fmt(own, digits=0)} | "
             f"{_fmt(r.get('natural_mb'), digits=1)} | "
             f"{_fmt(r.get('loss'), digits=6)} |")
-    branch = {b: _run_child(f"mask_branch:{b}", args) for b in branches}
-    print("\nThe mask branch alone (from fixed mask features: projection, "
-          "masks, mask loss, gradients):")
-    print("| mask branch | s | peak MB above its inputs | mask loss |")
-    print("| --- | --- | --- | --- |")
+    branch = {b: _run_child(f"mask_branch:{b}", args)
+              for b in branches + ("features",)}
+    # Every variant returns the gradient of the six P2-grid mask features;
+    # the "features" branch (zero logits tied to the features) holds just
+    # that, so the difference is what the masks themselves cost.
+    floor = branch["features"].get("peak_mb")
     for b in branches:
+      if branch[b] and floor is not None:
+        branch[b]["own_mb"] = branch[b]["peak_mb"] - floor
+    print("\nThe mask branch alone (from fixed mask features: projection, "
+          "masks, mask loss, gradients; \"own\" = above the features-only "
+          "branch, which holds the features' gradient every variant returns):")
+    print("| mask branch | s | peak MB above its inputs | own MB | mask loss |")
+    print("| --- | --- | --- | --- | --- |")
+    for b in branches + ("features",):
       r = branch[b]
       print(f"| {b} | {_fmt(r.get('seconds'), digits=3)} | "
             f"{_fmt(r.get('peak_mb'), digits=1)} | "
+            f"{_fmt(r.get('own_mb'), digits=1)} | "
             f"{_fmt(r.get('mask_loss'), digits=6)} |")
     g = train["gathered"]
     for b in ("dense", "dense_held"):
@@ -479,7 +498,8 @@ def main():
       print(f"\n{b}/gathered: step time {d['seconds'] / g['seconds']:.2f}x, "
             f"peak {d['peak_mb'] / g['peak_mb']:.2f}x, mask branch alone: time "
             f"{alone['seconds'] / alone_g['seconds']:.1f}x, "
-            f"memory {alone['peak_mb'] / alone_g['peak_mb']:.1f}x, "
+            f"memory {alone['peak_mb'] / alone_g['peak_mb']:.1f}x "
+            f"(own {alone.get('own_mb', 0) / alone_g.get('own_mb', 1):.1f}x), "
             f"natural masks {d['natural_mb'] / g['natural_mb']:.0f}x; "
             f"|loss difference| {abs(d['loss'] - g['loss']):.2e} "
             f"({g['mask_windows']} positive windows with masks)")

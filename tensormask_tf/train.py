@@ -105,9 +105,10 @@ def parse_configuration(flags_obj) -> cfg.ExperimentConfig:
 def prepare_params(params: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
   """Validates the config; picks the GPUs and the ops backend for XLA.
 
-  A step compiled with XLA cannot run the custom op: with
-  `runtime.enable_xla` the model's ops backend becomes "tf" (an explicit
-  "custom" is an error).
+  A step compiled with XLA cannot run the custom op nor data-dependent
+  shapes: with `runtime.enable_xla` the model's ops backend becomes "tf" (an
+  explicit "custom" is an error) and the mask loss computes every row of the
+  mask caps (`losses.static_mask_shapes`).
   """
   model, runtime = params.task.model, params.runtime
   if (runtime.distribution_strategy in ("mirrored", "one_device")
@@ -124,6 +125,7 @@ def prepare_params(params: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
                         "'tf' or 'auto': the custom op cannot be compiled by "
                         "XLA")
     model.ops_backend = "tf"
+    params.task.losses.static_mask_shapes = True
   trainer = params.trainer
   for name in ("summary_interval", "checkpoint_interval"):
     interval = getattr(trainer, name)

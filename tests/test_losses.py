@@ -89,3 +89,50 @@ print("NORMALIZERS", [float(v) for v in values])
                           text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "NORMALIZERS [4.0, 4.0]" in result.stdout
+
+
+@pytest.mark.parametrize("static_mask_shapes", [False, True])
+def test_mask_loss_of_the_caps_counts_positive_rows_only(static_mask_shapes):
+  """tensormask_losses' mask term: the weighted BCE of the valid rows of the
+  caps over the normalizer; without static shapes the padding rows' masks
+  are never asked for."""
+  rng = np.random.RandomState(3)
+  batch, grid, cap, side = 2, 4, 5, 6
+  table = tf.Variable(rng.uniform(-4, 4, (batch, grid, grid, side, side)),
+                      dtype=tf.float32)
+  cells = rng.randint(0, grid, (batch, cap, 2)).astype(np.int32)
+  valid = np.array([[1, 0, 1, 0, 0], [0, 0, 0, 0, 1]], np.float32)
+  targets = (rng.uniform(size=(batch, cap, side, side)) < 0.5).astype(
+      np.float32)
+  labels = {
+      "num_positives": np.array([3.0, 4.0], np.float32),
+      "class_targets_3": -np.ones((batch, grid, grid), np.int32),
+      "box_targets_3": np.zeros((batch, grid, grid, 4), np.float32),
+      "mask_indices_3_0": cells, "mask_valid_3_0": valid,
+      "mask_targets_3_0": targets}
+  outputs = {"class_outputs": {"3": tf.fill([batch, grid, grid, 2], -30.0)},
+             "box_outputs": {"3": tf.zeros([batch, grid, grid, 4])}}
+  asked = []
+
+  def mask_logits_fn(level, size_index, indices):
+    del level, size_index
+    asked.append(int(tf.shape(indices)[0]))
+    return tf.gather_nd(table, indices)
+
+  with tf.GradientTape() as tape:
+    result = losses.tensormask_losses(
+        outputs, labels, mask_logits_fn, [3], 1, 2,
+        static_mask_shapes=static_mask_shapes)
+  grad = tape.gradient(result["mask_loss"], table).numpy()
+  assert asked == [batch * cap if static_mask_shapes else 3]
+  want, want_grad = 0.0, np.zeros(table.shape)
+  for n, k in zip(*np.nonzero(valid)):
+    x = table.numpy()[n, cells[n, k, 0], cells[n, k, 1]].astype(np.float64)
+    t = targets[n, k]
+    w = 2.0 / side**2 * np.where(t == 1, 1.5, 1.0)
+    want += np.sum(w * -(t * _np_log_sigmoid(x) +
+                         (1 - t) * _np_log_sigmoid(-x)))
+    want_grad[n, cells[n, k, 0], cells[n, k, 1]] += (
+        w * (1 / (1 + np.exp(-x)) - t) / 7.0)
+  np.testing.assert_allclose(result["mask_loss"], want / 7.0, rtol=1e-5)
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)

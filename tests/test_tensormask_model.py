@@ -174,7 +174,7 @@ def test_training_step_compiles_with_xla_on_the_pure_tf_backend():
   optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
 
   step = training_helpers.make_train_step(model, spec, config.num_classes,
-                                          optimizer)
+                                          optimizer, static_mask_shapes=True)
   compiled = tf.function(step, jit_compile=True)
   hlo = compiled.experimental_get_compiler_ir(images, labels)(stage="hlo")
   assert "gather" in hlo

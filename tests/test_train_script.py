@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 
 from tests import tiny_experiment
@@ -128,3 +129,17 @@ def test_flagfile_paths_resolve_from_the_working_directory(tmp_path):
   last = _bad_run(tmp_path, "--flagfile=configs/tensormask_shapes.flags",
                   cwd=str(tmp_path))
   assert "data/shapes/tfrecords/train*" in last and "matches no files" in last
+
+
+def test_enable_xla_picks_the_pure_tf_ops_and_static_mask_shapes():
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  from tensormask_tf import train  # pylint: disable=g-import-not-at-top
+  params = exp_factory.get_exp_config("tensormask_shapes")
+  assert not params.task.losses.static_mask_shapes
+  params.runtime.enable_xla = True
+  params = train.prepare_params(params)
+  assert params.task.model.ops_backend == "tf"
+  assert params.task.losses.static_mask_shapes
+  params.task.model.ops_backend = "custom"
+  with pytest.raises(train.ConfigError, match="enable_xla"):
+    train.prepare_params(params)

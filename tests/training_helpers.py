@@ -5,7 +5,8 @@ import tensorflow as tf
 from tensormask_tf import losses
 
 
-def make_train_step(model, spec, num_classes: int, optimizer):
+def make_train_step(model, spec, num_classes: int, optimizer,
+                    static_mask_shapes: bool = False):
   """`step(images, labels) -> losses dict`: forward, losses, one update."""
 
   def step(images, labels):
@@ -15,7 +16,8 @@ def make_train_step(model, spec, num_classes: int, optimizer):
           outputs, labels,
           lambda k, a, i: model.head.mask_logits(outputs["mask_features"], k,
                                                  a, i),
-          spec.levels, spec.num_sizes, num_classes)
+          spec.levels, spec.num_sizes, num_classes,
+          static_mask_shapes=static_mask_shapes)
     grads = tape.gradient(result["total_loss"], model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return result

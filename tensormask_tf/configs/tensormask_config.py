@@ -115,11 +115,18 @@ class DataConfig(cfg.DataConfig):
 
 @dataclasses.dataclass
 class Losses(hyperparams.Config):
-  """SPEC.md 3's losses; `l2_weight_decay` is the SGD weight decay."""
+  """SPEC.md 3's losses; `l2_weight_decay` is the SGD weight decay.
+
+  `static_mask_shapes`: compute the masks of every row of the mask caps
+  (padding rows included, static shapes) rather than the positives' only;
+  needed by XLA and TPUs, and set by `train.prepare_params` under
+  `runtime.enable_xla`. Same loss either way.
+  """
   focal_loss_alpha: float = 0.3
   focal_loss_gamma: float = 3.0
   mask_positive_weight: float = 1.5
   l2_weight_decay: float = 1e-4
+  static_mask_shapes: bool = False
 
 
 @dataclasses.dataclass

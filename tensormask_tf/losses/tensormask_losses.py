@@ -67,6 +67,25 @@ def mask_loss(mask_logits, mask_targets, positive_weights,
   return tf.reduce_sum(per_window * tf.cast(positive_weights, per_window.dtype))
 
 
+def positive_mask_rows(indices, targets, valid):
+  """The rows of the mask caps whose `valid` is non-zero.
+
+  Most rows of the caps are padding of weight 0 (at 800x1333 about 80% of
+  the caps' mask values), so the masks need not be computed for them. The
+  row count becomes data-dependent, which XLA cannot compile.
+
+  Args:
+    indices: [R, 3] window rows (n, y, x).
+    targets: [R, M, M] mask targets.
+    valid: [R] weights, 0 for padding rows.
+
+  Returns:
+    (indices, targets, valid) of the rows with valid != 0, in order.
+  """
+  keep = tf.where(tf.not_equal(valid, 0))[:, 0]
+  return tuple(tf.gather(t, keep) for t in (indices, targets, valid))
+
+
 def positive_normalizer(num_positives) -> tf.Tensor:
   """max(1, num_positives summed over the replicas of the current step).
 
@@ -83,7 +102,9 @@ def positive_normalizer(num_positives) -> tf.Tensor:
 def tensormask_losses(outputs: dict, labels: dict, mask_logits_fn,
                       levels: list[int], num_sizes: int, num_classes: int,
                       focal_alpha: float = 0.3, focal_gamma: float = 3.0,
-                      mask_positive_weight: float = 1.5) -> dict[str, tf.Tensor]:
+                      mask_positive_weight: float = 1.5,
+                      static_mask_shapes: bool = False
+                      ) -> dict[str, tf.Tensor]:
   """The three losses of a batch, each divided by the positive normalizer.
 
   Args:
@@ -98,6 +119,9 @@ def tensormask_losses(outputs: dict, labels: dict, mask_logits_fn,
     num_classes: K.
     focal_alpha, focal_gamma: FL* parameters.
     mask_positive_weight: weight of the target-1 mask pixels.
+    static_mask_shapes: compute the masks of every row of the mask caps,
+      padding included (static shapes, which XLA and TPUs need), instead of
+      the positives' rows only (a data-dependent count; the same loss).
 
   Returns:
     {"class_loss", "box_loss", "mask_loss", "total_loss", "num_positives"}.
@@ -127,6 +151,8 @@ def tensormask_losses(outputs: dict, labels: dict, mask_logits_fn,
       targets = labels[f"mask_targets_{level}_{a}"]
       targets = tf.reshape(targets, [-1, *targets.shape[-2:]])
       valid = tf.reshape(labels[f"mask_valid_{level}_{a}"], [-1])
+      if not static_mask_shapes:
+        indices, targets, valid = positive_mask_rows(indices, targets, valid)
       mask_total += mask_loss(mask_logits_fn(level, a, indices), targets,
                               valid, mask_positive_weight)
   class_loss /= normalizer

@@ -145,7 +145,8 @@ class TensorMaskTask(base_task.Task):
         spec.levels, spec.num_sizes, model_config.num_classes,
         focal_alpha=config.focal_loss_alpha,
         focal_gamma=config.focal_loss_gamma,
-        mask_positive_weight=config.mask_positive_weight)
+        mask_positive_weight=config.mask_positive_weight,
+        static_mask_shapes=config.static_mask_shapes)
     result["model_loss"] = result["total_loss"]
     if aux_losses:
       num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
