@@ -253,12 +253,11 @@ inline int64_t ProjectionGradWorkspaceSize(const ProjectionGeometry& pg) {
          (pg.channels + 1);
 }
 
-inline bool AllZero(const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) if (x[i] != 0.0f) return false;
-  return true;
-}
-inline bool AllZero(const double* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) if (x[i] != 0.0) return false;
+template <typename T>
+bool AllZero(const T* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (x[i] != T(0)) return false;
+  }
   return true;
 }
 
