@@ -1,8 +1,8 @@
 """Pure functions on tensors: the tensor-representation ops (SPEC.md 2),
 windows, the assignment rule and training targets (SPEC.md 3)."""
 
-from tensormask_tf.ops.mask_representation import align2nat
 from tensormask_tf.ops.mask_projection import project_swap_align2nat_gather
+from tensormask_tf.ops.mask_representation import align2nat
 from tensormask_tf.ops.mask_representation import DEFAULT_PAD
 from tensormask_tf.ops.mask_representation import nat2align
 from tensormask_tf.ops.mask_representation import swap_align2nat
