@@ -116,67 +116,35 @@ inline void Axpy(T alpha, const T* x, T* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// Kr(v) and Br(v) of the header: the rows of w and bias combined over the
-// window row taps of v. Points into w / bias when v has a single tap of
-// weight 1 (lam = 1 and odd-lam centres), else fills the scratch buffers.
+// sum_i taps.weight[i] * base[taps.index[i] * stride + j] for j < n: into
+// `scratch` (room for n), or a pointer into base when there is one tap of
+// weight 1 (no copy). Every combination of the kernels below is this one:
+// Kr(v) and Br(v) over the window row taps, the sampled feature row over the
+// spatial row taps, Q over the spatial column taps, the gradient of Q over
+// the window column taps.
 template <typename T>
-void RowKernel(const Taps2<T>& window_row, const T* w, const T* bias,
-               int window, int64_t channels, T* kr_scratch, T* br_scratch,
-               const T** kr, const T** br) {
-  const int64_t row = static_cast<int64_t>(window) * channels;
-  if (window_row.count == 1 && window_row.weight[0] == T(1)) {
-    *kr = w + window_row.index[0] * row;
-    *br = bias + window_row.index[0] * window;
-    return;
+const T* Combine(const Taps2<T>& taps, const T* base, int64_t stride,
+                 int64_t n, T* scratch) {
+  if (taps.count == 1 && taps.weight[0] == T(1)) {
+    return base + taps.index[0] * stride;
   }
-  std::fill(kr_scratch, kr_scratch + row, T(0));
-  std::fill(br_scratch, br_scratch + window, T(0));
-  for (int i = 0; i < window_row.count; ++i) {
-    Axpy(window_row.weight[i], w + window_row.index[i] * row, kr_scratch, row);
-    Axpy(window_row.weight[i], bias + window_row.index[i] * window, br_scratch,
-         static_cast<int64_t>(window));
+  std::fill(scratch, scratch + n, T(0));
+  for (int i = 0; i < taps.count; ++i) {
+    Axpy(taps.weight[i], base + taps.index[i] * stride, scratch, n);
   }
-  *kr = kr_scratch;
-  *br = br_scratch;
+  return scratch;
 }
 
 // The sampled feature row of window row (k, v): sum_a ws_a f[n, a, b, :] for
 // the columns b in [b_lo, b_hi]. Returns a pointer p with p + b*C the
-// sample at column b: into f when the row has a single tap of weight 1,
-// else into `scratch` (room for (T + 1) * C values).
+// sample at column b (`scratch` has room for (T + 1) * C values).
 template <typename T>
 const T* SampledRow(const ProjectionGeometry& pg, const T* f, int64_t n,
                     const Taps2<T>& rows, int64_t b_lo, int64_t b_hi,
                     T* scratch) {
-  const int64_t c = pg.channels, width = pg.g.width;
-  const T* row0 = f + (n * pg.g.height + rows.index[0]) * width * c;
-  if (rows.count == 1 && rows.weight[0] == T(1)) return row0;
-  const int64_t count = (b_hi - b_lo + 1) * c;
-  for (int64_t i = 0; i < count; ++i) {
-    scratch[i] = rows.weight[0] * row0[b_lo * c + i];
-  }
-  for (int r = 1; r < rows.count; ++r) {
-    Axpy(rows.weight[r],
-         f + ((n * pg.g.height + rows.index[r]) * width + b_lo) * c, scratch,
-         count);
-  }
-  return scratch - b_lo * c;
-}
-
-// Q(k, v, u) of the header from the sampled row: a pointer into it for a
-// single column tap of weight 1, else the weighted sum in `scratch` (C).
-template <typename T>
-const T* SampledPixel(const T* row, const Taps2<T>& cols, int64_t channels,
-                      T* scratch) {
-  if (cols.count == 1 && cols.weight[0] == T(1)) {
-    return row + cols.index[0] * channels;
-  }
-  const T* p0 = row + cols.index[0] * channels;
-  for (int64_t i = 0; i < channels; ++i) scratch[i] = cols.weight[0] * p0[i];
-  for (int j = 1; j < cols.count; ++j) {
-    Axpy(cols.weight[j], row + cols.index[j] * channels, scratch, channels);
-  }
-  return scratch;
+  const int64_t c = pg.channels, row = pg.g.width * c;
+  return Combine(rows, f + n * pg.g.height * row + b_lo * c, row,
+                 (b_hi - b_lo + 1) * c, scratch) - b_lo * c;
 }
 
 // Columns [b_lo, b_hi] that window column x reads (clipped to the input);
@@ -218,10 +186,11 @@ void ProjectSwapAlign2NatGatherForward(const ProjectionGeometry& pg,
         std::fill(out_row, out_row + t_size, pad);
         continue;
       }
+      // Kr(v) and Br(v) of the header.
       const Taps2<T>& window_row = window_taps[v];
-      const T *kr, *br;
-      RowKernel(window_row, w, bias, s, c, kr_scratch.data(),
-                br_scratch.data(), &kr, &br);
+      const T* kr = Combine(window_row, w, s * c, s * c, kr_scratch.data());
+      const T* br = Combine(window_row, bias, int64_t{s}, int64_t{s},
+                            br_scratch.data());
       const T* sampled = SampledRow(pg, f, n, rows, b_lo, b_hi,
                                     row_scratch.data());
       for (int u = 0; u < t_size; ++u) {
@@ -232,7 +201,7 @@ void ProjectSwapAlign2NatGatherForward(const ProjectionGeometry& pg,
           continue;
         }
         const Taps2<T>& window_col = window_taps[u];
-        const T* q = SampledPixel(sampled, cols, c, pixel_scratch.data());
+        const T* q = Combine(cols, sampled, c, c, pixel_scratch.data());
         T projection = T(0), bias_term = T(0);
         for (int j = 0; j < window_col.count; ++j) {
           const int64_t d = window_col.index[j];
@@ -282,7 +251,6 @@ void ProjectSwapAlign2NatGatherBackward(
   const int64_t c = pg.channels;
   const int64_t out_pixels = static_cast<int64_t>(t_size) * t_size;
   const std::vector<Taps2<T>> window_taps = WindowTapTable<T>(g.lam, s);
-  std::vector<T> zero_bias(s * s, T(0));  // Kr only; Br is not needed.
 
   // df.
   const int64_t row_elements = g.width * c;
@@ -293,7 +261,7 @@ void ProjectSwapAlign2NatGatherBackward(
                          std::max<int64_t>(1, g.height),
       [&](int64_t begin, int64_t end) {
         std::fill(df + begin * row_elements, df + end * row_elements, T(0));
-        std::vector<T> kr_scratch(s * c), br_scratch(s), wi(c);
+        std::vector<T> kr_scratch(s * c), wi_scratch(c);
         for (int64_t k = 0; k < num_indices; ++k) {
           const int64_t n = indices[3 * k], yy = indices[3 * k + 1],
                         xx = indices[3 * k + 2];
@@ -310,26 +278,21 @@ void ProjectSwapAlign2NatGatherBackward(
             }
             const T* grad = dy + k * out_pixels + int64_t{v} * t_size;
             if (!mine || AllZero(grad, t_size)) continue;
-            const T *kr, *br;
-            RowKernel(window_taps[v], w, zero_bias.data(), s, c,
-                      kr_scratch.data(), br_scratch.data(), &kr, &br);
+            const T* kr =
+                Combine(window_taps[v], w, s * c, s * c, kr_scratch.data());
             for (int u = 0; u < t_size; ++u) {
               if (grad[u] == T(0)) continue;
               const Taps2<T> cols =
                   SpatialTapsInRange<T>(xx, u, g.lam, t_size, g.width);
               if (cols.count == 0) continue;
               // wi = sum_d wd(u) Kr(v)[d]: the gradient of Q(k, v, u).
-              const Taps2<T>& window_col = window_taps[u];
-              std::fill(wi.begin(), wi.end(), T(0));
-              for (int j = 0; j < window_col.count; ++j) {
-                Axpy(window_col.weight[j], kr + window_col.index[j] * c,
-                     wi.data(), c);
-              }
+              const T* wi = Combine(window_taps[u], kr, c, c,
+                                    wi_scratch.data());
               for (int i = 0; i < rows.count; ++i) {
                 const int64_t row = n * g.height + rows.index[i];
                 if (row < begin || row >= end) continue;
                 for (int j = 0; j < cols.count; ++j) {
-                  Axpy(grad[u] * rows.weight[i] * cols.weight[j], wi.data(),
+                  Axpy(grad[u] * rows.weight[i] * cols.weight[j], wi,
                        df + (row * g.width + cols.index[j]) * c, c);
                 }
               }
@@ -365,7 +328,7 @@ void ProjectSwapAlign2NatGatherBackward(
           const Taps2<T> cols =
               SpatialTapsInRange<T>(xx, u, g.lam, t_size, g.width);
           if (cols.count == 0) continue;
-          const T* q = SampledPixel(sampled, cols, c, pixel_scratch.data());
+          const T* q = Combine(cols, sampled, c, c, pixel_scratch.data());
           const Taps2<T>& window_col = window_taps[u];
           const T inside = rows.total * cols.total;
           for (int j = 0; j < window_col.count; ++j) {
