@@ -19,12 +19,11 @@ from tensormask_tf.ops import custom_op_library
 from tensormask_tf.ops import mask_representation
 
 _OP_NAME = "project_swap_align2nat_gather"
-_FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
 def _check_features(features) -> tf.Tensor:
   features = tf.convert_to_tensor(features)
-  if features.dtype not in _FLOAT_DTYPES:
+  if features.dtype not in mask_representation.FLOAT_DTYPES:
     raise ValueError(
         f"{_OP_NAME}: features must be float16, bfloat16, float32 or float64, "
         f"got {features.dtype.name}.")

@@ -38,7 +38,8 @@ from tensormask_tf.ops import window_taps
 
 DEFAULT_PAD = -6.0
 
-_FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+# Input dtypes of the ops; float16 and bfloat16 are computed in float32.
+FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 _INTERPOLATIONS = ("bilinear", "nearest")
 
 
@@ -100,7 +101,7 @@ def check_pad(pad, op_name: str) -> float:
 def _check_input(x, op_name: str) -> tuple[tf.Tensor, int]:
   """Validates x and casts it to the compute dtype; returns (x, S)."""
   x = tf.convert_to_tensor(x)
-  if x.dtype not in _FLOAT_DTYPES:
+  if x.dtype not in FLOAT_DTYPES:
     raise ValueError(
         f"{op_name}: x must be float16, bfloat16, float32 or float64, got "
         f"{x.dtype.name}.")
