@@ -105,16 +105,14 @@ def project_swap_align2nat_gather(features, kernel, bias, indices, lam: int,
     kernel, bias, window = _check_kernel(kernel, bias, features.shape[-1])
     resolved = backend_lib.resolve(backend)
     if resolved == "custom" and _fused_kernel_applies():
-      compute_dtype = (tf.float64 if features.dtype == tf.float64
-                       else tf.float32)
+      dtype = mask_representation.compute_dtype(features.dtype)
       _, height, width, _ = features.shape.as_list()
       indices = mask_representation.check_gather_indices(
           indices, tf.shape(features)[0], -(-height // lam),
           -(-width // lam))
       masks = custom_op_library.load().project_swap_align2_nat_gather(
-          tf.cast(features, compute_dtype),
-          tf.transpose(tf.cast(kernel, compute_dtype)),
-          tf.cast(bias, compute_dtype), indices, lam=lam, pad=pad)
+          tf.cast(features, dtype), tf.transpose(tf.cast(kernel, dtype)),
+          tf.cast(bias, dtype), indices, lam=lam, pad=pad)
       return tf.cast(masks, features.dtype)
     projected = (tf.tensordot(features, tf.cast(kernel, features.dtype), 1) +
                  tf.cast(bias, features.dtype))

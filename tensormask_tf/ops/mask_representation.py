@@ -98,6 +98,11 @@ def check_pad(pad, op_name: str) -> float:
   return float(pad)
 
 
+def compute_dtype(dtype: tf.DType) -> tf.DType:
+  """The dtype the ops compute in: float32 for float16 and bfloat16."""
+  return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
 def _check_input(x, op_name: str) -> tuple[tf.Tensor, int]:
   """Validates x and casts it to the compute dtype; returns (x, S)."""
   x = tf.convert_to_tensor(x)
@@ -120,8 +125,7 @@ def _check_input(x, op_name: str) -> tuple[tf.Tensor, int]:
     raise ValueError(
         f"{op_name}: the channel count of x must be S*S for a window side "
         f"S >= 1, got {channels} channels, which is not a non-zero square.")
-  compute_dtype = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
-  return tf.cast(x, compute_dtype), window
+  return tf.cast(x, compute_dtype(x.dtype)), window
 
 
 def check_gather_indices(indices, batch: tf.Tensor, out_height: int,
