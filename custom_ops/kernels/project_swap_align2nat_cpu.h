@@ -42,11 +42,6 @@
 namespace tensormask {
 namespace cpu {
 
-struct ProjectionGeometry {
-  Geometry g;        // of the projected [N, H, W, S*S] tensor
-  int64_t channels;  // C
-};
-
 // Up to two taps of one kind (spatial or window) along one axis, in range.
 template <typename T>
 struct Taps2 {

@@ -54,6 +54,13 @@ TM_HOST_DEVICE Geometry MakeGeometry(int64_t batch, int64_t height,
   return g;
 }
 
+// project_swap_align2nat_gather: the geometry of the projected
+// [N, H, W, S*S] tensor it never forms, and the features' channel count C.
+struct ProjectionGeometry {
+  Geometry g;
+  int64_t channels;
+};
+
 TM_HOST_DEVICE int64_t FloorDiv(int64_t a, int64_t b) {  // b > 0
   const int64_t q = a / b;
   return (a % b != 0 && a < 0) ? q - 1 : q;

@@ -578,7 +578,7 @@ constexpr char kProjectOp[] = "project_swap_align2nat_gather";
 Status ProjectionGeometryFromInputs(const Tensor& features,
                                     const Tensor& weights, const Tensor* bias,
                                     const Tensor& indices, int lam,
-                                    cpu::ProjectionGeometry* pg) {
+                                    ProjectionGeometry* pg) {
   if (features.dims() != 4) {
     return InvalidArgument(kProjectOp, ": features must have rank 4 "
                            "[N, H, W, C], got shape ",
@@ -623,7 +623,7 @@ class ProjectSwapAlign2NatGatherOp : public SwapAlign2NatBase<CpuDevice, T> {
     const Tensor& weights = c->input(1);
     const Tensor& bias = c->input(2);
     const Tensor& indices = c->input(3);
-    cpu::ProjectionGeometry pg;
+    ProjectionGeometry pg;
     OP_REQUIRES_OK(c, ProjectionGeometryFromInputs(features, weights, &bias,
                                                    indices, this->lam_, &pg));
     const int64_t num_windows = indices.dim_size(0);
@@ -653,7 +653,7 @@ class ProjectSwapAlign2NatGatherGradOp
     const Tensor& features = c->input(1);
     const Tensor& weights = c->input(2);
     const Tensor& indices = c->input(3);
-    cpu::ProjectionGeometry pg;
+    ProjectionGeometry pg;
     OP_REQUIRES_OK(c, ProjectionGeometryFromInputs(features, weights, nullptr,
                                                    indices, this->lam_, &pg));
     const TensorShape want({indices.dim_size(0), pg.g.out_window,

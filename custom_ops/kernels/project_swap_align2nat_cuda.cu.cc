@@ -1,0 +1,558 @@
+// CUDA kernels of project_swap_align2nat_gather; see
+// project_swap_align2nat_cuda.h for the contract and
+// project_swap_align2nat_cpu.h for the algebra. Compile as CUDA (nvcc -x cu,
+// or TensorFlow's GPU build, which treats *.cu.cc as CUDA).
+//
+// Forward, direct (windows that read less than the dense projection costs):
+// a block owns one window row v of a run of windows. It stages Kr(v) (the
+// conv1x1 kernel combined over v's window row taps, [S, C]) in shared
+// memory once for the run, then each warp computes whole outputs (k, v, u):
+// its lanes sum sampled features times combined kernel over channels, a
+// fixed butterfly of shuffles adds the lanes. Otherwise (large lam, many
+// windows) the projection is a tiled matrix product into scratch, read by
+// swap_align2nat_gather's kernel.
+//
+// Backward: the projection's gradient dP = swap_align2nat_gather's backward
+// (the verified kernel of swap_align2nat_cuda.cu.cc) into scratch, then
+// df = dP w, dw = dP^T f and dbias = column sums of dP as tiled matrix
+// products summed in a fixed order (dw and dbias over fixed pixel chunks,
+// then the chunks in ascending order).
+//
+// The scratch is one op's temporary: on a GPU it is released before the
+// next op of the stream runs, unlike the dense path's projection and its
+// gradient, which are tensors of the graph (the projection held from the
+// forward to the backward pass).
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "project_swap_align2nat_cuda.h"
+#include "swap_align2nat_cuda.h"
+
+namespace tensormask {
+namespace {
+// Nested so that both kernel files can share one translation unit (the
+// standalone test build) without their internal names colliding.
+namespace projection {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+// Forward: windows per block so that a block has about this many outputs.
+constexpr int kForwardOutputsPerBlock = 128;
+constexpr int64_t kMaxGridY = 65535;
+constexpr size_t kWorkspaceAlign = 256;
+// Backward matrix products: 64 x 64 output tiles, 16-deep steps, a 4 x 4
+// register tile per thread.
+constexpr int kTile = 64;
+constexpr int kStep = 16;
+// [dw | dbias] sums pixel chunks of about this many pixels, at most
+// kMaxChunks of them (bounds the partial sums' scratch).
+constexpr int64_t kChunkPixels = 2048;
+constexpr int64_t kMaxChunks = 64;
+
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline size_t AlignUp(size_t bytes) {
+  return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+}
+
+// Up to two in-range taps of one kind along one axis.
+template <typename T>
+struct Taps2 {
+  int count;
+  int64_t index[2];
+  T weight[2];
+  T total;  // summed in-range weight
+};
+
+// Spatial taps of (position p, offset t) inside [0, size).
+template <typename T>
+__device__ __forceinline__ Taps2<T> SpatialTapsInRange(int64_t p, int t,
+                                                       int lam,
+                                                       int out_window,
+                                                       int64_t size) {
+  Taps2<T> taps;
+  taps.count = 0;
+  taps.total = T(0);
+  const int num = NumSpatialTaps(out_window);
+  const T weight = num == 2 ? T(0.5) : T(1);
+  const int64_t first = p * lam + t - SpatialShift(out_window);
+  for (int i = 0; i < num; ++i) {
+    const int64_t a = first + i;
+    if (a < 0 || a >= size) continue;
+    taps.index[taps.count] = a;
+    taps.weight[taps.count] = weight;
+    taps.total += weight;
+    ++taps.count;
+  }
+  return taps;
+}
+
+// Window taps of offset t inside [0, S).
+template <typename T>
+__device__ __forceinline__ Taps2<T> WindowTapsInRange(int t, int lam,
+                                                      int window) {
+  Taps2<T> taps;
+  taps.count = 0;
+  taps.total = T(0);
+  int index[2];
+  double weight[2];
+  const int num = WindowTaps(t, lam, index, weight);
+  for (int j = 0; j < num; ++j) {
+    if (index[j] < 0 || index[j] >= window) continue;
+    taps.index[taps.count] = index[j];
+    taps.weight[taps.count] = static_cast<T>(weight[j]);
+    taps.total += static_cast<T>(weight[j]);
+    ++taps.count;
+  }
+  return taps;
+}
+
+// WindowTapsInRange in 32-bit arithmetic from the closed form of
+// swap_align2nat_math.h (u = lam * q + r).
+template <typename T>
+__device__ __forceinline__ Taps2<T> WindowColumnTaps(int u, int lam,
+                                                     int window) {
+  Taps2<T> taps;
+  taps.count = 0;
+  taps.total = T(0);
+  const int q = u / lam, r = u - q * lam;
+  const int low = q + WindowLowShift(r, lam);
+  const int rem = WindowRemainder(r, lam);
+  const T high_weight = rem == 0 ? T(0) : T(rem) / T(2 * lam);
+  const int index[2] = {low, low + 1};
+  const T weight[2] = {T(1) - high_weight, high_weight};
+  for (int j = 0; j < (rem == 0 ? 1 : 2); ++j) {
+    if (index[j] < 0 || index[j] >= window) continue;
+    taps.index[taps.count] = index[j];
+    taps.weight[taps.count] = weight[j];
+    taps.total += weight[j];
+    ++taps.count;
+  }
+  return taps;
+}
+
+int64_t NumChunks(int64_t pixels) {
+  const int64_t chunks = CeilDiv(pixels, kChunkPixels);
+  return chunks < 1 ? 1 : (chunks > kMaxChunks ? kMaxChunks : chunks);
+}
+
+int WindowsPerBlock(int out_window) {
+  const int windows = kForwardOutputsPerBlock / out_window;
+  return windows < 1 ? 1 : windows;
+}
+
+size_t KernelStageBytes(const ProjectionGeometry& pg, size_t element_bytes) {
+  const int64_t s = pg.g.window;
+  return static_cast<size_t>(s * pg.channels + s) * element_bytes;
+}
+
+// ---------------------------------------------------------------------------
+// Forward.
+// ---------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    ForwardKernel(ProjectionGeometry pg, T pad, const T* __restrict__ f,
+                  const T* __restrict__ w, const T* __restrict__ bias,
+                  const int32_t* __restrict__ indices, int64_t num_indices,
+                  int windows_per_block, T* __restrict__ out) {
+  extern __shared__ unsigned char stage_bytes[];
+  const Geometry& g = pg.g;
+  const int s = g.window, t_size = g.out_window, lam = g.lam;
+  const int64_t c = pg.channels;
+  T* kr = reinterpret_cast<T*>(stage_bytes);  // Kr(v): [S, C]
+  T* br = kr + s * c;                          // Br(v): [S]
+  const int v = blockIdx.y;
+  const Taps2<T> window_row = WindowTapsInRange<T>(v, lam, s);
+  for (int64_t e = threadIdx.x; e < s * c; e += blockDim.x) {
+    T sum = T(0);
+    for (int i = 0; i < window_row.count; ++i) {
+      sum += window_row.weight[i] * w[window_row.index[i] * s * c + e];
+    }
+    kr[e] = sum;
+  }
+  for (int d = threadIdx.x; d < s; d += blockDim.x) {
+    T sum = T(0);
+    for (int i = 0; i < window_row.count; ++i) {
+      sum += window_row.weight[i] * bias[window_row.index[i] * s + d];
+    }
+    br[d] = sum;
+  }
+  __syncthreads();
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t first_window =
+      static_cast<int64_t>(blockIdx.x) * windows_per_block;
+  const int items = windows_per_block * t_size;
+  // Everything below is uniform over a warp (it depends on k and u only),
+  // so the shuffles run with the whole warp. 32-bit index arithmetic and
+  // the closed-form window taps: 64-bit divisions per output cost more than
+  // its dot product.
+  for (int item = warp; item < items; item += kWarps) {
+    const int64_t k = first_window + item / t_size;
+    if (k >= num_indices) break;
+    const int u = item % t_size;
+    const int64_t n = indices[3 * k], yy = indices[3 * k + 1],
+                  xx = indices[3 * k + 2];
+    T value = pad;
+    if (n >= 0 && n < g.batch && yy >= 0 && yy < g.out_height && xx >= 0 &&
+        xx < g.out_width) {
+      const Taps2<T> rows =
+          SpatialTapsInRange<T>(yy, v, lam, t_size, g.height);
+      const Taps2<T> cols =
+          SpatialTapsInRange<T>(xx, u, lam, t_size, g.width);
+      if (rows.count > 0 && cols.count > 0) {
+        const Taps2<T> window_col = WindowColumnTaps<T>(u, lam, s);
+        T partial = T(0);
+        for (int64_t ch = lane; ch < c; ch += 32) {
+          T q = T(0);
+          for (int i = 0; i < rows.count; ++i) {
+            const T* row = f + (n * g.height + rows.index[i]) * g.width * c;
+            for (int j = 0; j < cols.count; ++j) {
+              q += rows.weight[i] * cols.weight[j] *
+                   row[cols.index[j] * c + ch];
+            }
+          }
+          T kernel = T(0);
+          for (int j = 0; j < window_col.count; ++j) {
+            kernel += window_col.weight[j] * kr[window_col.index[j] * c + ch];
+          }
+          partial += q * kernel;
+        }
+        for (int offset = 16; offset > 0; offset /= 2) {
+          partial += __shfl_xor_sync(0xffffffffu, partial, offset);
+        }
+        T bias_term = T(0);
+        for (int j = 0; j < window_col.count; ++j) {
+          bias_term += window_col.weight[j] * br[window_col.index[j]];
+        }
+        const T inside = rows.total * cols.total;
+        value = partial + inside * bias_term +
+                pad * (T(1) - inside * window_row.total * window_col.total);
+      }
+    }
+    if (lane == 0) out[(k * t_size + v) * t_size + u] = value;
+  }
+}
+
+// The matrix products, tiled: 64 x 64 outputs per block, 16-deep steps, a
+// 4 x 4 register tile per thread. Every output sums its terms in ascending
+// reduction index, so the products are deterministic; a step whose A tile
+// is all zero (pixels no window reads) is skipped.
+// ---------------------------------------------------------------------------
+enum class Product {
+  // P[p, j] = sum_ch f[p, ch] w[j, ch] + bias[j]: the projection (forward,
+  // when the windows read more than the dense projection costs).
+  kProject,
+  // df[p, ch] = sum_j dP[p, j] w[j, ch].
+  kToFeatures,
+  // Per pixel chunk z: dw_z[j, ch] = sum_p dP[p, j] f[p, ch] and
+  // dbias_z[j] = sum_p dP[p, j].
+  kToWeights,
+};
+
+template <typename T, Product kMode>
+__global__ void __launch_bounds__(kThreads)
+    ProductKernel(const T* __restrict__ a, const T* __restrict__ b,
+                  const T* __restrict__ bias, int64_t pixels, int64_t s2,
+                  int64_t c, int64_t chunk_pixels, T* __restrict__ out,
+                  T* __restrict__ out_bias) {
+  constexpr bool kToWeights = kMode == Product::kToWeights;
+  // Which operand runs along which axis in memory.
+  constexpr bool kAContiguousInK = !kToWeights;  // else in m
+  constexpr bool kBContiguousInK = kMode == Product::kProject;  // else in n
+  __shared__ T a_tile[kStep][kTile + 1];
+  __shared__ T b_tile[kStep][kTile + 1];
+  const int64_t rows = kToWeights ? s2 : pixels;
+  const int64_t cols = kMode == Product::kProject ? s2 : c;
+  const int64_t a_stride = kMode == Product::kProject ? c : s2;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  const int64_t z = blockIdx.z;
+  const int64_t k_begin = kToWeights ? z * chunk_pixels : 0;
+  int64_t k_end = kToWeights ? k_begin + chunk_pixels
+                             : (kMode == Product::kProject ? c : s2);
+  if (kToWeights && k_end > pixels) k_end = pixels;
+  const bool sums_bias = kToWeights && blockIdx.y == 0;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  T acc[4][4];
+  for (int i = 0; i < 4; ++i) {
+    for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+  }
+  T bias_acc = T(0);  // dbias_z[m0 + threadIdx.x], threads < kTile
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kStep) {
+    int nonzero = 0;
+    for (int e = threadIdx.x; e < kTile * kStep; e += kThreads) {
+      const int mm = kAContiguousInK ? e / kStep : e % kTile;
+      const int kk = kAContiguousInK ? e % kStep : e / kTile;
+      const int64_t m = m0 + mm, k = k0 + kk;
+      T value = T(0);
+      if (m < rows && k < k_end) {
+        value = kToWeights ? a[k * s2 + m] : a[m * a_stride + k];
+      }
+      nonzero |= value != T(0);
+      a_tile[kk][mm] = value;
+    }
+    for (int e = threadIdx.x; e < kTile * kStep; e += kThreads) {
+      const int nn = kBContiguousInK ? e / kStep : e % kTile;
+      const int kk = kBContiguousInK ? e % kStep : e / kTile;
+      const int64_t n = n0 + nn, k = k0 + kk;
+      T value = T(0);
+      if (n < cols && k < k_end) {
+        value = kBContiguousInK ? b[n * c + k] : b[k * c + n];
+      }
+      b_tile[kk][nn] = value;
+    }
+    if (!__syncthreads_or(nonzero)) continue;  // (the barrier of the loads)
+    if (sums_bias && threadIdx.x < kTile) {
+      for (int kk = 0; kk < kStep; ++kk) bias_acc += a_tile[kk][threadIdx.x];
+    }
+    for (int kk = 0; kk < kStep; ++kk) {
+      T av[4], bv[4];
+      for (int i = 0; i < 4; ++i) av[i] = a_tile[kk][ty + 16 * i];
+      for (int j = 0; j < 4; ++j) bv[j] = b_tile[kk][tx + 16 * j];
+      for (int i = 0; i < 4; ++i) {
+        for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+      }
+    }
+    __syncthreads();
+  }
+  T* target = out + (kToWeights ? z * rows * cols : 0);
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + ty + 16 * i;
+    if (m >= rows) continue;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + tx + 16 * j;
+      if (n >= cols) continue;
+      target[m * cols + n] =
+          kMode == Product::kProject ? acc[i][j] + bias[n] : acc[i][j];
+    }
+  }
+  if (sums_bias && threadIdx.x < kTile && m0 + threadIdx.x < rows) {
+    out_bias[z * rows + m0 + threadIdx.x] = bias_acc;
+  }
+}
+
+template <typename T, Product kMode>
+cudaError_t LaunchProduct(const T* a, const T* b, const T* bias,
+                          int64_t pixels, int64_t s2, int64_t c,
+                          int64_t chunks, T* out, T* out_bias,
+                          cudaStream_t stream) {
+  const int64_t rows = kMode == Product::kToWeights ? s2 : pixels;
+  const int64_t cols = kMode == Product::kProject ? s2 : c;
+  // (The weights' product also sums dbias, even with no channels.)
+  const int64_t grid_cols =
+      kMode == Product::kToWeights && cols == 0 ? 1 : cols;
+  if (rows == 0 || grid_cols == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(CeilDiv(rows, kTile)),
+                  static_cast<unsigned>(CeilDiv(grid_cols, kTile)),
+                  static_cast<unsigned>(chunks));
+  if (grid.y > kMaxGridY || grid.z > kMaxGridY) {
+    return cudaErrorInvalidConfiguration;
+  }
+  ProductKernel<T, kMode><<<grid, kThreads, 0, stream>>>(
+      a, b, bias, pixels, s2, c, CeilDiv(pixels, chunks), out, out_bias);
+  return cudaGetLastError();
+}
+
+// dw and dbias from the chunks' partial sums, in ascending chunk.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    SumChunksKernel(const T* __restrict__ partial_w,
+                    const T* __restrict__ partial_b, int64_t chunks,
+                    int64_t s2, int64_t c, T* __restrict__ dw,
+                    T* __restrict__ dbias) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x +
+                    threadIdx.x;
+  if (e < s2 * c) {
+    T sum = T(0);
+    for (int64_t z = 0; z < chunks; ++z) sum += partial_w[z * s2 * c + e];
+    dw[e] = sum;
+  }
+  if (e < s2) {
+    T sum = T(0);
+    for (int64_t z = 0; z < chunks; ++z) sum += partial_b[z * s2 + e];
+    dbias[e] = sum;
+  }
+}
+
+// Forward directly (each window reads its taps) or through the dense
+// projection in scratch: per output the direct kernel costs about 150x what
+// the projection's tiled product costs per projected value (the crossover
+// measured on an H100, float32, C = 128, S = 11 and 15, lam = 1..32; see
+// docs/benchmarks.md), so the windows go direct while
+// 150 K T^2 <= pixels S^2.
+constexpr int64_t kDirectCostRatio = 150;
+
+bool ForwardIsDirect(const ProjectionGeometry& pg, int64_t num_indices,
+                     ProjectForwardPath path) {
+  if (path != ProjectForwardPath::kAuto) {
+    return path == ProjectForwardPath::kDirect;
+  }
+  const Geometry& g = pg.g;
+  const int64_t t = g.out_window, s = g.window;
+  return kDirectCostRatio * num_indices * t * t <=
+         g.batch * g.height * g.width * s * s;
+}
+
+// Scratch, each part 256-byte aligned: the projection or its gradient
+// [pixels, S*S], swap_align2nat_gather's backward CSR, and the per-chunk
+// partial sums of dw and dbias.
+struct Scratch {
+  size_t projection, gather, partial_w, partial_b;
+  size_t total() const { return projection + gather + partial_w + partial_b; }
+};
+
+template <typename T>
+Scratch ForwardScratch(const ProjectionGeometry& pg, int64_t num_indices,
+                       ProjectForwardPath path) {
+  const Geometry& g = pg.g;
+  Scratch scratch = {0, 0, 0, 0};
+  if (!ForwardIsDirect(pg, num_indices, path)) {
+    scratch.projection = AlignUp(g.batch * g.height * g.width * g.window *
+                                 g.window * sizeof(T));
+  }
+  return scratch;
+}
+
+template <typename T>
+Scratch BackwardScratch(const ProjectionGeometry& pg, int64_t num_indices) {
+  const Geometry& g = pg.g;
+  const int64_t pixels = g.batch * g.height * g.width;
+  const int64_t s2 = static_cast<int64_t>(g.window) * g.window;
+  const int64_t chunks = NumChunks(pixels);
+  Scratch scratch;
+  scratch.projection = AlignUp(pixels * s2 * sizeof(T));
+  scratch.gather =
+      AlignUp(SwapAlign2NatGatherBackwardWorkspaceBytes(g, num_indices));
+  scratch.partial_w = AlignUp(chunks * s2 * pg.channels * sizeof(T));
+  scratch.partial_b = AlignUp(chunks * s2 * sizeof(T));
+  return scratch;
+}
+
+template <typename T>
+cudaError_t LaunchForward(const ProjectionGeometry& pg, T pad, const T* f,
+                          const T* w, const T* bias, const int32_t* indices,
+                          int64_t num_indices, void* workspace, T* out,
+                          cudaStream_t stream, ProjectForwardPath path) {
+  const Geometry& g = pg.g;
+  const int t_size = g.out_window;
+  if (num_indices == 0 || t_size == 0) return cudaSuccess;
+  if (!ForwardIsDirect(pg, num_indices, path)) {
+    T* projected = static_cast<T*>(workspace);
+    const int64_t s2 = static_cast<int64_t>(g.window) * g.window;
+    const cudaError_t err = LaunchProduct<T, Product::kProject>(
+        f, w, bias, g.batch * g.height * g.width, s2, pg.channels, 1,
+        projected, nullptr, stream);
+    if (err != cudaSuccess) return err;
+    return LaunchSwapAlign2NatGatherForward<T>(g, pad, projected, indices,
+                                               num_indices, out, stream);
+  }
+  if (t_size > kMaxGridY) return cudaErrorInvalidConfiguration;
+  const size_t stage = KernelStageBytes(pg, sizeof(T));
+  if (stage > 48 * 1024) {
+    // Above the default limit: opt in (fails cleanly where the device
+    // cannot give it).
+    const cudaError_t err = cudaFuncSetAttribute(
+        ForwardKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        static_cast<int>(stage));
+    if (err != cudaSuccess) return err;
+  }
+  const int windows = WindowsPerBlock(t_size);
+  const dim3 grid(static_cast<unsigned>(CeilDiv(num_indices, windows)),
+                  static_cast<unsigned>(t_size));
+  ForwardKernel<T><<<grid, kThreads, stage, stream>>>(
+      pg, pad, f, w, bias, indices, num_indices, windows, out);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchBackward(const ProjectionGeometry& pg, const T* dy,
+                           const T* f, const T* w, const int32_t* indices,
+                           int64_t num_indices, void* workspace, T* df,
+                           T* dw, T* dbias, cudaStream_t stream) {
+  const Geometry& g = pg.g;
+  const int64_t c = pg.channels;
+  const int64_t pixels = g.batch * g.height * g.width;
+  const int64_t s2 = static_cast<int64_t>(g.window) * g.window;
+  const int64_t chunks = NumChunks(pixels);
+  const Scratch scratch = BackwardScratch<T>(pg, num_indices);
+  char* base = static_cast<char*>(workspace);
+  T* projection_grad = reinterpret_cast<T*>(base);
+  void* gather_scratch = base + scratch.projection;
+  T* partial_w = reinterpret_cast<T*>(base + scratch.projection +
+                                      scratch.gather);
+  T* partial_b = reinterpret_cast<T*>(base + scratch.projection +
+                                      scratch.gather + scratch.partial_w);
+  cudaError_t err = cudaSuccess;
+  if (pixels > 0) {
+    err = LaunchSwapAlign2NatGatherBackward<T>(
+        g, dy, indices, num_indices, gather_scratch, projection_grad, stream);
+    if (err != cudaSuccess) return err;
+    err = LaunchProduct<T, Product::kToFeatures>(
+        projection_grad, w, nullptr, pixels, s2, c, 1, df, nullptr, stream);
+    if (err != cudaSuccess) return err;
+  }
+  // With no pixels, one empty chunk: zero dw and dbias.
+  err = LaunchProduct<T, Product::kToWeights>(projection_grad, f, nullptr,
+                                              pixels, s2, c, chunks,
+                                              partial_w, partial_b, stream);
+  if (err != cudaSuccess) return err;
+  SumChunksKernel<T>
+      <<<static_cast<unsigned>(CeilDiv(s2 * (c > 0 ? c : 1), kThreads)),
+         kThreads, 0, stream>>>(partial_w, partial_b, chunks, s2, c, dw,
+                                dbias);
+  return cudaGetLastError();
+}
+
+}  // namespace projection
+}  // namespace
+
+template <typename T>
+size_t ProjectSwapAlign2NatGatherForwardWorkspaceBytes(
+    const ProjectionGeometry& pg, int64_t num_indices,
+    ProjectForwardPath path) {
+  return projection::ForwardScratch<T>(pg, num_indices, path).total();
+}
+
+template <typename T>
+cudaError_t LaunchProjectSwapAlign2NatGatherForward(
+    const ProjectionGeometry& pg, T pad, const T* f, const T* w,
+    const T* bias, const int32_t* indices, int64_t num_indices,
+    void* workspace, T* out, cudaStream_t stream, ProjectForwardPath path) {
+  return projection::LaunchForward<T>(pg, pad, f, w, bias, indices,
+                                      num_indices, workspace, out, stream,
+                                      path);
+}
+
+template <typename T>
+size_t ProjectSwapAlign2NatGatherBackwardWorkspaceBytes(
+    const ProjectionGeometry& pg, int64_t num_indices) {
+  return projection::BackwardScratch<T>(pg, num_indices).total();
+}
+
+template <typename T>
+cudaError_t LaunchProjectSwapAlign2NatGatherBackward(
+    const ProjectionGeometry& pg, const T* dy, const T* f, const T* w,
+    const int32_t* indices, int64_t num_indices, void* workspace, T* df,
+    T* dw, T* dbias, cudaStream_t stream) {
+  return projection::LaunchBackward<T>(pg, dy, f, w, indices, num_indices,
+                                       workspace, df, dw, dbias, stream);
+}
+
+#define TENSORMASK_INSTANTIATE(T)                                             \
+  template size_t ProjectSwapAlign2NatGatherForwardWorkspaceBytes<T>(         \
+      const ProjectionGeometry&, int64_t, ProjectForwardPath);                \
+  template cudaError_t LaunchProjectSwapAlign2NatGatherForward<T>(            \
+      const ProjectionGeometry&, T, const T*, const T*, const T*,             \
+      const int32_t*, int64_t, void*, T*, cudaStream_t, ProjectForwardPath);  \
+  template size_t ProjectSwapAlign2NatGatherBackwardWorkspaceBytes<T>(        \
+      const ProjectionGeometry&, int64_t);                                    \
+  template cudaError_t LaunchProjectSwapAlign2NatGatherBackward<T>(           \
+      const ProjectionGeometry&, const T*, const T*, const T*,                \
+      const int32_t*, int64_t, void*, T*, T*, T*, cudaStream_t);
+TENSORMASK_INSTANTIATE(float)
+TENSORMASK_INSTANTIATE(double)
+#undef TENSORMASK_INSTANTIATE
+
+}  // namespace tensormask
