@@ -31,6 +31,9 @@ import tensorflow as tf  # noqa: E402
 from tensormask_tf.ops import custom_op_library  # noqa: E402
 
 KERNELS = ROOT / "custom_ops" / "kernels"
+# Compiled by nvcc, one object each, linked into the op library.
+CUDA_SOURCES = ("swap_align2nat_cuda.cu.cc",
+                "project_swap_align2nat_cuda.cu.cc")
 # x86-64-v3 (AVX2 + FMA) when the building CPU has it; recorded, and checked
 # by the loader, so the library never runs on a CPU without them.
 _ISA = {"avx2": "-mavx2", "fma": "-mfma"}
@@ -87,12 +90,12 @@ def build(cuda: str = "auto", force: bool = False) -> pathlib.Path:
   with tempfile.TemporaryDirectory() as tmp:
     if with_cuda:
       cuda_home = _cuda_home(nvcc)
-      cuda_object = pathlib.Path(tmp) / "swap_align2nat_cuda.o"
-      _run([nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
-            "--expt-relaxed-constexpr", *CUDA_ARCHS, f"-I{KERNELS}", "-x", "cu",
-            "-c", str(KERNELS / "swap_align2nat_cuda.cu.cc"),
-            "-o", str(cuda_object)])
-      objects.append(str(cuda_object))
+      for source in CUDA_SOURCES:
+        cuda_object = pathlib.Path(tmp) / (source.split(".")[0] + ".o")
+        _run([nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
+              "--expt-relaxed-constexpr", *CUDA_ARCHS, f"-I{KERNELS}", "-x",
+              "cu", "-c", str(KERNELS / source), "-o", str(cuda_object)])
+        objects.append(str(cuda_object))
       cxx_flags += ["-DGOOGLE_CUDA=1", f"-I{cuda_home / 'include'}"]
       # Static cudart: the library needs no libcudart at load time, so the
       # same build also loads on machines without CUDA.

@@ -1,11 +1,15 @@
-"""The CUDA kernels of swap_align2nat, without TensorFlow.
+"""The CUDA kernels of swap_align2nat and project_swap_align2nat_gather,
+without TensorFlow.
 
 (a) The kernels, and the standalone harness's sources (its extern "C" shim
     and the original-style baseline it times against), compile with nvcc for
     Ampere and Hopper (skipped, with the reason, only where nvcc is absent).
 (b) On a GPU (marker `gpu`): custom_ops/cuda_test/run_cuda_kernels.py checks
-    all four launchers against the numpy reference on the foundation cases
-    (NaN-poisoned outputs, bit-reproducible gradients) and must exit 0.
+    all four swap_align2nat launchers against the numpy reference on the
+    foundation cases, and run_projection_kernels.py both launchers of the
+    fused op (both forward paths) against a numpy projection and the
+    reference (NaN-poisoned outputs, bit-reproducible gradients); each must
+    exit 0.
 """
 
 import os
@@ -16,10 +20,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KERNELS = os.path.join(ROOT, "custom_ops", "kernels",
-                       "swap_align2nat_cuda.cu.cc")
+KERNELS = os.path.join(ROOT, "custom_ops", "kernels")
 CUDA_TEST = os.path.join(ROOT, "custom_ops", "cuda_test")
-RUNNER = os.path.join(CUDA_TEST, "run_cuda_kernels.py")
+RUNNERS = ["run_cuda_kernels.py", "run_projection_kernels.py"]
 # *.cu.cc is CUDA only with -x cu (nvcc would hand a .cc to the host compiler).
 NVCC_FLAGS = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC",
               "--expt-relaxed-constexpr",
@@ -29,10 +32,12 @@ NVCC_FLAGS = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC",
 
 
 @pytest.mark.parametrize("source", [
-    KERNELS,
+    os.path.join(KERNELS, "swap_align2nat_cuda.cu.cc"),
+    os.path.join(KERNELS, "project_swap_align2nat_cuda.cu.cc"),
     os.path.join(CUDA_TEST, "standalone.cu"),
     os.path.join(CUDA_TEST, "naive_baseline.cu"),
-], ids=["kernels", "standalone_shim", "original_style_baseline"])
+], ids=["kernels", "projection_kernels", "standalone_shim",
+        "original_style_baseline"])
 def test_cuda_sources_compile(tmp_path, source):
   nvcc = shutil.which("nvcc")
   if nvcc is None:
@@ -46,9 +51,11 @@ def test_cuda_sources_compile(tmp_path, source):
 
 
 @pytest.mark.gpu
-def test_cuda_kernels_match_reference(tmp_path):
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_cuda_kernels_match_reference(tmp_path, runner):
   result = subprocess.run(
-      [sys.executable, RUNNER, "--build_dir", str(tmp_path), "--skip_timing"],
+      [sys.executable, os.path.join(CUDA_TEST, runner), "--build_dir",
+       str(tmp_path), "--skip_timing"],
       capture_output=True, text=True, check=False, cwd=ROOT)
   assert result.returncode == 0, (result.stdout[-6000:] +
                                   result.stderr[-6000:])

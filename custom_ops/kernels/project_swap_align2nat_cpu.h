@@ -42,34 +42,6 @@
 namespace tensormask {
 namespace cpu {
 
-// Up to two taps of one kind (spatial or window) along one axis, in range.
-template <typename T>
-struct Taps2 {
-  int count = 0;
-  int64_t index[2] = {0, 0};
-  T weight[2] = {T(0), T(0)};
-  T total = T(0);  // summed in-range weight
-};
-
-// Spatial taps of (position p, offset t) inside [0, size).
-template <typename T>
-Taps2<T> SpatialTapsInRange(int64_t p, int t, int lam, int out_window,
-                            int64_t size) {
-  Taps2<T> taps;
-  const int num = NumSpatialTaps(out_window);
-  const T weight = num == 2 ? T(0.5) : T(1);
-  const int64_t first = p * lam + t - SpatialShift(out_window);
-  for (int i = 0; i < num; ++i) {
-    const int64_t a = first + i;
-    if (a < 0 || a >= size) continue;
-    taps.index[taps.count] = a;
-    taps.weight[taps.count] = weight;
-    taps.total += weight;
-    ++taps.count;
-  }
-  return taps;
-}
-
 // Window taps of every offset t < T inside [0, S) (the same for rows and
 // columns).
 template <typename T>

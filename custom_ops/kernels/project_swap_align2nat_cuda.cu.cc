@@ -42,93 +42,39 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kForwardOutputsPerBlock = 128;
 constexpr int64_t kMaxGridY = 65535;
 constexpr size_t kWorkspaceAlign = 256;
-// Backward matrix products: 64 x 64 output tiles, 16-deep steps, a 4 x 4
-// register tile per thread.
-constexpr int kTile = 64;
+// Matrix products: 16-deep steps; output tiles per mode (ProductTiling).
 constexpr int kStep = 16;
 // [dw | dbias] sums pixel chunks of about this many pixels, at most
 // kMaxChunks of them (bounds the partial sums' scratch).
-constexpr int64_t kChunkPixels = 2048;
-constexpr int64_t kMaxChunks = 64;
+constexpr int64_t kChunkPixels = 1024;
+constexpr int64_t kMaxChunks = 128;
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline size_t AlignUp(size_t bytes) {
   return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
 }
 
-// Up to two in-range taps of one kind along one axis.
+// Window taps of offset u inside [0, S), in 32-bit arithmetic from the
+// closed form of swap_align2nat_math.h (u = lam * q + r), on fixed slots like
+// SpatialTapsInRange: the outputs' 64-bit divisions and taps in local memory
+// would cost more than their dot products.
 template <typename T>
-struct Taps2 {
-  int count;
-  int64_t index[2];
-  T weight[2];
-  T total;  // summed in-range weight
-};
-
-// Spatial taps of (position p, offset t) inside [0, size).
-template <typename T>
-__device__ __forceinline__ Taps2<T> SpatialTapsInRange(int64_t p, int t,
-                                                       int lam,
-                                                       int out_window,
-                                                       int64_t size) {
-  Taps2<T> taps;
-  taps.count = 0;
-  taps.total = T(0);
-  const int num = NumSpatialTaps(out_window);
-  const T weight = num == 2 ? T(0.5) : T(1);
-  const int64_t first = p * lam + t - SpatialShift(out_window);
-  for (int i = 0; i < num; ++i) {
-    const int64_t a = first + i;
-    if (a < 0 || a >= size) continue;
-    taps.index[taps.count] = a;
-    taps.weight[taps.count] = weight;
-    taps.total += weight;
-    ++taps.count;
-  }
-  return taps;
-}
-
-// Window taps of offset t inside [0, S).
-template <typename T>
-__device__ __forceinline__ Taps2<T> WindowTapsInRange(int t, int lam,
+__device__ __forceinline__ Taps2<T> WindowTapsInRange(int u, int lam,
                                                       int window) {
-  Taps2<T> taps;
-  taps.count = 0;
-  taps.total = T(0);
-  int index[2];
-  double weight[2];
-  const int num = WindowTaps(t, lam, index, weight);
-  for (int j = 0; j < num; ++j) {
-    if (index[j] < 0 || index[j] >= window) continue;
-    taps.index[taps.count] = index[j];
-    taps.weight[taps.count] = static_cast<T>(weight[j]);
-    taps.total += static_cast<T>(weight[j]);
-    ++taps.count;
-  }
-  return taps;
-}
-
-// WindowTapsInRange in 32-bit arithmetic from the closed form of
-// swap_align2nat_math.h (u = lam * q + r).
-template <typename T>
-__device__ __forceinline__ Taps2<T> WindowColumnTaps(int u, int lam,
-                                                     int window) {
-  Taps2<T> taps;
-  taps.count = 0;
-  taps.total = T(0);
   const int q = u / lam, r = u - q * lam;
   const int low = q + WindowLowShift(r, lam);
   const int rem = WindowRemainder(r, lam);
   const T high_weight = rem == 0 ? T(0) : T(rem) / T(2 * lam);
-  const int index[2] = {low, low + 1};
-  const T weight[2] = {T(1) - high_weight, high_weight};
-  for (int j = 0; j < (rem == 0 ? 1 : 2); ++j) {
-    if (index[j] < 0 || index[j] >= window) continue;
-    taps.index[taps.count] = index[j];
-    taps.weight[taps.count] = weight[j];
-    taps.total += weight[j];
-    ++taps.count;
-  }
+  const T low_weight = T(1) - high_weight;
+  const bool low_in = low >= 0 && low < window;
+  const bool high_in = rem != 0 && low + 1 >= 0 && low + 1 < window;
+  Taps2<T> taps;
+  taps.count = static_cast<int>(low_in) + static_cast<int>(high_in);
+  taps.index[0] = low_in ? low : low + 1;
+  taps.weight[0] = low_in ? low_weight : high_weight;
+  taps.index[1] = low + 1;
+  taps.weight[1] = high_weight;
+  taps.total = (low_in ? low_weight : T(0)) + (high_in ? high_weight : T(0));
   return taps;
 }
 
@@ -166,15 +112,21 @@ __global__ void __launch_bounds__(kThreads)
   const Taps2<T> window_row = WindowTapsInRange<T>(v, lam, s);
   for (int64_t e = threadIdx.x; e < s * c; e += blockDim.x) {
     T sum = T(0);
-    for (int i = 0; i < window_row.count; ++i) {
-      sum += window_row.weight[i] * w[window_row.index[i] * s * c + e];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      if (i < window_row.count) {
+        sum += window_row.weight[i] * w[window_row.index[i] * s * c + e];
+      }
     }
     kr[e] = sum;
   }
   for (int d = threadIdx.x; d < s; d += blockDim.x) {
     T sum = T(0);
-    for (int i = 0; i < window_row.count; ++i) {
-      sum += window_row.weight[i] * bias[window_row.index[i] * s + d];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      if (i < window_row.count) {
+        sum += window_row.weight[i] * bias[window_row.index[i] * s + d];
+      }
     }
     br[d] = sum;
   }
@@ -185,9 +137,7 @@ __global__ void __launch_bounds__(kThreads)
       static_cast<int64_t>(blockIdx.x) * windows_per_block;
   const int items = windows_per_block * t_size;
   // Everything below is uniform over a warp (it depends on k and u only),
-  // so the shuffles run with the whole warp. 32-bit index arithmetic and
-  // the closed-form window taps: 64-bit divisions per output cost more than
-  // its dot product.
+  // so the shuffles run with the whole warp.
   for (int item = warp; item < items; item += kWarps) {
     const int64_t k = first_window + item / t_size;
     if (k >= num_indices) break;
@@ -202,20 +152,40 @@ __global__ void __launch_bounds__(kThreads)
       const Taps2<T> cols =
           SpatialTapsInRange<T>(xx, u, lam, t_size, g.width);
       if (rows.count > 0 && cols.count > 0) {
-        const Taps2<T> window_col = WindowColumnTaps<T>(u, lam, s);
+        const Taps2<T> window_col = WindowTapsInRange<T>(u, lam, s);
+        // The (<= 4) features and (<= 2) kernel rows this output reads.
+        // Loops over fixed slots: no run-time index into the taps.
+        const T* tap[2][2];
+        T tap_weight[2][2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            tap[i][j] = f + ((n * g.height + rows.index[i]) * g.width +
+                             cols.index[j]) * c;
+            tap_weight[i][j] = rows.weight[i] * cols.weight[j];
+          }
+        }
+        const T* kernel_row[2] = {kr + window_col.index[0] * c,
+                                  kr + window_col.index[1] * c};
         T partial = T(0);
         for (int64_t ch = lane; ch < c; ch += 32) {
           T q = T(0);
-          for (int i = 0; i < rows.count; ++i) {
-            const T* row = f + (n * g.height + rows.index[i]) * g.width * c;
-            for (int j = 0; j < cols.count; ++j) {
-              q += rows.weight[i] * cols.weight[j] *
-                   row[cols.index[j] * c + ch];
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              if (i < rows.count && j < cols.count) {
+                q += tap_weight[i][j] * tap[i][j][ch];
+              }
             }
           }
           T kernel = T(0);
-          for (int j = 0; j < window_col.count; ++j) {
-            kernel += window_col.weight[j] * kr[window_col.index[j] * c + ch];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            if (j < window_col.count) {
+              kernel += window_col.weight[j] * kernel_row[j][ch];
+            }
           }
           partial += q * kernel;
         }
@@ -223,8 +193,11 @@ __global__ void __launch_bounds__(kThreads)
           partial += __shfl_xor_sync(0xffffffffu, partial, offset);
         }
         T bias_term = T(0);
-        for (int j = 0; j < window_col.count; ++j) {
-          bias_term += window_col.weight[j] * br[window_col.index[j]];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          if (j < window_col.count) {
+            bias_term += window_col.weight[j] * br[window_col.index[j]];
+          }
         }
         const T inside = rows.total * cols.total;
         value = partial + inside * bias_term +
@@ -235,10 +208,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The matrix products, tiled: 64 x 64 outputs per block, 16-deep steps, a
-// 4 x 4 register tile per thread. Every output sums its terms in ascending
-// reduction index, so the products are deterministic; a step whose A tile
-// is all zero (pixels no window reads) is skipped.
+// The matrix products, tiled (kTileM x kTileN outputs per block). Every
+// output sums its terms in ascending reduction index, so the products are
+// deterministic; a step whose A tile is all zero (pixels no window reads)
+// is skipped.
 // ---------------------------------------------------------------------------
 enum class Product {
   // P[p, j] = sum_ch f[p, ch] w[j, ch] + bias[j]: the projection (forward,
@@ -251,40 +224,70 @@ enum class Product {
   kToWeights,
 };
 
+// Output tile and register tile per thread. The products over all pixels
+// (M = pixels) take 128 x 64 tiles with 8 x 8 per thread (8 shared-memory
+// reads per 64 multiply-adds); the weights' product (M = S*S, N = C, one
+// grid per pixel chunk) takes 64 x 64 tiles with 4 x 4 per thread, which
+// gives it twice the blocks.
+template <Product kMode>
+struct ProductTiling {
+  static constexpr bool kSmall = kMode == Product::kToWeights;
+  static constexpr int kTileM = kSmall ? 64 : 128;
+  static constexpr int kTileN = 64;
+  static constexpr int kMicroM = kSmall ? 4 : 8;
+  static constexpr int kMicroN = kSmall ? 4 : 8;
+  static constexpr int kRowsOfThreads = kTileM / kMicroM;
+  static constexpr int kColsOfThreads = kTileN / kMicroN;
+  static constexpr int kThreads = kRowsOfThreads * kColsOfThreads;
+  static_assert(kThreads >= kTileM, "one tile row per thread for dbias");
+};
+
 template <typename T, Product kMode>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(ProductTiling<kMode>::kThreads)
     ProductKernel(const T* __restrict__ a, const T* __restrict__ b,
                   const T* __restrict__ bias, int64_t pixels, int64_t s2,
                   int64_t c, int64_t chunk_pixels, T* __restrict__ out,
                   T* __restrict__ out_bias) {
+  using Tiling = ProductTiling<kMode>;
+  constexpr int kTileM = Tiling::kTileM, kTileN = Tiling::kTileN;
+  constexpr int kMicroM = Tiling::kMicroM, kMicroN = Tiling::kMicroN;
+  constexpr int kRowsOfThreads = Tiling::kRowsOfThreads;
+  constexpr int kColsOfThreads = Tiling::kColsOfThreads;
+  constexpr int kProductThreads = Tiling::kThreads;
   constexpr bool kToWeights = kMode == Product::kToWeights;
   // Which operand runs along which axis in memory.
   constexpr bool kAContiguousInK = !kToWeights;  // else in m
   constexpr bool kBContiguousInK = kMode == Product::kProject;  // else in n
-  __shared__ T a_tile[kStep][kTile + 1];
-  __shared__ T b_tile[kStep][kTile + 1];
+  __shared__ T a_tile[kStep][kTileM + 1];
+  __shared__ T b_tile[kStep][kTileN + 1];
   const int64_t rows = kToWeights ? s2 : pixels;
   const int64_t cols = kMode == Product::kProject ? s2 : c;
   const int64_t a_stride = kMode == Product::kProject ? c : s2;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTileM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTileN;
   const int64_t z = blockIdx.z;
   const int64_t k_begin = kToWeights ? z * chunk_pixels : 0;
   int64_t k_end = kToWeights ? k_begin + chunk_pixels
                              : (kMode == Product::kProject ? c : s2);
   if (kToWeights && k_end > pixels) k_end = pixels;
   const bool sums_bias = kToWeights && blockIdx.y == 0;
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  T acc[4][4];
-  for (int i = 0; i < 4; ++i) {
-    for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+  // Thread (ty, tx) owns rows ty + kRowsOfThreads i and columns
+  // tx + kColsOfThreads j: a warp reads a few broadcast A values and
+  // consecutive B values per step.
+  const int tx = threadIdx.x % kColsOfThreads;
+  const int ty = threadIdx.x / kColsOfThreads;
+  T acc[kMicroM][kMicroN];
+#pragma unroll
+  for (int i = 0; i < kMicroM; ++i) {
+#pragma unroll
+    for (int j = 0; j < kMicroN; ++j) acc[i][j] = T(0);
   }
-  T bias_acc = T(0);  // dbias_z[m0 + threadIdx.x], threads < kTile
+  T bias_acc = T(0);  // dbias_z[m0 + threadIdx.x]
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kStep) {
     int nonzero = 0;
-    for (int e = threadIdx.x; e < kTile * kStep; e += kThreads) {
-      const int mm = kAContiguousInK ? e / kStep : e % kTile;
-      const int kk = kAContiguousInK ? e % kStep : e / kTile;
+    for (int e = threadIdx.x; e < kTileM * kStep; e += kProductThreads) {
+      const int mm = kAContiguousInK ? e / kStep : e % kTileM;
+      const int kk = kAContiguousInK ? e % kStep : e / kTileM;
       const int64_t m = m0 + mm, k = k0 + kk;
       T value = T(0);
       if (m < rows && k < k_end) {
@@ -293,9 +296,9 @@ __global__ void __launch_bounds__(kThreads)
       nonzero |= value != T(0);
       a_tile[kk][mm] = value;
     }
-    for (int e = threadIdx.x; e < kTile * kStep; e += kThreads) {
-      const int nn = kBContiguousInK ? e / kStep : e % kTile;
-      const int kk = kBContiguousInK ? e % kStep : e / kTile;
+    for (int e = threadIdx.x; e < kTileN * kStep; e += kProductThreads) {
+      const int nn = kBContiguousInK ? e / kStep : e % kTileN;
+      const int kk = kBContiguousInK ? e % kStep : e / kTileN;
       const int64_t n = n0 + nn, k = k0 + kk;
       T value = T(0);
       if (n < cols && k < k_end) {
@@ -304,31 +307,42 @@ __global__ void __launch_bounds__(kThreads)
       b_tile[kk][nn] = value;
     }
     if (!__syncthreads_or(nonzero)) continue;  // (the barrier of the loads)
-    if (sums_bias && threadIdx.x < kTile) {
+    if (sums_bias && threadIdx.x < kTileM) {
       for (int kk = 0; kk < kStep; ++kk) bias_acc += a_tile[kk][threadIdx.x];
     }
+#pragma unroll
     for (int kk = 0; kk < kStep; ++kk) {
-      T av[4], bv[4];
-      for (int i = 0; i < 4; ++i) av[i] = a_tile[kk][ty + 16 * i];
-      for (int j = 0; j < 4; ++j) bv[j] = b_tile[kk][tx + 16 * j];
-      for (int i = 0; i < 4; ++i) {
-        for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+      T av[kMicroM], bv[kMicroN];
+#pragma unroll
+      for (int i = 0; i < kMicroM; ++i) {
+        av[i] = a_tile[kk][ty + kRowsOfThreads * i];
+      }
+#pragma unroll
+      for (int j = 0; j < kMicroN; ++j) {
+        bv[j] = b_tile[kk][tx + kColsOfThreads * j];
+      }
+#pragma unroll
+      for (int i = 0; i < kMicroM; ++i) {
+#pragma unroll
+        for (int j = 0; j < kMicroN; ++j) acc[i][j] += av[i] * bv[j];
       }
     }
     __syncthreads();
   }
   T* target = out + (kToWeights ? z * rows * cols : 0);
-  for (int i = 0; i < 4; ++i) {
-    const int64_t m = m0 + ty + 16 * i;
+#pragma unroll
+  for (int i = 0; i < kMicroM; ++i) {
+    const int64_t m = m0 + ty + kRowsOfThreads * i;
     if (m >= rows) continue;
-    for (int j = 0; j < 4; ++j) {
-      const int64_t n = n0 + tx + 16 * j;
+#pragma unroll
+    for (int j = 0; j < kMicroN; ++j) {
+      const int64_t n = n0 + tx + kColsOfThreads * j;
       if (n >= cols) continue;
       target[m * cols + n] =
           kMode == Product::kProject ? acc[i][j] + bias[n] : acc[i][j];
     }
   }
-  if (sums_bias && threadIdx.x < kTile && m0 + threadIdx.x < rows) {
+  if (sums_bias && threadIdx.x < kTileM && m0 + threadIdx.x < rows) {
     out_bias[z * rows + m0 + threadIdx.x] = bias_acc;
   }
 }
@@ -344,13 +358,14 @@ cudaError_t LaunchProduct(const T* a, const T* b, const T* bias,
   const int64_t grid_cols =
       kMode == Product::kToWeights && cols == 0 ? 1 : cols;
   if (rows == 0 || grid_cols == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(CeilDiv(rows, kTile)),
-                  static_cast<unsigned>(CeilDiv(grid_cols, kTile)),
+  using Tiling = ProductTiling<kMode>;
+  const dim3 grid(static_cast<unsigned>(CeilDiv(rows, Tiling::kTileM)),
+                  static_cast<unsigned>(CeilDiv(grid_cols, Tiling::kTileN)),
                   static_cast<unsigned>(chunks));
   if (grid.y > kMaxGridY || grid.z > kMaxGridY) {
     return cudaErrorInvalidConfiguration;
   }
-  ProductKernel<T, kMode><<<grid, kThreads, 0, stream>>>(
+  ProductKernel<T, kMode><<<grid, Tiling::kThreads, 0, stream>>>(
       a, b, bias, pixels, s2, c, CeilDiv(pixels, chunks), out, out_bias);
   return cudaGetLastError();
 }
@@ -377,12 +392,12 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Forward directly (each window reads its taps) or through the dense
-// projection in scratch: per output the direct kernel costs about 150x what
+// projection in scratch: per output the direct kernel costs about 30x what
 // the projection's tiled product costs per projected value (the crossover
 // measured on an H100, float32, C = 128, S = 11 and 15, lam = 1..32; see
 // docs/benchmarks.md), so the windows go direct while
-// 150 K T^2 <= pixels S^2.
-constexpr int64_t kDirectCostRatio = 150;
+// 30 K T^2 <= pixels S^2.
+constexpr int64_t kDirectCostRatio = 30;
 
 bool ForwardIsDirect(const ProjectionGeometry& pg, int64_t num_indices,
                      ProjectForwardPath path) {

@@ -195,6 +195,35 @@ TM_HOST_DEVICE int AxisHits(int64_t a, int c, int lam, int window,
   return count;
 }
 
+// Up to two taps of one kind (spatial or window) along one axis, in range
+// (project_swap_align2nat's kernels).
+template <typename T>
+struct Taps2 {
+  int count = 0;
+  int64_t index[2] = {0, 0};
+  T weight[2] = {T(0), T(0)};
+  T total = T(0);  // summed in-range weight
+};
+
+// Spatial taps of (position p, offset t) inside [0, size). Written on fixed
+// slots (no index computed at run time) so that CUDA keeps the taps in
+// registers.
+template <typename T>
+TM_HOST_DEVICE Taps2<T> SpatialTapsInRange(int64_t p, int t, int lam,
+                                           int out_window, int64_t size) {
+  const int64_t first = p * lam + t - SpatialShift(out_window);
+  const bool two = NumSpatialTaps(out_window) == 2;
+  const bool low_in = first >= 0 && first < size;
+  const bool high_in = two && first + 1 >= 0 && first + 1 < size;
+  Taps2<T> taps;
+  taps.count = static_cast<int>(low_in) + static_cast<int>(high_in);
+  taps.index[0] = low_in ? first : first + 1;
+  taps.index[1] = first + 1;
+  taps.weight[0] = taps.weight[1] = two ? T(0.5) : T(1);
+  taps.total = taps.weight[0] * static_cast<T>(taps.count);
+  return taps;
+}
+
 // Weight of the 4D taps outside the input, from the per-axis weights: a 4D
 // tap reads the input only if both its row and its column tap do.
 TM_HOST_DEVICE double OutsideWeight(double row_outside, double col_outside) {

@@ -3,8 +3,8 @@
 // when built with GOOGLE_CUDA, GPU) kernels. The arithmetic lives in
 // swap_align2nat_math.h; the loops in swap_align2nat_cpu.h and
 // swap_align2nat_cuda.cu.cc. ProjectSwapAlign2NatGather(Grad), the fused
-// conv1x1 + swap_align2nat_gather (project_swap_align2nat_cpu.h), has a CPU
-// kernel only. Gradients are registered in Python
+// conv1x1 + swap_align2nat_gather, the same way: project_swap_align2nat_cpu.h
+// and project_swap_align2nat_cuda.cu.cc. Gradients are registered in Python
 // (tensormask_tf/ops/custom_op_library.py).
 //
 // Only float and double are registered: the Python wrapper computes half and
@@ -25,6 +25,7 @@
 #include "swap_align2nat_math.h"
 
 #if GOOGLE_CUDA
+#include "project_swap_align2nat_cuda.h"
 #include "swap_align2nat_cuda.h"
 #include "xla/stream_executor/stream.h"
 #endif
@@ -359,6 +360,34 @@ struct Runner<CpuDevice, T> {
         indices.dim_size(0), dx->flat<T>().data(), CpuParallelFor(c));
     return Status();
   }
+  static Status ProjectForward(OpKernelContext* c, const ProjectionGeometry& pg,
+                               float pad, const Tensor& f, const Tensor& w,
+                               const Tensor& bias, const Tensor& indices,
+                               Tensor* out) {
+    TF_RETURN_IF_ERROR(CheckIndices(indices, pg.g));
+    cpu::ProjectSwapAlign2NatGatherForward<T>(
+        pg, f.flat<T>().data(), w.flat<T>().data(), bias.flat<T>().data(),
+        static_cast<T>(pad), indices.flat<int32_t>().data(),
+        indices.dim_size(0), out->flat<T>().data(), CpuParallelFor(c));
+    return Status();
+  }
+  static Status ProjectBackward(OpKernelContext* c,
+                                const ProjectionGeometry& pg,
+                                const Tensor& dy, const Tensor& f,
+                                const Tensor& w, const Tensor& indices,
+                                Tensor* df, Tensor* dw, Tensor* dbias) {
+    TF_RETURN_IF_ERROR(CheckIndices(indices, pg.g));
+    Tensor workspace;
+    TF_RETURN_IF_ERROR(c->allocate_temp(
+        tensorflow::DataTypeToEnum<T>::value,
+        TensorShape({cpu::ProjectionGradWorkspaceSize(pg)}), &workspace));
+    cpu::ProjectSwapAlign2NatGatherBackward<T>(
+        pg, dy.flat<T>().data(), f.flat<T>().data(), w.flat<T>().data(),
+        indices.flat<int32_t>().data(), indices.dim_size(0),
+        df->flat<T>().data(), dw->flat<T>().data(), dbias->flat<T>().data(),
+        workspace.flat<T>().data(), CpuParallelFor(c));
+    return Status();
+  }
 };
 
 #if GOOGLE_CUDA
@@ -404,18 +433,61 @@ struct Runner<GpuDevice, T> {
   static Status GatherBackward(OpKernelContext* c, const Geometry& g,
                                const Tensor& dy, const Tensor& indices,
                                Tensor* dx) {
-    const int64_t bytes =
-        SwapAlign2NatGatherBackwardWorkspaceBytes(g, indices.dim_size(0));
     Tensor workspace;
-    TF_RETURN_IF_ERROR(c->allocate_temp(tensorflow::DT_INT8,
-                                        TensorShape({bytes > 0 ? bytes : 1}),
-                                        &workspace));
+    TF_RETURN_IF_ERROR(AllocateWorkspace(
+        c, SwapAlign2NatGatherBackwardWorkspaceBytes(g, indices.dim_size(0)),
+        &workspace));
     return CudaStatus(LaunchSwapAlign2NatGatherBackward<T>(
                           g, dy.flat<T>().data(),
                           indices.flat<int32_t>().data(), indices.dim_size(0),
                           workspace.flat<int8_t>().data(), dx->flat<T>().data(),
                           GpuStream(c)),
                       "SwapAlign2NatGatherGrad CUDA kernel");
+  }
+  static Status ProjectForward(OpKernelContext* c, const ProjectionGeometry& pg,
+                               float pad, const Tensor& f, const Tensor& w,
+                               const Tensor& bias, const Tensor& indices,
+                               Tensor* out) {
+    Tensor workspace;
+    TF_RETURN_IF_ERROR(AllocateWorkspace(
+        c, ProjectSwapAlign2NatGatherForwardWorkspaceBytes<T>(
+               pg, indices.dim_size(0)),
+        &workspace));
+    return CudaStatus(LaunchProjectSwapAlign2NatGatherForward<T>(
+                          pg, static_cast<T>(pad), f.flat<T>().data(),
+                          w.flat<T>().data(), bias.flat<T>().data(),
+                          indices.flat<int32_t>().data(), indices.dim_size(0),
+                          workspace.flat<int8_t>().data(),
+                          out->flat<T>().data(), GpuStream(c)),
+                      "ProjectSwapAlign2NatGather CUDA kernels");
+  }
+  static Status ProjectBackward(OpKernelContext* c,
+                                const ProjectionGeometry& pg,
+                                const Tensor& dy, const Tensor& f,
+                                const Tensor& w, const Tensor& indices,
+                                Tensor* df, Tensor* dw, Tensor* dbias) {
+    Tensor workspace;
+    TF_RETURN_IF_ERROR(AllocateWorkspace(
+        c, ProjectSwapAlign2NatGatherBackwardWorkspaceBytes<T>(
+               pg, indices.dim_size(0)),
+        &workspace));
+    return CudaStatus(LaunchProjectSwapAlign2NatGatherBackward<T>(
+                          pg, dy.flat<T>().data(), f.flat<T>().data(),
+                          w.flat<T>().data(), indices.flat<int32_t>().data(),
+                          indices.dim_size(0), workspace.flat<int8_t>().data(),
+                          df->flat<T>().data(), dw->flat<T>().data(),
+                          dbias->flat<T>().data(), GpuStream(c)),
+                      "ProjectSwapAlign2NatGatherGrad CUDA kernels");
+  }
+
+ private:
+  // Device scratch from TF's allocator, released when the op ends.
+  static Status AllocateWorkspace(OpKernelContext* c, size_t bytes,
+                                  Tensor* workspace) {
+    return c->allocate_temp(
+        tensorflow::DT_INT8,
+        TensorShape({static_cast<int64_t>(bytes > 0 ? bytes : 1)}),
+        workspace);
   }
 };
 
@@ -569,12 +641,12 @@ class SwapAlign2NatGatherGradOp : public SwapAlign2NatBase<Device, T> {
 };
 
 // ---------------------------------------------------------------------------
-// ProjectSwapAlign2NatGather(Grad): CPU kernels only.
+// ProjectSwapAlign2NatGather(Grad).
 // ---------------------------------------------------------------------------
 constexpr char kProjectOp[] = "project_swap_align2nat_gather";
 
 // Checks features [N, H, W, C], weights [S*S, C], bias [S*S] (when given)
-// and the index rows; same messages as the Python wrapper's checks.
+// and the shape of indices; same messages as the Python wrapper's checks.
 Status ProjectionGeometryFromInputs(const Tensor& features,
                                     const Tensor& weights, const Tensor* bias,
                                     const Tensor& indices, int lam,
@@ -609,14 +681,15 @@ Status ProjectionGeometryFromInputs(const Tensor& features,
   pg->g = MakeGeometry(features.dim_size(0), features.dim_size(1),
                        features.dim_size(2), static_cast<int>(s), lam);
   pg->channels = features.dim_size(3);
-  TF_RETURN_IF_ERROR(CheckIndicesShape(indices));
-  return CheckIndices(indices, pg->g);
+  // Index values are checked by the CPU kernels (host memory) and, for the
+  // GPU, by the Python wrapper; the CUDA kernels skip rows out of range.
+  return CheckIndicesShape(indices);
 }
 
-template <typename T>
-class ProjectSwapAlign2NatGatherOp : public SwapAlign2NatBase<CpuDevice, T> {
+template <typename Device, typename T>
+class ProjectSwapAlign2NatGatherOp : public SwapAlign2NatBase<Device, T> {
  public:
-  using SwapAlign2NatBase<CpuDevice, T>::SwapAlign2NatBase;
+  using SwapAlign2NatBase<Device, T>::SwapAlign2NatBase;
 
   void Compute(OpKernelContext* c) override {
     const Tensor& features = c->input(0);
@@ -634,19 +707,16 @@ class ProjectSwapAlign2NatGatherOp : public SwapAlign2NatBase<CpuDevice, T> {
                                        pg.g.out_window}),
                           &masks));
     if (masks == nullptr) return;
-    cpu::ProjectSwapAlign2NatGatherForward<T>(
-        pg, features.flat<T>().data(), weights.flat<T>().data(),
-        bias.flat<T>().data(), static_cast<T>(this->pad_),
-        indices.flat<int32_t>().data(), num_windows, masks->flat<T>().data(),
-        CpuParallelFor(c));
+    OP_REQUIRES_OK(c, (Runner<Device, T>::ProjectForward(
+                          c, pg, this->pad_, features, weights, bias, indices,
+                          masks)));
   }
 };
 
-template <typename T>
-class ProjectSwapAlign2NatGatherGradOp
-    : public SwapAlign2NatBase<CpuDevice, T> {
+template <typename Device, typename T>
+class ProjectSwapAlign2NatGatherGradOp : public SwapAlign2NatBase<Device, T> {
  public:
-  using SwapAlign2NatBase<CpuDevice, T>::SwapAlign2NatBase;
+  using SwapAlign2NatBase<Device, T>::SwapAlign2NatBase;
 
   void Compute(OpKernelContext* c) override {
     const Tensor& dy = c->input(0);
@@ -668,19 +738,11 @@ class ProjectSwapAlign2NatGatherGradOp
     OP_REQUIRES_OK(c, c->allocate_output(
                           2, TensorShape({weights.dim_size(0)}), &dbias));
     for (Tensor* t : {dfeatures, dweights, dbias}) {
-      MaybePoison<CpuDevice, T>(c, this->poison_, t);
+      MaybePoison<Device, T>(c, this->poison_, t);
     }
-    Tensor workspace;
-    OP_REQUIRES_OK(c, c->allocate_temp(
-                          tensorflow::DataTypeToEnum<T>::value,
-                          TensorShape({cpu::ProjectionGradWorkspaceSize(pg)}),
-                          &workspace));
-    cpu::ProjectSwapAlign2NatGatherBackward<T>(
-        pg, dy.flat<T>().data(), features.flat<T>().data(),
-        weights.flat<T>().data(), indices.flat<int32_t>().data(),
-        indices.dim_size(0), dfeatures->flat<T>().data(),
-        dweights->flat<T>().data(), dbias->flat<T>().data(),
-        workspace.flat<T>().data(), CpuParallelFor(c));
+    OP_REQUIRES_OK(c, (Runner<Device, T>::ProjectBackward(
+                          c, pg, dy, features, weights, indices, dfeatures,
+                          dweights, dbias)));
   }
 };
 
@@ -702,11 +764,11 @@ class ProjectSwapAlign2NatGatherGradOp
   REGISTER_KERNEL_BUILDER(Name("ProjectSwapAlign2NatGather")               \
                               .Device(DEVICE_CPU)                          \
                               .TypeConstraint<T>("T"),                     \
-                          ProjectSwapAlign2NatGatherOp<T>);                \
+                          ProjectSwapAlign2NatGatherOp<CpuDevice, T>);     \
   REGISTER_KERNEL_BUILDER(Name("ProjectSwapAlign2NatGatherGrad")           \
                               .Device(DEVICE_CPU)                          \
                               .TypeConstraint<T>("T"),                     \
-                          ProjectSwapAlign2NatGatherGradOp<T>);
+                          ProjectSwapAlign2NatGatherGradOp<CpuDevice, T>);
 REGISTER_CPU(float);
 REGISTER_CPU(double);
 #undef REGISTER_CPU
@@ -730,7 +792,15 @@ using ::tensorflow::DEVICE_GPU;
                               .Device(DEVICE_GPU)                          \
                               .TypeConstraint<T>("T")                      \
                               .HostMemory("x_shape"),                      \
-                          SwapAlign2NatGatherGradOp<GpuDevice, T>);
+                          SwapAlign2NatGatherGradOp<GpuDevice, T>);        \
+  REGISTER_KERNEL_BUILDER(Name("ProjectSwapAlign2NatGather")               \
+                              .Device(DEVICE_GPU)                          \
+                              .TypeConstraint<T>("T"),                     \
+                          ProjectSwapAlign2NatGatherOp<GpuDevice, T>);     \
+  REGISTER_KERNEL_BUILDER(Name("ProjectSwapAlign2NatGatherGrad")           \
+                              .Device(DEVICE_GPU)                          \
+                              .TypeConstraint<T>("T"),                     \
+                          ProjectSwapAlign2NatGatherGradOp<GpuDevice, T>);
 REGISTER_GPU(float);
 REGISTER_GPU(double);
 #undef REGISTER_GPU

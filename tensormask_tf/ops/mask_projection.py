@@ -5,9 +5,10 @@ The bipyramid's masks at level k are
 projection conv1x1 lives on the P2 grid for every level, so computed densely
 it is as large as the dense swap output, gradient included (SPEC.md 2, memory
 note). `project_swap_align2nat_gather` computes the same masks, and with the
-custom-op backend evaluates the projection only at the taps the selected
-windows read: memory O(K (lam S)^2) besides the features' gradient, time
-O(K (lam S)^2 C) instead of O(N H W S^2 C).
+custom-op backend holds no projection between the forward and backward
+passes: memory O(K (lam S)^2) besides the features' gradient (and op-local
+scratch on a GPU). The CPU kernel evaluates the projection only at the taps
+the selected windows read, time O(K (lam S)^2 C) instead of O(N H W S^2 C).
 """
 
 import math
@@ -63,13 +64,6 @@ def _check_kernel(kernel, bias, channels: int) -> tuple[tf.Tensor, tf.Tensor,
   return kernel, bias, window
 
 
-def _fused_kernel_applies() -> bool:
-  # The fused kernel exists for the CPU only. On a machine with a GPU the
-  # custom backend keeps the projection dense and gathers with the CUDA
-  # swap_align2nat_gather kernel rather than moving the features to the host.
-  return not tf.config.list_logical_devices("GPU")
-
-
 def project_swap_align2nat_gather(features, kernel, bias, indices, lam: int,
                                   pad: float = mask_representation.DEFAULT_PAD,
                                   backend: str = "auto",
@@ -88,9 +82,10 @@ def project_swap_align2nat_gather(features, kernel, bias, indices, lam: int,
     pad: value read for taps outside the projected tensor.
     backend: "auto", "tf" or "custom" (see `backend.py`). "tf" projects the
       whole grid with a matmul and gathers (XLA-compatible; memory
-      O(N H W S^2)); "custom" runs the fused CPU kernel, which never forms
-      the projection (on a machine with a GPU: the dense projection and the
-      CUDA gather kernel).
+      O(N H W S^2)); "custom" runs the fused kernel (C++ on the CPU, CUDA
+      on a GPU), whose output and saved inputs hold no projection: the CPU
+      kernel never forms it, the CUDA kernels form it (or its gradient)
+      only as scratch inside the op where that is faster.
     name: optional name scope.
 
   Returns:
@@ -104,7 +99,7 @@ def project_swap_align2nat_gather(features, kernel, bias, indices, lam: int,
     features = _check_features(features)
     kernel, bias, window = _check_kernel(kernel, bias, features.shape[-1])
     resolved = backend_lib.resolve(backend)
-    if resolved == "custom" and _fused_kernel_applies():
+    if resolved == "custom":
       dtype = mask_representation.compute_dtype(features.dtype)
       _, height, width, _ = features.shape.as_list()
       indices = mask_representation.check_gather_indices(
