@@ -573,14 +573,22 @@ def run_timing(kernels, baseline, repeats):
           f"{naive / ms:.1f}x |", flush=True)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(description):
+  """The harnesses' flags; None (after saying why) when CuPy is missing."""
+  parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--build_dir", default="/tmp")
   parser.add_argument("--skip_timing", action="store_true")
   parser.add_argument("--repeats", type=int, default=20)
   args = parser.parse_args()
   if cp is None:
     print("CuPy is required (device memory for the kernels).")
+    return None
+  return args
+
+
+def main():
+  args = parse_args(__doc__.split("\n")[0])
+  if args is None:
     return 2
   kernels = Kernels(build(args.build_dir))
   baseline = Baseline(build(args.build_dir, BASELINE, BASELINE_LIB_NAME))

@@ -23,7 +23,6 @@ Usage: python custom_ops/cuda_test/run_projection_kernels.py
        [--build_dir /tmp] [--skip_timing] [--repeats 20]
 """
 
-import argparse
 import ctypes
 import math
 import os
@@ -318,13 +317,8 @@ def run_timing(kernels, sa2n, repeats):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--build_dir", default="/tmp")
-  parser.add_argument("--skip_timing", action="store_true")
-  parser.add_argument("--repeats", type=int, default=20)
-  args = parser.parse_args()
-  if cp is None:
-    print("CuPy is required (device memory for the kernels).")
+  args = harness.parse_args(__doc__.split("\n")[0])
+  if args is None:
     return 2
   lib = harness.build(args.build_dir)
   kernels = ProjectionKernels(lib)

@@ -40,19 +40,12 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 // Forward: windows per block so that a block has about this many outputs.
 constexpr int kForwardOutputsPerBlock = 128;
-constexpr int64_t kMaxGridY = 65535;
-constexpr size_t kWorkspaceAlign = 256;
 // Matrix products: 16-deep steps; output tiles per mode (ProductTiling).
 constexpr int kStep = 16;
 // [dw | dbias] sums pixel chunks of about this many pixels, at most
 // kMaxChunks of them (bounds the partial sums' scratch).
 constexpr int64_t kChunkPixels = 1024;
 constexpr int64_t kMaxChunks = 128;
-
-inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline size_t AlignUp(size_t bytes) {
-  return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
-}
 
 // Window taps of offset u inside [0, S), in 32-bit arithmetic from the
 // closed form of swap_align2nat_math.h (u = lam * q + r), on fixed slots like
@@ -224,6 +217,26 @@ enum class Product {
   kToWeights,
 };
 
+// Loads tile[kk][i] = load(i0 + i, k0 + kk) for i < kSize, kk < kStep (zero
+// outside [.., size) x [.., k_end)), walking the operand's contiguous axis
+// across threads. Returns whether this thread loaded a non-zero value.
+template <typename T, int kSize, bool kContiguousInK, int kBlockThreads,
+          typename Load>
+__device__ __forceinline__ bool LoadTile(T (*tile)[kSize + 1], int64_t i0,
+                                         int64_t size, int64_t k0,
+                                         int64_t k_end, Load load) {
+  bool nonzero = false;
+  for (int e = threadIdx.x; e < kSize * kStep; e += kBlockThreads) {
+    const int i = kContiguousInK ? e / kStep : e % kSize;
+    const int kk = kContiguousInK ? e % kStep : e / kSize;
+    T value = T(0);
+    if (i0 + i < size && k0 + kk < k_end) value = load(i0 + i, k0 + kk);
+    nonzero |= value != T(0);
+    tile[kk][i] = value;
+  }
+  return nonzero;
+}
+
 // Output tile and register tile per thread. The products over all pixels
 // (M = pixels) take 128 x 64 tiles with 8 x 8 per thread (8 shared-memory
 // reads per 64 multiply-adds); the weights' product (M = S*S, N = C, one
@@ -284,28 +297,14 @@ __global__ void __launch_bounds__(ProductTiling<kMode>::kThreads)
   }
   T bias_acc = T(0);  // dbias_z[m0 + threadIdx.x]
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kStep) {
-    int nonzero = 0;
-    for (int e = threadIdx.x; e < kTileM * kStep; e += kProductThreads) {
-      const int mm = kAContiguousInK ? e / kStep : e % kTileM;
-      const int kk = kAContiguousInK ? e % kStep : e / kTileM;
-      const int64_t m = m0 + mm, k = k0 + kk;
-      T value = T(0);
-      if (m < rows && k < k_end) {
-        value = kToWeights ? a[k * s2 + m] : a[m * a_stride + k];
-      }
-      nonzero |= value != T(0);
-      a_tile[kk][mm] = value;
-    }
-    for (int e = threadIdx.x; e < kTileN * kStep; e += kProductThreads) {
-      const int nn = kBContiguousInK ? e / kStep : e % kTileN;
-      const int kk = kBContiguousInK ? e % kStep : e / kTileN;
-      const int64_t n = n0 + nn, k = k0 + kk;
-      T value = T(0);
-      if (n < cols && k < k_end) {
-        value = kBContiguousInK ? b[n * c + k] : b[k * c + n];
-      }
-      b_tile[kk][nn] = value;
-    }
+    const bool nonzero = LoadTile<T, kTileM, kAContiguousInK, kProductThreads>(
+        a_tile, m0, rows, k0, k_end, [&](int64_t m, int64_t k) {
+          return kToWeights ? a[k * s2 + m] : a[m * a_stride + k];
+        });
+    LoadTile<T, kTileN, kBContiguousInK, kProductThreads>(
+        b_tile, n0, cols, k0, k_end, [&](int64_t n, int64_t k) {
+          return kBContiguousInK ? b[n * c + k] : b[k * c + n];
+        });
     if (!__syncthreads_or(nonzero)) continue;  // (the barrier of the loads)
     if (sums_bias && threadIdx.x < kTileM) {
       for (int kk = 0; kk < kStep; ++kk) bias_acc += a_tile[kk][threadIdx.x];

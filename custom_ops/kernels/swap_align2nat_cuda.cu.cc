@@ -39,16 +39,10 @@ constexpr int kThreads = 256;
 constexpr int kForwardTileElements = 4096;
 constexpr int kForwardMaxTileCols = 512;
 constexpr int64_t kMaxGridX = 0x7fffffff;
-constexpr int64_t kMaxGridY = 65535;
 constexpr int kScanThreads = 1024;
-constexpr size_t kWorkspaceAlign = 256;
 
-inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 __host__ __device__ inline int64_t Min64(int64_t a, int64_t b) {
   return a < b ? a : b;
-}
-inline size_t AlignUp(size_t bytes) {
-  return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
 }
 
 __device__ __forceinline__ bool ValidCell(const Geometry& g, int64_t n,

@@ -18,6 +18,17 @@
 
 namespace tensormask {
 
+// Host helpers of the CUDA launchers (this file's and
+// project_swap_align2nat_cuda.h's).
+// Every part of a launcher's workspace starts at this alignment.
+constexpr size_t kWorkspaceAlign = 256;
+// The grid's y and z dimensions are limited to this.
+constexpr int64_t kMaxGridY = 65535;
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline size_t AlignUp(size_t bytes) {
+  return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+}
+
 // All pointers are device pointers; each launcher enqueues on `stream` and
 // returns cudaGetLastError(). Instantiated for T = float and double; float
 // sums in float, double in double (weights come from the header in double
