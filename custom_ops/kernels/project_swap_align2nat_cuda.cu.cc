@@ -395,9 +395,12 @@ __global__ void __launch_bounds__(kThreads)
 // the projection's tiled product costs per projected value (the crossover
 // measured on an H100, float32, C = 128, S = 11 and 15, lam = 1..32; see
 // docs/benchmarks.md), so the windows go direct while
-// 30 K T^2 <= pixels S^2.
+// 30 K T^2 <= pixels S^2, and while its stage fits the shared memory every
+// device grants without opting in.
 constexpr int64_t kDirectCostRatio = 30;
+constexpr size_t kMaxStageBytes = 48 * 1024;
 
+template <typename T>
 bool ForwardIsDirect(const ProjectionGeometry& pg, int64_t num_indices,
                      ProjectForwardPath path) {
   if (path != ProjectForwardPath::kAuto) {
@@ -406,7 +409,8 @@ bool ForwardIsDirect(const ProjectionGeometry& pg, int64_t num_indices,
   const Geometry& g = pg.g;
   const int64_t t = g.out_window, s = g.window;
   return kDirectCostRatio * num_indices * t * t <=
-         g.batch * g.height * g.width * s * s;
+             g.batch * g.height * g.width * s * s &&
+         KernelStageBytes(pg, sizeof(T)) <= kMaxStageBytes && t <= kMaxGridY;
 }
 
 // Scratch, each part 256-byte aligned: the projection or its gradient
@@ -422,7 +426,7 @@ Scratch ForwardScratch(const ProjectionGeometry& pg, int64_t num_indices,
                        ProjectForwardPath path) {
   const Geometry& g = pg.g;
   Scratch scratch = {0, 0, 0, 0};
-  if (!ForwardIsDirect(pg, num_indices, path)) {
+  if (!ForwardIsDirect<T>(pg, num_indices, path)) {
     scratch.projection = AlignUp(g.batch * g.height * g.width * g.window *
                                  g.window * sizeof(T));
   }
@@ -452,7 +456,7 @@ cudaError_t LaunchForward(const ProjectionGeometry& pg, T pad, const T* f,
   const Geometry& g = pg.g;
   const int t_size = g.out_window;
   if (num_indices == 0 || t_size == 0) return cudaSuccess;
-  if (!ForwardIsDirect(pg, num_indices, path)) {
+  if (!ForwardIsDirect<T>(pg, num_indices, path)) {
     T* projected = static_cast<T*>(workspace);
     const int64_t s2 = static_cast<int64_t>(g.window) * g.window;
     const cudaError_t err = LaunchProduct<T, Product::kProject>(
@@ -462,16 +466,10 @@ cudaError_t LaunchForward(const ProjectionGeometry& pg, T pad, const T* f,
     return LaunchSwapAlign2NatGatherForward<T>(g, pad, projected, indices,
                                                num_indices, out, stream);
   }
+  // (Only a forced direct path gets here with either.)
   if (t_size > kMaxGridY) return cudaErrorInvalidConfiguration;
   const size_t stage = KernelStageBytes(pg, sizeof(T));
-  if (stage > 48 * 1024) {
-    // Above the default limit: opt in (fails cleanly where the device
-    // cannot give it).
-    const cudaError_t err = cudaFuncSetAttribute(
-        ForwardKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(stage));
-    if (err != cudaSuccess) return err;
-  }
+  if (stage > kMaxStageBytes) return cudaErrorInvalidValue;
   const int windows = WindowsPerBlock(t_size);
   const dim3 grid(static_cast<unsigned>(CeilDiv(num_indices, windows)),
                   static_cast<unsigned>(t_size));
