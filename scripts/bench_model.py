@@ -14,7 +14,10 @@ statistics give the peak memory held by tensors (weights included) during
 the measured calls.
 
 1. train: one training step with the mask loss computed from the gathered
-   masks of the positives only (the task's default mask caps) vs from the
+   masks of the positives only (the task's default mask caps; "gathered":
+   every (level, size) pair in one `head.mask_logits_at` call, as the task
+   does, whose backward holds one level's feature gradient at a time;
+   "gathered_per_pair": one `head.mask_logits` call per pair) vs from the
    dense bipyramid (every window's mask, then the positives picked), the
    latter two ways: level by level ("dense": TensorFlow frees each level's
    masks once its positives are picked) and held as the original
@@ -119,7 +122,7 @@ def _natural_masks_mb(model, spec, config, labels, mask_branch) -> float:
     stride = 2**k
     for a in range(spec.num_sizes):
       side = model.head.mask_side(k, a)
-      if mask_branch == "gathered":
+      if mask_branch.startswith("gathered"):
         windows = int(tf.reduce_sum(labels[f"mask_valid_{k}_{a}"]))
       elif mask_branch.startswith("dense"):
         windows = (height // stride) * (width // stride)
@@ -161,9 +164,18 @@ def child_train(size: int, mask_branch: str, repeats: int,
     side = model.head.mask_side(k, a)
     return tf.reshape(tf.gather_nd(every, idx), [-1, side, side])
 
-  def mask_logits_fn(outputs):
+  def masks_at_windows_fn(outputs):
+    """The losses' `([(level, a, indices)]) -> [masks]` of the branch."""
     features = outputs["mask_features"]
     if mask_branch == "gathered":
+      return lambda windows: model.head.mask_logits_at(features, windows)
+    per_pair = per_pair_masks_fn(features)
+    return lambda windows: [per_pair(*window) for window in windows]
+
+  def per_pair_masks_fn(features):
+    if mask_branch == "gathered_per_pair":
+      # Each pair's masks on their own (before mask_logits_at): each
+      # pair's backward makes its own feature gradient.
       return lambda k, a, idx: model.head.mask_logits(features, k, a, idx)
     if mask_branch == "dense":
       return lambda k, a, idx: positives(
@@ -187,7 +199,7 @@ def child_train(size: int, mask_branch: str, repeats: int,
     with tf.GradientTape() as tape:
       outputs = model(images, training=True)
       result = losses.tensormask_losses(
-          outputs, labels, mask_logits_fn(outputs), spec.levels,
+          outputs, labels, masks_at_windows_fn(outputs), spec.levels,
           spec.num_sizes, config.num_classes)
     grads = tape.gradient(result["total_loss"], model.trainable_variables)
     optimizer.apply_gradients(
@@ -209,12 +221,13 @@ def child_train(size: int, mask_branch: str, repeats: int,
     def branch(features):
       with tf.GradientTape() as tape:
         tape.watch(features)
-        fn = mask_logits_fn({"mask_features": features})
+        fn = masks_at_windows_fn({"mask_features": features})
         total = 0.0
         if mask_branch == "features":
           # Only the features' gradient, which every variant returns.
           total = tf.add_n([0.0 * tf.reduce_mean(f) for f in
                             features.values()])
+        windows, mask_labels = [], []
         for k in spec.levels if mask_branch != "features" else ():
           for a in range(spec.num_sizes):
             cells = labels[f"mask_indices_{k}_{a}"][0]
@@ -223,7 +236,11 @@ def child_train(size: int, mask_branch: str, repeats: int,
                 tf.concat([tf.zeros_like(cells[:, :1]), cells], 1),
                 labels[f"mask_targets_{k}_{a}"][0],
                 labels[f"mask_valid_{k}_{a}"][0])
-            total += losses.mask_loss(fn(k, a, idx), targets, valid)
+            windows.append((k, a, idx))
+            mask_labels.append((targets, valid))
+        for logits, (targets, valid) in zip(fn(windows) if windows else [],
+                                            mask_labels):
+          total += losses.mask_loss(logits, targets, valid)
       grads = tape.gradient(total, [features, variables])
       # (The "features" branch has no projection gradients.)
       return total, tf.add_n([tf.reduce_sum(g) for g in
@@ -466,7 +483,7 @@ def main():
         f"{args.precision}, {os.cpu_count()} CPUs, median of {args.repeats}")
   train = {}
   if "train" in sections:
-    branches = ("gathered", "dense", "dense_held")
+    branches = ("gathered", "gathered_per_pair", "dense", "dense_held")
     train = {b: _run_child(f"train:{b}", args)
              for b in branches + ("features",)}
     base = train["features"].get("peak_mb")
@@ -508,7 +525,7 @@ def main():
             f"{_fmt(r.get('own_mb'), digits=1)} | "
             f"{_fmt(r.get('mask_loss'), digits=6)} |")
     g = train["gathered"]
-    for b in ("dense", "dense_held"):
+    for b in ("gathered_per_pair", "dense", "dense_held"):
       if not (g and train[b] and branch[b] and branch["gathered"]):
         continue
       d = train[b]

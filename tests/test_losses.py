@@ -114,14 +114,14 @@ def test_mask_loss_of_the_caps_counts_positive_rows_only(static_mask_shapes):
              "box_outputs": {"3": tf.zeros([batch, grid, grid, 4])}}
   asked = []
 
-  def mask_logits_fn(level, size_index, indices):
-    del level, size_index
+  def masks_at_windows_fn(windows):
+    (_, _, indices), = windows
     asked.append(int(tf.shape(indices)[0]))
-    return tf.gather_nd(table, indices)
+    return [tf.gather_nd(table, indices)]
 
   with tf.GradientTape() as tape:
     result = losses.tensormask_losses(
-        outputs, labels, mask_logits_fn, [3], 1, 2,
+        outputs, labels, masks_at_windows_fn, [3], 1, 2,
         static_mask_shapes=static_mask_shapes)
   grad = tape.gradient(result["mask_loss"], table).numpy()
   assert asked == [batch * cap if static_mask_shapes else 3]

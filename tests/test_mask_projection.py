@@ -101,7 +101,7 @@ def test_every_output_element_is_written():
   masks = library.project_swap_align2_nat_gather(
       features, weights, bias, indices, lam=2, pad=-6.0, poison_output=True)
   grads = library.project_swap_align2_nat_gather_grad(
-      np.ones(masks.shape), features, weights, indices, lam=2,
+      np.ones(masks.shape), features, weights, indices, [], lam=2,
       poison_output=True)
   for name, value in zip(["masks", "dfeatures", "dweights", "dbias"],
                          [masks, *grads]):
@@ -118,7 +118,7 @@ def test_gradients_are_deterministic():
   args = (dy, features.astype(np.float32),
           np.ascontiguousarray(kernel.T).astype(np.float32), indices)
   runs = [[g.numpy() for g in library.project_swap_align2_nat_gather_grad(
-      *args, lam=4)] for _ in range(3)]
+      *args, [], lam=4)] for _ in range(3)]
   for run in runs[1:]:
     for got, want in zip(run, runs[0]):
       np.testing.assert_array_equal(got, want)
@@ -134,10 +134,10 @@ def test_zero_rows_of_dy_are_skipped_exactly():
   dy[::2] = 0.0
   dy[1, 3] = 0.0
   full = library.project_swap_align2_nat_gather_grad(dy, features, weights,
-                                                     indices, lam=2)
+                                                     indices, [], lam=2)
   kept = [1, 3, 5]
   part = library.project_swap_align2_nat_gather_grad(
-      dy[kept], features, weights, indices[kept], lam=2)
+      dy[kept], features, weights, indices[kept], [], lam=2)
   for got, want in zip(full, part):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
@@ -197,9 +197,138 @@ def test_bad_input_raises_clear_errors(backend, change, error, message):
         np.array([[0, 0, 4]], np.int32), lam=1), "column x outside"),
     (lambda lib: lib.project_swap_align2_nat_gather_grad(
         np.zeros((1, 2, 2)), np.zeros((1, 4, 4, 3)), np.zeros((9, 3)),
-        np.zeros((1, 3), np.int32), lam=1), "dy has shape"),
+        np.zeros((1, 3), np.int32), [], lam=1), "dy has shape"),
+    (lambda lib: lib.project_swap_align2_nat_gather_grad(
+        np.zeros((1, 3, 3)), np.zeros((1, 4, 4, 3)), np.zeros((9, 3)),
+        np.zeros((1, 3), np.int32), [np.zeros((1, 4, 5, 3))], lam=1),
+     "accumulate has shape"),
 ])
 def test_raw_ops_reject_bad_input(call, message):
   with pytest.raises((tf.errors.InvalidArgumentError, ValueError),
                      match=message):
     call(custom_op_library.load())
+
+
+def _tf_gradients(features, kernel, bias, indices, lam, dy):
+  """Gradients of <masks, dy> through the pure-TF backend (the reference)."""
+  args = [tf.constant(a) for a in (features, kernel, bias)]
+  with tf.GradientTape() as tape:
+    tape.watch(args)
+    loss = tf.reduce_sum(ops.project_swap_align2nat_gather(
+        *args, indices, lam, backend="tf") * dy)
+  return [g.numpy() for g in tape.gradient(loss, args)]
+
+
+@pytest.mark.parametrize("poison", [False, True])
+def test_grad_op_accumulates_into_the_given_tensor(poison):
+  library = custom_op_library.load()
+  features, kernel, bias, indices = _problem(3, 2, 9, 10, 6, k=5, seed=8)
+  dy = np.random.RandomState(9).uniform(-1, 1, (5, 6, 6))
+  start = np.random.RandomState(10).uniform(-1, 1, features.shape)
+  want = _tf_gradients(features, kernel, bias, indices, 2, dy)
+  weights = np.ascontiguousarray(kernel.T)
+  # Eagerly the caller still holds `accumulate`: it is copied, not
+  # overwritten.
+  accumulate = tf.constant(start)
+  got = library.project_swap_align2_nat_gather_grad(
+      dy, features, weights, indices, [accumulate], lam=2,
+      poison_output=poison)
+  np.testing.assert_array_equal(accumulate, start)
+  # In a graph an intermediate is forwarded and summed into in place.
+  in_place = tf.function(lambda: library.project_swap_align2_nat_gather_grad(
+      dy, features, weights, indices, [tf.constant(start) * 1.0], lam=2,
+      poison_output=poison))()
+  for grads in (got, in_place):
+    np.testing.assert_allclose(grads[0], start + want[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grads[1], want[1].T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grads[2], want[2], rtol=0, atol=1e-12)
+
+
+def _many_problem(seed=0):
+  """Two features tensors, two kernels (S = 2, 3), requests mixing them."""
+  rng = np.random.RandomState(seed)
+  features = [rng.uniform(-1, 1, (2, 9, 11, 5)) for _ in range(3)]
+  kernels = [rng.uniform(-1, 1, (5, s * s)) for s in (2, 3)]
+  biases = [rng.uniform(-1, 1, (s * s,)) for s in (2, 3)]
+  requests = []
+  # Features 1 is used by none, kernel 1 twice on features 2.
+  for f, k, lam in ((0, 0, 1), (2, 1, 3), (0, 1, 1), (2, 0, 3), (2, 1, 3)):
+    out_h, out_w = -(-9 // lam), -(-11 // lam)
+    indices = np.stack([rng.randint(0, 2, 4), rng.randint(0, out_h, 4),
+                        rng.randint(0, out_w, 4)], 1).astype(np.int32)
+    requests.append(ops.GatherRequest(f, k, indices, lam))
+  dys = [rng.uniform(-1, 1, (4, r.lam * int(np.sqrt(kernels[r.kernel].shape[1])),
+                             r.lam * int(np.sqrt(kernels[r.kernel].shape[1]))))
+         for r in requests]
+  return features, kernels, biases, requests, dys
+
+
+def _many_masks_and_gradients(backend, graph=False, skip_dy=None):
+  features, kernels, biases, requests, dys = _many_problem()
+  tensors = [tf.constant(a) for a in features + kernels + biases]
+
+  def run():
+    with tf.GradientTape() as tape:
+      tape.watch(tensors)
+      masks = ops.project_swap_align2nat_gather_many(
+          tensors[:3], tensors[3:5], tensors[5:], requests, pad=-2.0,
+          backend=backend)
+      loss = tf.add_n([tf.reduce_sum(m * dy) for i, (m, dy) in
+                       enumerate(zip(masks, dys)) if i != skip_dy])
+    return masks, tape.gradient(loss, tensors)
+
+  masks, grads = tf.function(run)() if graph else run()
+  return ([m.numpy() for m in masks],
+          [None if g is None else g.numpy() for g in grads])
+
+
+@pytest.mark.parametrize("backend,graph", [("tf", False), ("custom", False),
+                                           ("custom", True)])
+@pytest.mark.parametrize("skip_dy", [None, 3])
+def test_many_matches_separate_calls(backend, graph, skip_dy):
+  features, kernels, biases, requests, dys = _many_problem()
+  masks, grads = _many_masks_and_gradients(backend, graph, skip_dy)
+  for r, got in zip(requests, masks):
+    np.testing.assert_allclose(
+        got, _reference(features[r.features], kernels[r.kernel],
+                        biases[r.kernel], r.indices, r.lam, -2.0),
+        rtol=0, atol=1e-10)
+  # Reference gradients: each request through the pure-TF backend, summed.
+  want = [np.zeros_like(a) for a in features + kernels + biases]
+  for i, (r, dy) in enumerate(zip(requests, dys)):
+    if i == skip_dy:
+      continue
+    df, dk, db = _tf_gradients(features[r.features], kernels[r.kernel],
+                               biases[r.kernel], r.indices, r.lam, dy)
+    want[r.features] += df
+    want[3 + r.kernel] += dk
+    want[5 + r.kernel] += db
+  assert grads[1] is None  # Features 1 is read by no request.
+  for i, (got, ref) in enumerate(zip(grads, want)):
+    if i != 1:
+      np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10)
+
+
+def test_many_gradients_are_deterministic():
+  runs = [_many_masks_and_gradients("custom", graph=True)[1]
+          for _ in range(3)]
+  for run in runs[1:]:
+    for got, want in zip(run, runs[0]):
+      if want is not None:
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(dtypes=(np.float32, np.float64)), "one dtype"),
+    (dict(channels=(5, 6)), "input channels"),
+])
+def test_many_rejects_inconsistent_inputs(change, message):
+  dtypes = change.get("dtypes", (np.float32, np.float32))
+  channels = change.get("channels", (5, 5))
+  features = [np.zeros((1, 4, 4, c), d) for c, d in zip(channels, dtypes)]
+  kernels = [np.zeros((5, 4), np.float32)]
+  requests = [ops.GatherRequest(i, 0, np.zeros((1, 3), np.int32), 1)
+              for i in range(2)]
+  with pytest.raises(ValueError, match=message):
+    ops.project_swap_align2nat_gather_many(features, kernels, [None],
+                                           requests, backend="custom")

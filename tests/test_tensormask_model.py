@@ -127,6 +127,54 @@ def test_gathered_mask_loss_equals_dense_bipyramid_loss_float64(backend):
         losses.mask_loss(from_dense, targets, np.ones(6)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("head_type", ["bipyramid", "simple_aligned"])
+def test_mask_logits_at_equals_mask_logits_per_pair(head_type):
+  """The loss's one-call masks: values and gradients (features, projection
+  variables) as `mask_logits` per (level, size) on the pure-TF backend."""
+  config = _small_config(head_type)
+  config.ops_backend = "custom"
+  tf_keras.backend.set_floatx("float64")
+  try:
+    model = _build(config, batch=2)
+    features = {k: tf.constant(v) for k, v in model(tf.random.normal(
+        [2, IMAGE, IMAGE, 3], seed=5, dtype=tf.float64))[
+            "mask_features"].items()}
+  finally:
+    tf_keras.backend.set_floatx("float32")
+  head = model.head
+  rng = np.random.RandomState(6)
+  windows, dys = [], []
+  for level in (2, 3, 5):
+    for size_index in (1, 0):
+      grid = IMAGE // 2**level
+      indices = np.stack([rng.randint(0, 2, 4), rng.randint(0, grid, 4),
+                          rng.randint(0, grid, 4)], 1).astype(np.int32)
+      windows.append((level, size_index, indices))
+      side = head.mask_side(level, size_index)
+      dys.append(rng.uniform(-1, 1, (4, side, side)))
+  variables = [v for v in model.trainable_variables
+               if "mask_projection" in v.name]
+  sources = [features, variables]
+
+  def masks_and_grads(masks_fn):
+    with tf.GradientTape() as tape:
+      tape.watch(features)
+      masks = masks_fn()
+      loss = tf.add_n([tf.reduce_sum(m * dy) for m, dy in zip(masks, dys)])
+    return masks, tf.nest.flatten(tape.gradient(loss, sources))
+
+  got = masks_and_grads(lambda: head.mask_logits_at(features, windows))
+  head._config_dict["ops_backend"] = "tf"  # The reference: pure TF per pair.
+  want = masks_and_grads(lambda: [head.mask_logits(features, *window)
+                                  for window in windows])
+  for got_part, want_part in zip(got, want):
+    for g, w in zip(got_part, want_part):
+      if w is None:  # Level 4's features: no window reads them.
+        assert g is None
+      else:
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-10)
+
+
 def test_head_config_round_trip():
   head = tensormask_head.TensorMaskHead(
       min_level=2, max_level=4, num_classes=5, mask_sides=(4, 6),

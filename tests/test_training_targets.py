@@ -161,8 +161,9 @@ def test_batch_losses_match_a_numpy_computation():
           want["mask"] += valid[n, j] * np.sum(
               bce * 2.0 / side**2 * np.where(t == 1, 1.5, 1.0))
 
-  def mask_fn(level, a, indices):
-    return tf.gather_nd(dense_masks[(level, a)], indices)
+  def mask_fn(windows):
+    return [tf.gather_nd(dense_masks[(level, a)], indices)
+            for level, a, indices in windows]
 
   got = losses.tensormask_losses(outputs, labels, mask_fn, levels, 2,
                                  num_classes)

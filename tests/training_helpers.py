@@ -14,8 +14,8 @@ def make_train_step(model, spec, num_classes: int, optimizer,
       outputs = model(images, training=True)
       result = losses.tensormask_losses(
           outputs, labels,
-          lambda k, a, i: model.head.mask_logits(outputs["mask_features"], k,
-                                                 a, i),
+          lambda windows: model.head.mask_logits_at(outputs["mask_features"],
+                                                    windows),
           spec.levels, spec.num_sizes, num_classes,
           static_mask_shapes=static_mask_shapes)
     grads = tape.gradient(result["total_loss"], model.trainable_variables)

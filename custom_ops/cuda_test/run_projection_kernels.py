@@ -66,7 +66,7 @@ class ProjectionKernels:
       fwd_size.argtypes = geom + [i64, i32]
       fwd_size.restype = ctypes.c_size_t
       bwd = getattr(lib, f"psa2n_backward_{suffix}")
-      bwd.argtypes = geom + [vp, vp, vp, vp, i64, vp, vp, vp, vp, vp]
+      bwd.argtypes = geom + [vp, vp, vp, vp, i64, vp, vp, vp, vp, vp, i32]
       bwd.restype = ctypes.c_int
       size = getattr(lib, f"psa2n_backward_workspace_bytes_{suffix}")
       size.argtypes = geom + [i64]
@@ -112,12 +112,15 @@ class ProjectionKernels:
                  f"psa2n_backward_workspace_bytes_{self._suffix(f.dtype)}")
     return fn(*self._geometry(f, w, lam), k)
 
-  def backward(self, dy, f, w, indices, lam, workspace, df, dw, dbias):
+  def backward(self, dy, f, w, indices, lam, workspace, df, dw, dbias,
+               accumulate=False):
+    """accumulate: df += the features' gradient (else df = it)."""
     fn = getattr(self.lib, f"psa2n_backward_{self._suffix(f.dtype)}")
     self._check(fn(*self._geometry(f, w, lam), dy.data.ptr, f.data.ptr,
                    w.data.ptr, indices.data.ptr, indices.shape[0],
                    workspace.data.ptr, df.data.ptr, dw.data.ptr,
-                   dbias.data.ptr, cp.cuda.get_current_stream().ptr),
+                   dbias.data.ptr, cp.cuda.get_current_stream().ptr,
+                   int(accumulate)),
                 "project backward")
 
 
@@ -195,6 +198,15 @@ def check_case(kernels, failures, s, lam, h, w, c):
     for label, first, second in zip(("df", "dw", "dbias"), *results):
       failures.check(np.array_equal(harness.bits(first), harness.bits(second)),
                      f"{tag} {label}: two backward runs differ")
+    # Accumulating: df starts from given values and gets the gradient added.
+    start = rng.uniform(-1, 1, f.shape).astype(dtype)
+    grads = [cp.asarray(start)] + [harness.poisoned(x.shape, dtype)
+                                   for x in (d_w, d_b)]
+    kernels.backward(d_dy, d_f, d_w, d_indices, lam, workspace, *grads,
+                     accumulate=True)
+    failures.check(within(cp.asnumpy(grads[0]), start + want[0], tol),
+                   f"{tag} df accumulated: "
+                   f"{harness.max_error(cp.asnumpy(grads[0]), start + want[0])}")
   print(f"checked {name}", flush=True)
 
 

@@ -91,14 +91,14 @@ tensormask::ProjectionGeometry ProjGeom(int64_t n, int64_t h, int64_t w,
       int64_t n, int64_t h, int64_t w, int64_t c, int s, int lam,             \
       const void* dy, const void* f, const void* weights,                     \
       const void* indices, int64_t k, void* workspace, void* df, void* dw,    \
-      void* dbias, void* stream) {                                            \
+      void* dbias, void* stream, int accumulate) {                            \
     return static_cast<int>(                                                  \
         tensormask::LaunchProjectSwapAlign2NatGatherBackward<T>(              \
             ProjGeom(n, h, w, c, s, lam), static_cast<const T*>(dy),          \
             static_cast<const T*>(f), static_cast<const T*>(weights),         \
             static_cast<const int32_t*>(indices), k, workspace,               \
             static_cast<T*>(df), static_cast<T*>(dw), static_cast<T*>(dbias), \
-            static_cast<cudaStream_t>(stream)));                              \
+            static_cast<cudaStream_t>(stream), accumulate != 0));             \
   }
 
 TENSORMASK_STANDALONE(float, f32)

@@ -197,7 +197,17 @@ bool AllZero(const T* x, int64_t n) {
   return true;
 }
 
-// Gradient w.r.t. f, w and bias.
+// What df starts from: zeros (accumulate false), df's own values
+// (accumulate, values null: an input buffer forwarded in place), or a copy of
+// values.
+template <typename T>
+struct FeaturesGradInit {
+  bool accumulate = false;
+  const T* values = nullptr;
+};
+
+// Gradient w.r.t. f, w and bias (df added to its initial values, see
+// FeaturesGradInit).
 //
 // df: threads own disjoint ranges of feature rows (n, a) and walk every
 // window in ascending k, adding only the taps that land in their rows, as
@@ -211,8 +221,9 @@ bool AllZero(const T* x, int64_t n) {
 template <typename T>
 void ProjectSwapAlign2NatGatherBackward(
     const ProjectionGeometry& pg, const T* dy, const T* f, const T* w,
-    const int32_t* indices, int64_t num_indices, T* df, T* dw, T* dbias,
-    T* workspace, const ParallelFor& parallel_for) {
+    const int32_t* indices, int64_t num_indices,
+    const FeaturesGradInit<T>& df_init, T* df, T* dw, T* dbias, T* workspace,
+    const ParallelFor& parallel_for) {
   const Geometry& g = pg.g;
   const int s = g.window, t_size = g.out_window;
   const int64_t c = pg.channels;
@@ -227,7 +238,13 @@ void ProjectSwapAlign2NatGatherBackward(
       row_elements + num_indices * rows_per_window * t_size * 3 * c /
                          std::max<int64_t>(1, g.height),
       [&](int64_t begin, int64_t end) {
-        std::fill(df + begin * row_elements, df + end * row_elements, T(0));
+        if (!df_init.accumulate) {
+          std::fill(df + begin * row_elements, df + end * row_elements, T(0));
+        } else if (df_init.values != nullptr) {
+          std::copy(df_init.values + begin * row_elements,
+                    df_init.values + end * row_elements,
+                    df + begin * row_elements);
+        }
         std::vector<T> kr_scratch(s * c), wi_scratch(c);
         for (int64_t k = 0; k < num_indices; ++k) {
           const int64_t n = indices[3 * k], yy = indices[3 * k + 1],

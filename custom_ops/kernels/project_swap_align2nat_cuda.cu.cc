@@ -210,7 +210,8 @@ enum class Product {
   // P[p, j] = sum_ch f[p, ch] w[j, ch] + bias[j]: the projection (forward,
   // when the windows read more than the dense projection costs).
   kProject,
-  // df[p, ch] = sum_j dP[p, j] w[j, ch].
+  // df[p, ch] = sum_j dP[p, j] w[j, ch] (added to df's values when
+  // accumulating).
   kToFeatures,
   // Per pixel chunk z: dw_z[j, ch] = sum_p dP[p, j] f[p, ch] and
   // dbias_z[j] = sum_p dP[p, j].
@@ -259,8 +260,8 @@ template <typename T, Product kMode>
 __global__ void __launch_bounds__(ProductTiling<kMode>::kThreads)
     ProductKernel(const T* __restrict__ a, const T* __restrict__ b,
                   const T* __restrict__ bias, int64_t pixels, int64_t s2,
-                  int64_t c, int64_t chunk_pixels, T* __restrict__ out,
-                  T* __restrict__ out_bias) {
+                  int64_t c, int64_t chunk_pixels, bool accumulate,
+                  T* __restrict__ out, T* __restrict__ out_bias) {
   using Tiling = ProductTiling<kMode>;
   constexpr int kTileM = Tiling::kTileM, kTileN = Tiling::kTileN;
   constexpr int kMicroM = Tiling::kMicroM, kMicroN = Tiling::kMicroN;
@@ -337,8 +338,13 @@ __global__ void __launch_bounds__(ProductTiling<kMode>::kThreads)
     for (int j = 0; j < kMicroN; ++j) {
       const int64_t n = n0 + tx + kColsOfThreads * j;
       if (n >= cols) continue;
-      target[m * cols + n] =
-          kMode == Product::kProject ? acc[i][j] + bias[n] : acc[i][j];
+      T value = acc[i][j];
+      if (kMode == Product::kProject) value += bias[n];
+      // (Each output element has one owner thread: in place is safe.)
+      if (kMode == Product::kToFeatures && accumulate) {
+        value += target[m * cols + n];
+      }
+      target[m * cols + n] = value;
     }
   }
   if (sums_bias && threadIdx.x < kTileM && m0 + threadIdx.x < rows) {
@@ -350,7 +356,7 @@ template <typename T, Product kMode>
 cudaError_t LaunchProduct(const T* a, const T* b, const T* bias,
                           int64_t pixels, int64_t s2, int64_t c,
                           int64_t chunks, T* out, T* out_bias,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, bool accumulate = false) {
   const int64_t rows = kMode == Product::kToWeights ? s2 : pixels;
   const int64_t cols = kMode == Product::kProject ? s2 : c;
   // (The weights' product also sums dbias, even with no channels.)
@@ -365,7 +371,8 @@ cudaError_t LaunchProduct(const T* a, const T* b, const T* bias,
     return cudaErrorInvalidConfiguration;
   }
   ProductKernel<T, kMode><<<grid, Tiling::kThreads, 0, stream>>>(
-      a, b, bias, pixels, s2, c, CeilDiv(pixels, chunks), out, out_bias);
+      a, b, bias, pixels, s2, c, CeilDiv(pixels, chunks), accumulate, out,
+      out_bias);
   return cudaGetLastError();
 }
 
@@ -482,7 +489,8 @@ template <typename T>
 cudaError_t LaunchBackward(const ProjectionGeometry& pg, const T* dy,
                            const T* f, const T* w, const int32_t* indices,
                            int64_t num_indices, void* workspace, T* df,
-                           T* dw, T* dbias, cudaStream_t stream) {
+                           T* dw, T* dbias, cudaStream_t stream,
+                           bool accumulate) {
   const Geometry& g = pg.g;
   const int64_t c = pg.channels;
   const int64_t pixels = g.batch * g.height * g.width;
@@ -502,7 +510,8 @@ cudaError_t LaunchBackward(const ProjectionGeometry& pg, const T* dy,
         g, dy, indices, num_indices, gather_scratch, projection_grad, stream);
     if (err != cudaSuccess) return err;
     err = LaunchProduct<T, Product::kToFeatures>(
-        projection_grad, w, nullptr, pixels, s2, c, 1, df, nullptr, stream);
+        projection_grad, w, nullptr, pixels, s2, c, 1, df, nullptr, stream,
+        accumulate);
     if (err != cudaSuccess) return err;
   }
   // With no pixels, one empty chunk: zero dw and dbias.
@@ -547,9 +556,10 @@ template <typename T>
 cudaError_t LaunchProjectSwapAlign2NatGatherBackward(
     const ProjectionGeometry& pg, const T* dy, const T* f, const T* w,
     const int32_t* indices, int64_t num_indices, void* workspace, T* df,
-    T* dw, T* dbias, cudaStream_t stream) {
+    T* dw, T* dbias, cudaStream_t stream, bool accumulate) {
   return projection::LaunchBackward<T>(pg, dy, f, w, indices, num_indices,
-                                       workspace, df, dw, dbias, stream);
+                                       workspace, df, dw, dbias, stream,
+                                       accumulate);
 }
 
 #define TENSORMASK_INSTANTIATE(T)                                             \
@@ -562,7 +572,7 @@ cudaError_t LaunchProjectSwapAlign2NatGatherBackward(
       const ProjectionGeometry&, int64_t);                                    \
   template cudaError_t LaunchProjectSwapAlign2NatGatherBackward<T>(           \
       const ProjectionGeometry&, const T*, const T*, const T*,                \
-      const int32_t*, int64_t, void*, T*, T*, T*, cudaStream_t);
+      const int32_t*, int64_t, void*, T*, T*, T*, cudaStream_t, bool);
 TENSORMASK_INSTANTIATE(float)
 TENSORMASK_INSTANTIATE(double)
 #undef TENSORMASK_INSTANTIATE

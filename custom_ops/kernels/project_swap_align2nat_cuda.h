@@ -55,12 +55,13 @@ template <typename T>
 size_t ProjectSwapAlign2NatGatherBackwardWorkspaceBytes(
     const ProjectionGeometry& pg, int64_t num_indices);
 
-// dy [K, T, T] -> df [N, H, W, C], dw [S*S, C], dbias [S*S].
+// dy [K, T, T] -> df [N, H, W, C], dw [S*S, C], dbias [S*S]; with
+// accumulate, df's values are added to (df += the gradient).
 template <typename T>
 cudaError_t LaunchProjectSwapAlign2NatGatherBackward(
     const ProjectionGeometry& pg, const T* dy, const T* f, const T* w,
     const int32_t* indices, int64_t num_indices, void* workspace, T* df,
-    T* dw, T* dbias, cudaStream_t stream);
+    T* dw, T* dbias, cudaStream_t stream, bool accumulate = false);
 
 }  // namespace tensormask
 

@@ -44,6 +44,7 @@ using ::tensorflow::errors::InvalidArgument;
 using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
+using ::tensorflow::shape_inference::ShapeHandle;
 
 // ---------------------------------------------------------------------------
 // Op definitions.
@@ -208,18 +209,31 @@ REGISTER_OP("ProjectSwapAlign2NatGatherGrad")
     .Input("features: T")
     .Input("weights: T")
     .Input("indices: int32")
+    .Input("accumulate: num_accumulate * T")
     .Output("dfeatures: T")
     .Output("dweights: T")
     .Output("dbias: T")
     .Attr("lam: int >= 1")
+    .Attr("num_accumulate: int >= 0 = 0")
     .Attr("poison_output: bool = false")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->input(1));
+      ShapeHandle features = c->input(1);
+      for (int i = 0; i < c->num_inputs() - 4; ++i) {
+        TF_RETURN_IF_ERROR(c->Merge(features, c->input(4 + i), &features));
+      }
+      c->set_output(0, features);
       c->set_output(1, c->input(2));
       c->set_output(2, c->Vector(c->Dim(c->input(2), 0)));
       return Status();
-    });
+    })
+    .Doc(R"doc(
+Gradients of ProjectSwapAlign2NatGather w.r.t. features, weights and bias.
+With one `accumulate` tensor (features' shape), dfeatures is accumulate plus
+this op's gradient, written into accumulate's buffer when TensorFlow can
+forward it: a chain of these ops over one features tensor (several window
+sizes) sums its gradient in one buffer.
+)doc");
 
 // ---------------------------------------------------------------------------
 // Shared checks.
@@ -371,19 +385,24 @@ struct Runner<CpuDevice, T> {
         indices.dim_size(0), out->flat<T>().data(), CpuParallelFor(c));
     return Status();
   }
+  // accumulate: df += the gradient, from df's values or, when initial is
+  // not null, from initial's (copied in by the kernel); else df = it.
   static Status ProjectBackward(OpKernelContext* c,
                                 const ProjectionGeometry& pg,
                                 const Tensor& dy, const Tensor& f,
                                 const Tensor& w, const Tensor& indices,
+                                bool accumulate, const Tensor* initial,
                                 Tensor* df, Tensor* dw, Tensor* dbias) {
     TF_RETURN_IF_ERROR(CheckIndices(indices, pg.g));
     Tensor workspace;
     TF_RETURN_IF_ERROR(c->allocate_temp(
         tensorflow::DataTypeToEnum<T>::value,
         TensorShape({cpu::ProjectionGradWorkspaceSize(pg)}), &workspace));
+    const cpu::FeaturesGradInit<T> df_init{
+        accumulate, initial == nullptr ? nullptr : initial->flat<T>().data()};
     cpu::ProjectSwapAlign2NatGatherBackward<T>(
         pg, dy.flat<T>().data(), f.flat<T>().data(), w.flat<T>().data(),
-        indices.flat<int32_t>().data(), indices.dim_size(0),
+        indices.flat<int32_t>().data(), indices.dim_size(0), df_init,
         df->flat<T>().data(), dw->flat<T>().data(), dbias->flat<T>().data(),
         workspace.flat<T>().data(), CpuParallelFor(c));
     return Status();
@@ -465,7 +484,16 @@ struct Runner<GpuDevice, T> {
                                 const ProjectionGeometry& pg,
                                 const Tensor& dy, const Tensor& f,
                                 const Tensor& w, const Tensor& indices,
+                                bool accumulate, const Tensor* initial,
                                 Tensor* df, Tensor* dw, Tensor* dbias) {
+    if (initial != nullptr && df->NumElements() > 0) {
+      const cudaError_t err = cudaMemcpyAsync(
+          df->flat<T>().data(), initial->flat<T>().data(), df->TotalBytes(),
+          cudaMemcpyDeviceToDevice, GpuStream(c));
+      if (err != cudaSuccess) {
+        return CudaStatus(err, "ProjectSwapAlign2NatGatherGrad accumulate");
+      }
+    }
     Tensor workspace;
     TF_RETURN_IF_ERROR(AllocateWorkspace(
         c, ProjectSwapAlign2NatGatherBackwardWorkspaceBytes<T>(
@@ -476,7 +504,7 @@ struct Runner<GpuDevice, T> {
                           w.flat<T>().data(), indices.flat<int32_t>().data(),
                           indices.dim_size(0), workspace.flat<int8_t>().data(),
                           df->flat<T>().data(), dw->flat<T>().data(),
-                          dbias->flat<T>().data(), GpuStream(c)),
+                          dbias->flat<T>().data(), GpuStream(c), accumulate),
                       "ProjectSwapAlign2NatGatherGrad CUDA kernels");
   }
 
@@ -732,17 +760,40 @@ class ProjectSwapAlign2NatGatherGradOp : public SwapAlign2NatBase<Device, T> {
                 InvalidArgument("ProjectSwapAlign2NatGatherGrad: dy has shape ",
                                 dy.shape().DebugString(), ", expected ",
                                 want.DebugString(), "."));
+    const bool accumulate = c->num_inputs() > 4;
+    OP_REQUIRES(c, c->num_inputs() <= 5,
+                InvalidArgument("ProjectSwapAlign2NatGatherGrad: at most one "
+                                "accumulate tensor, got ", c->num_inputs() - 4,
+                                "."));
+    if (accumulate) {
+      OP_REQUIRES(c, c->input(4).shape() == features.shape(),
+                  InvalidArgument("ProjectSwapAlign2NatGatherGrad: accumulate "
+                                  "has shape ",
+                                  c->input(4).shape().DebugString(),
+                                  ", expected the features' ",
+                                  features.shape().DebugString(), "."));
+    }
     Tensor *dfeatures = nullptr, *dweights = nullptr, *dbias = nullptr;
-    OP_REQUIRES_OK(c, c->allocate_output(0, features.shape(), &dfeatures));
+    int forwarded = -1;
+    // In place into `accumulate` when nothing else holds its buffer.
+    OP_REQUIRES_OK(c, c->forward_input_or_allocate_output(
+                          accumulate ? std::vector<int>{4} : std::vector<int>{},
+                          0, features.shape(), &dfeatures, &forwarded));
     OP_REQUIRES_OK(c, c->allocate_output(1, weights.shape(), &dweights));
     OP_REQUIRES_OK(c, c->allocate_output(
                           2, TensorShape({weights.dim_size(0)}), &dbias));
+    // (An accumulated dfeatures must keep its values: never poisoned.)
     for (Tensor* t : {dfeatures, dweights, dbias}) {
-      MaybePoison<Device, T>(c, this->poison_, t);
+      if (t != dfeatures || !accumulate) {
+        MaybePoison<Device, T>(c, this->poison_, t);
+      }
     }
+    // dfeatures' initial values: accumulate's (already there if forwarded).
+    const Tensor* initial =
+        accumulate && forwarded != 4 ? &c->input(4) : nullptr;
     OP_REQUIRES_OK(c, (Runner<Device, T>::ProjectBackward(
-                          c, pg, dy, features, weights, indices, dfeatures,
-                          dweights, dbias)));
+                          c, pg, dy, features, weights, indices, accumulate,
+                          initial, dfeatures, dweights, dbias)));
   }
 };
 

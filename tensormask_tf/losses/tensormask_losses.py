@@ -99,7 +99,7 @@ def positive_normalizer(num_positives) -> tf.Tensor:
   return tf.maximum(num, 1.0)
 
 
-def tensormask_losses(outputs: dict, labels: dict, mask_logits_fn,
+def tensormask_losses(outputs: dict, labels: dict, masks_at_windows_fn,
                       levels: list[int], num_sizes: int, num_classes: int,
                       focal_alpha: float = 0.3, focal_gamma: float = 3.0,
                       mask_positive_weight: float = 1.5,
@@ -111,9 +111,11 @@ def tensormask_losses(outputs: dict, labels: dict, mask_logits_fn,
     outputs: the model's outputs ("class_outputs", "box_outputs": per-level
       dicts [N, H_k, W_k, A*K] and [N, H_k, W_k, A*4]).
     labels: batched `window_labeler.label_windows` labels.
-    mask_logits_fn: `(level, size_index, indices [K, 3]) -> [K, M, M]` mask
-      logits at the given windows (the head's `mask_logits` on the model's
-      mask features), so only labelled positives are computed.
+    masks_at_windows_fn: `([(level, size_index, indices [K, 3])]) ->
+      [[K, M, M]]`: mask logits at the given windows of every (level, size)
+      pair, in one call (the head's `mask_logits_at` on the model's mask
+      features, whose backward then holds one level's feature gradient at a
+      time), so only labelled positives are computed.
     levels: pyramid levels with windows.
     num_sizes: A, window sizes per location.
     num_classes: K.
@@ -128,7 +130,8 @@ def tensormask_losses(outputs: dict, labels: dict, mask_logits_fn,
   """
   num_positives = tf.reduce_sum(labels["num_positives"])
   normalizer = positive_normalizer(num_positives)
-  class_loss = box_loss = mask_total = 0.0
+  class_loss = box_loss = 0.0
+  windows, mask_labels = [], []
   for level in levels:
     logits = outputs["class_outputs"][str(level)]
     batch = tf.shape(logits)[0]
@@ -153,8 +156,12 @@ def tensormask_losses(outputs: dict, labels: dict, mask_logits_fn,
       valid = tf.reshape(labels[f"mask_valid_{level}_{a}"], [-1])
       if not static_mask_shapes:
         indices, targets, valid = positive_mask_rows(indices, targets, valid)
-      mask_total += mask_loss(mask_logits_fn(level, a, indices), targets,
-                              valid, mask_positive_weight)
+      windows.append((level, a, indices))
+      mask_labels.append((targets, valid))
+  mask_total = 0.0
+  for logits, (targets, valid) in zip(masks_at_windows_fn(windows),
+                                      mask_labels):
+    mask_total += mask_loss(logits, targets, valid, mask_positive_weight)
   class_loss /= normalizer
   box_loss /= normalizer
   mask_total /= normalizer

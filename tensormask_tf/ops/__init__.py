@@ -1,7 +1,9 @@
 """Pure functions on tensors: the tensor-representation ops (SPEC.md 2),
 windows, the assignment rule and training targets (SPEC.md 3)."""
 
+from tensormask_tf.ops.mask_projection import GatherRequest
 from tensormask_tf.ops.mask_projection import project_swap_align2nat_gather
+from tensormask_tf.ops.mask_projection import project_swap_align2nat_gather_many
 from tensormask_tf.ops.mask_representation import align2nat
 from tensormask_tf.ops.mask_representation import DEFAULT_PAD
 from tensormask_tf.ops.mask_representation import nat2align
@@ -18,6 +20,7 @@ from tensormask_tf.ops.windows import WindowSpec
 
 __all__ = [
     "DEFAULT_PAD",
+    "GatherRequest",
     "WindowSpec",
     "align2nat",
     "assign_windows",
@@ -27,6 +30,7 @@ __all__ = [
     "label_windows",
     "nat2align",
     "project_swap_align2nat_gather",
+    "project_swap_align2nat_gather_many",
     "swap_align2nat",
     "swap_align2nat_gather",
     "up_align2nat",

@@ -123,5 +123,6 @@ def _swap_align2nat_gather_grad(op, dy):
 @tf.RegisterGradient("ProjectSwapAlign2NatGather")
 def _project_swap_align2nat_gather_grad(op, dy):
   dfeatures, dweights, dbias = load().project_swap_align2_nat_gather_grad(
-      dy, op.inputs[0], op.inputs[1], op.inputs[3], lam=op.get_attr("lam"))
+      dy, op.inputs[0], op.inputs[1], op.inputs[3], [],
+      lam=op.get_attr("lam"))
   return dfeatures, dweights, dbias, None

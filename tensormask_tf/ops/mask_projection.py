@@ -12,6 +12,7 @@ the selected windows read, time O(K (lam S)^2 C) instead of O(N H W S^2 C).
 """
 
 import math
+from typing import NamedTuple, Sequence
 
 import tensorflow as tf
 
@@ -36,6 +37,13 @@ def _check_features(features) -> tf.Tensor:
     raise ValueError(
         f"{_OP_NAME}: H and W must be >= 1, got shape {features.shape}.")
   return features
+
+
+def _check_indices(indices, features: tf.Tensor, lam: int) -> tf.Tensor:
+  """int32 [K, 3] rows checked against the batch and the output grid."""
+  _, height, width, _ = features.shape.as_list()
+  return mask_representation.check_gather_indices(
+      indices, tf.shape(features)[0], -(-height // lam), -(-width // lam))
 
 
 def _check_kernel(kernel, bias, channels: int) -> tuple[tf.Tensor, tf.Tensor,
@@ -101,15 +109,158 @@ def project_swap_align2nat_gather(features, kernel, bias, indices, lam: int,
     resolved = backend_lib.resolve(backend)
     if resolved == "custom":
       dtype = mask_representation.compute_dtype(features.dtype)
-      _, height, width, _ = features.shape.as_list()
-      indices = mask_representation.check_gather_indices(
-          indices, tf.shape(features)[0], -(-height // lam),
-          -(-width // lam))
       masks = custom_op_library.load().project_swap_align2_nat_gather(
           tf.cast(features, dtype), tf.transpose(tf.cast(kernel, dtype)),
-          tf.cast(bias, dtype), indices, lam=lam, pad=pad)
+          tf.cast(bias, dtype), _check_indices(indices, features, lam),
+          lam=lam, pad=pad)
       return tf.cast(masks, features.dtype)
     projected = (tf.tensordot(features, tf.cast(kernel, features.dtype), 1) +
                  tf.cast(bias, features.dtype))
     return mask_representation.swap_align2nat_gather(
         projected, indices, lam, pad=pad, backend=resolved)
+
+
+class GatherRequest(NamedTuple):
+  """One `project_swap_align2nat_gather` call of
+  `project_swap_align2nat_gather_many`: `features` and `kernel` index its
+  lists (kernel also indexes the biases), `indices` is [K, 3], `lam` the
+  window upscale factor."""
+  features: int
+  kernel: int
+  indices: tf.Tensor
+  lam: int
+
+
+def project_swap_align2nat_gather_many(
+    features: Sequence[tf.Tensor], kernels: Sequence[tf.Tensor],
+    biases: Sequence[tf.Tensor | None], requests: Sequence[GatherRequest],
+    pad: float = mask_representation.DEFAULT_PAD, backend: str = "auto",
+    name: str | None = None) -> list[tf.Tensor]:
+  """Several `project_swap_align2nat_gather` calls whose backward holds one
+  features' gradient at a time.
+
+  Returns `[project_swap_align2nat_gather(features[r.features],
+  kernels[r.kernel], biases[r.kernel], r.indices, r.lam, pad) for r in
+  requests]` (the bipyramid's masks: one features tensor per level, one
+  kernel per window size), with the same values and gradients.
+
+  Why: each request's gradient w.r.t. its features is a dense [N, H, W, C]
+  tensor (38.5 MB per level and window size on the P2 grid of an 896x1408
+  image), and TensorFlow runs every request's gradient op before it adds
+  any two, so they all coexist. With the "custom" backend the gradient here
+  runs the requests one at a time, those of one features tensor in a chain
+  that adds each gradient into the previous one's buffer (the grad op's
+  `accumulate` input, forwarded in place), and a features tensor's chain only
+  after the previous features tensor's gradient is complete: one features'
+  gradient is being computed at a time. Other backends ("tf": XLA, export)
+  make the calls as they are.
+
+  Args:
+    features: [N, H, W, C] tensors, C matching the kernels they are used
+      with.
+    kernels: [C, S*S] (or [1, 1, C, S*S]) projection kernels.
+    biases: [S*S] biases (or None), one per kernel.
+    requests: `GatherRequest`s.
+    pad, backend, name: as `project_swap_align2nat_gather`.
+
+  Returns:
+    One [K, lam*S, lam*S] tensor of mask logits per request, in the dtype of
+    its features.
+  """
+  resolved = backend_lib.resolve(backend)
+  if resolved != "custom":
+    return [project_swap_align2nat_gather(
+        features[r.features], kernels[r.kernel], biases[r.kernel], r.indices,
+        r.lam, pad=pad, backend=resolved, name=name) for r in requests]
+  with tf.name_scope(name or _OP_NAME + "_many"):
+    features = [_check_features(f) for f in features]
+    checked = {}  # kernel index -> (kernel [C, S*S], bias [S*S])
+    calls = []
+    for r in requests:
+      f = features[r.features]
+      lam = mask_representation.check_lam(r.lam, _OP_NAME)
+      if r.kernel not in checked:
+        checked[r.kernel] = _check_kernel(kernels[r.kernel], biases[r.kernel],
+                                          f.shape[-1])[:2]
+      elif checked[r.kernel][0].shape[0] != f.shape[-1]:
+        raise ValueError(
+            f"{_OP_NAME}: kernel {r.kernel} has {checked[r.kernel][0].shape[0]}"
+            f" input channels but features {r.features} have {f.shape[-1]}.")
+      calls.append(GatherRequest(r.features, r.kernel,
+                                 _check_indices(r.indices, f, lam), lam))
+    pad = mask_representation.check_pad(pad, _OP_NAME)
+    # Only the tensors some request reads are inputs of the custom gradient.
+    used_features = sorted({r.features for r in calls})
+    used_kernels = sorted(checked)
+    calls = [GatherRequest(used_features.index(r.features),
+                           used_kernels.index(r.kernel), r.indices, r.lam)
+             for r in calls]
+    feature_dtypes = {features[i].dtype for i in used_features}
+    if len(feature_dtypes) > 1:
+      raise ValueError(
+          f"{_OP_NAME}: all features must have one dtype, got "
+          f"{sorted(d.name for d in feature_dtypes)}.")
+    out_dtype = feature_dtypes.pop() if used_features else tf.float32
+    dtype = mask_representation.compute_dtype(out_dtype)
+    masks = _sequenced_masks(
+        [tf.cast(features[i], dtype) for i in used_features],
+        [tf.transpose(tf.cast(checked[i][0], dtype)) for i in used_kernels],
+        [tf.cast(checked[i][1], dtype) for i in used_kernels], calls, pad)
+    return [tf.cast(m, out_dtype) for m in masks]
+
+
+def _sequenced_masks(features: list[tf.Tensor], weights: list[tf.Tensor],
+                     biases: list[tf.Tensor], requests: list[GatherRequest],
+                     pad: float) -> list[tf.Tensor]:
+  """The custom ops' masks, with the one-features-at-a-time gradient of
+  `project_swap_align2nat_gather_many`; weights are [S*S, C]."""
+  library = custom_op_library.load()
+  num_features, num_weights = len(features), len(weights)
+
+  @tf.custom_gradient
+  def masks_fn(*tensors):
+    fs = tensors[:num_features]
+    ws = tensors[num_features:num_features + num_weights]
+    bs = tensors[num_features + num_weights:]
+    # One at a time, in order: the gradient chain below starts with the
+    # last request's gradient, whose dy needs the last mask, so it runs after
+    # every forward op. (A control dependency on the masks would be dropped
+    # by Grappler as implied through the custom gradient's IdentityN, which it
+    # then removes.) The chain then neither takes the executor's threads from
+    # forward work nor starves the consumers of its finished gradients.
+    masks = []
+    for r in requests:
+      with tf.control_dependencies(masks[-1:]):
+        masks.append(library.project_swap_align2_nat_gather(
+            fs[r.features], ws[r.kernel], bs[r.kernel], r.indices, lam=r.lam,
+            pad=pad))
+
+    def grad(*dmasks):
+      dfs = [None] * num_features
+      dws = [[] for _ in ws]
+      dbs = [[] for _ in ws]
+      # Features in the order of their last request, latest first.
+      order = sorted(range(num_features), reverse=True, key=lambda f: max(
+          (i for i, r in enumerate(requests) if r.features == f), default=-1))
+      previous = []  # The last gradient op: the next one runs after it.
+      for f in order:
+        for r, dy in reversed(list(zip(requests, dmasks))):
+          if r.features != f or dy is None:
+            continue
+          with tf.control_dependencies(previous):
+            df, dw, db = library.project_swap_align2_nat_gather_grad(
+                dy, fs[f], ws[r.kernel], r.indices,
+                [] if dfs[f] is None else [dfs[f]], lam=r.lam)
+          dfs[f] = df
+          dws[r.kernel].append(dw)
+          dbs[r.kernel].append(db)
+          previous = [df]
+      return ([tf.zeros_like(x) if d is None else d for x, d in zip(fs, dfs)]
+              + [tf.add_n(d) if d else tf.zeros_like(x)
+                 for x, d in zip(ws, dws)]
+              + [tf.add_n(d) if d else tf.zeros_like(x)
+                 for x, d in zip(bs, dbs)])
+
+    return masks, grad
+
+  return masks_fn(*features, *weights, *biases)

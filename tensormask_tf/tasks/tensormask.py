@@ -139,9 +139,9 @@ class TensorMaskTask(base_task.Task):
     spec = factory.window_spec(model_config)
     result = losses_lib.tensormask_losses(
         outputs, labels,
-        lambda k, a, i: tf.cast(
-            model.head.mask_logits(outputs["mask_features"], k, a, i),
-            tf.float32),
+        lambda windows: [
+            tf.cast(logits, tf.float32) for logits in
+            model.head.mask_logits_at(outputs["mask_features"], windows)],
         spec.levels, spec.num_sizes, model_config.num_classes,
         focal_alpha=config.focal_loss_alpha,
         focal_gamma=config.focal_loss_gamma,

@@ -20,10 +20,13 @@ computed by `mask_logits`, densely (tests, ablations) or only at given
 windows (`indices`), so training and inference never build the dense
 bipyramid; at given windows the bipyramid's projection is fused into the
 gather (`ops.project_swap_align2nat_gather`), so its dense [N, H2, W2, S*S]
-output is not built either.
+output is not built either. `mask_logits_at` computes the windows of every
+(level, size) pair at once (the training loss), with a backward that holds
+one level's feature gradient at a time.
 """
 
 import math
+from typing import Sequence
 
 import tensorflow as tf
 import tf_keras
@@ -281,6 +284,40 @@ class TensorMaskHead(tf_keras.layers.Layer):
     if indices is None:
       return dense
     return tf.reshape(tf.gather_nd(dense, indices), [-1, side, side])
+
+  def mask_logits_at(self, mask_features: dict[str, tf.Tensor],
+                     windows: Sequence[tuple[int, int, tf.Tensor]]
+                     ) -> list[tf.Tensor]:
+    """Natural mask logits at given windows of several (level, size) pairs.
+
+    The values of `[mask_logits(mask_features, level, a, indices) for level,
+    a, indices in windows]`, computed together: for "bipyramid" through
+    `ops.project_swap_align2nat_gather_many`, whose gradient holds one
+    level's P2-grid feature gradient at a time instead of one per (level,
+    window size). The training loss takes its masks from here.
+
+    Args:
+      mask_features: the third output of `call`.
+      windows: (level, size_index, indices [K, 3] int32 rows (n, y, x) on
+        level k's grid).
+
+    Returns:
+      One [K, M, M] tensor per window group, M = `mask_side(level, a)`.
+    """
+    c = self._config_dict
+    if c["head_type"] != "bipyramid":
+      return [self.mask_logits(mask_features, level, a, indices)
+              for level, a, indices in windows]
+    levels = sorted({level for level, _, _ in windows})
+    requests = [
+        ops.GatherRequest(levels.index(level), a, indices,
+                          2**(level - c["min_level"]))
+        for level, a, indices in windows]
+    return ops.project_swap_align2nat_gather_many(
+        [mask_features[str(level)] for level in levels],
+        [projection.kernel for projection in self._mask_projections],
+        [projection.bias for projection in self._mask_projections],
+        requests, pad=c["mask_pad"], backend=c["ops_backend"])
 
   def get_config(self) -> dict:
     config = dict(self._config_dict)
