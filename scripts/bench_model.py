@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_model.py [--size 512] [--repeats 3]
         [--sections train,inference,memory,profile,input]
+        [--train_runs 3] [--branch_runs 3]
 
 All in one run on this machine, random-initialised weights, R50-FPN, batch 1,
 an input of --size x --size (800 means 896x1408: an 800x1333 image padded
@@ -16,15 +17,17 @@ the measured calls.
 1. train: one training step with the mask loss computed from the gathered
    masks of the positives only (the task's default mask caps; "gathered":
    every (level, size) pair in one `head.mask_logits_at` call, as the task
-   does, whose backward holds one level's feature gradient at a time;
+   does, whose backward builds one feature gradient per level, not one per
+   level and window size;
    "gathered_per_pair": one `head.mask_logits` call per pair) vs from the
    dense bipyramid (every window's mask, then the positives picked), the
    latter two ways: level by level ("dense": TensorFlow frees each level's
    masks once its positives are picked) and held as the original
    implementation holds it ("dense_held": every level's masks exist before
    any positive is picked); and the same step with the mask features but no
-   masks. Whole-step peaks move by ~250 MB with the allocator's free order,
-   so each branch is also measured alone, from fixed mask features
+   masks. Whole-step peaks move by ~250 MB with the executor's order (the
+   median of --train_runs child processes is reported), so each branch is
+   also measured alone, from fixed mask features
    (projection, masks, mask loss, their gradients; median peak of
    --branch_runs child processes), and "own" memory is that above the
    features-only branch. The variants' losses must agree to 1e-5.
@@ -468,6 +471,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--branch_runs", type=int, default=3,
                       help="child processes per mask branch measured alone")
+  parser.add_argument("--train_runs", type=int, default=1,
+                      help="child processes per training step variant")
   parser.add_argument("--sections", default="train,inference,memory,input")
   parser.add_argument("--precision", default="float32",
                       choices=("float32", "bfloat16", "float16"),
@@ -484,23 +489,28 @@ def main():
   train = {}
   if "train" in sections:
     branches = ("gathered", "gathered_per_pair", "dense", "dense_held")
-    train = {b: _run_child(f"train:{b}", args)
+    # Whole-step peaks move by ~250 MB with the executor's order: the
+    # median of --train_runs children.
+    train = {b: _median_child(f"train:{b}", args, args.train_runs)
              for b in branches + ("features",)}
     base = train["features"].get("peak_mb")
     print("\n## 1. Training step (SGD, one image)")
-    print("| mask branch | step s | peak MB | mask branch MB | natural masks "
-          "MB | total loss |")
+    print(f"| mask branch | step s | peak MB (median of {args.train_runs}; "
+          "min-max) | mask branch MB | natural masks MB | total loss |")
     print("| --- | --- | --- | --- | --- | --- |")
     for b in branches + ("features",):
       r = train[b]
       own = (r["peak_mb"] - base) if r and base is not None and (
           b != "features") else None
+      spread = (f" ({r['peak_min_mb']:.0f}-{r['peak_max_mb']:.0f})"
+                if r else "")
       print(f"| {b} | {_fmt(r.get('seconds'))} | "
-            f"{_fmt(r.get('peak_mb'), digits=0)} | {_fmt(own, digits=0)} | "
+            f"{_fmt(r.get('peak_mb'), digits=0)}{spread} | "
+            f"{_fmt(own, digits=0)} | "
             f"{_fmt(r.get('natural_mb'), digits=1)} | "
             f"{_fmt(r.get('loss'), digits=6)} |")
     # The branch's peak moves by up to ~100 MB from run to run (the order in
-    # which TensorFlow runs its 12 gradient ops): median of --branch_runs.
+    # which TensorFlow runs its gradient ops): median of --branch_runs.
     branch = {b: _median_child(f"mask_branch:{b}", args, args.branch_runs)
               for b in branches + ("features",)}
     # Every variant returns the gradient of the six P2-grid mask features;

@@ -136,36 +136,37 @@ def project_swap_align2nat_gather_many(
     biases: Sequence[tf.Tensor | None], requests: Sequence[GatherRequest],
     pad: float = mask_representation.DEFAULT_PAD, backend: str = "auto",
     name: str | None = None) -> list[tf.Tensor]:
-  """Several `project_swap_align2nat_gather` calls whose backward holds one
-  features' gradient at a time.
+  """Several `project_swap_align2nat_gather` calls whose backward builds one
+  gradient per features tensor, not one per call.
 
   Returns `[project_swap_align2nat_gather(features[r.features],
   kernels[r.kernel], biases[r.kernel], r.indices, r.lam, pad) for r in
   requests]` (the bipyramid's masks: one features tensor per level, one
   kernel per window size), with the same values and gradients.
 
-  Why: each request's gradient w.r.t. its features is a dense [N, H, W, C]
+  Why: each call's gradient w.r.t. its features is a dense [N, H, W, C]
   tensor (38.5 MB per level and window size on the P2 grid of an 896x1408
-  image), and TensorFlow runs every request's gradient op before it adds
-  any two, so they all coexist. With the "custom" backend the gradient here
-  runs the requests one at a time, those of one features tensor in a chain
-  that adds each gradient into the previous one's buffer (the grad op's
-  `accumulate` input, forwarded in place), and a features tensor's chain only
-  after the previous features tensor's gradient is complete: one features'
-  gradient is being computed at a time. Other backends ("tf": XLA, export)
-  make the calls as they are.
+  image), and TensorFlow runs the gradient ops of a level's window sizes
+  before it adds their results. With the "custom" backend the gradient here
+  chains the calls that read one features tensor: each adds its gradient
+  into the previous one's buffer (the grad op's `accumulate` input,
+  forwarded in place), so a level holds one such tensor. Levels are not
+  ordered against each other: that would hold every level's saved
+  activations until the last level's masks exist, which costs a training
+  step more than it saves. Other backends ("tf": XLA, export) make the calls
+  as they are.
 
   Args:
-    features: [N, H, W, C] tensors, C matching the kernels they are used
-      with.
+    features: [N, H, W, C] tensors of one dtype, C matching the kernels they
+      are used with.
     kernels: [C, S*S] (or [1, 1, C, S*S]) projection kernels.
     biases: [S*S] biases (or None), one per kernel.
     requests: `GatherRequest`s.
     pad, backend, name: as `project_swap_align2nat_gather`.
 
   Returns:
-    One [K, lam*S, lam*S] tensor of mask logits per request, in the dtype of
-    its features.
+    One [K, lam*S, lam*S] tensor of mask logits per request, in the features'
+    dtype.
   """
   resolved = backend_lib.resolve(backend)
   if resolved != "custom":
@@ -174,6 +175,7 @@ def project_swap_align2nat_gather_many(
         r.lam, pad=pad, backend=resolved, name=name) for r in requests]
   with tf.name_scope(name or _OP_NAME + "_many"):
     features = [_check_features(f) for f in features]
+    pad = mask_representation.check_pad(pad, _OP_NAME)
     checked = {}  # kernel index -> (kernel [C, S*S], bias [S*S])
     calls = []
     for r in requests:
@@ -188,79 +190,67 @@ def project_swap_align2nat_gather_many(
             f" input channels but features {r.features} have {f.shape[-1]}.")
       calls.append(GatherRequest(r.features, r.kernel,
                                  _check_indices(r.indices, f, lam), lam))
-    pad = mask_representation.check_pad(pad, _OP_NAME)
-    # Only the tensors some request reads are inputs of the custom gradient.
-    used_features = sorted({r.features for r in calls})
-    used_kernels = sorted(checked)
-    calls = [GatherRequest(used_features.index(r.features),
-                           used_kernels.index(r.kernel), r.indices, r.lam)
-             for r in calls]
-    feature_dtypes = {features[i].dtype for i in used_features}
-    if len(feature_dtypes) > 1:
+    dtypes = {features[r.features].dtype for r in calls}
+    if len(dtypes) > 1:
       raise ValueError(
           f"{_OP_NAME}: all features must have one dtype, got "
-          f"{sorted(d.name for d in feature_dtypes)}.")
-    out_dtype = feature_dtypes.pop() if used_features else tf.float32
+          f"{sorted(d.name for d in dtypes)}.")
+    if not calls:
+      return []
+    out_dtype = dtypes.pop()
     dtype = mask_representation.compute_dtype(out_dtype)
-    masks = _sequenced_masks(
-        [tf.cast(features[i], dtype) for i in used_features],
-        [tf.transpose(tf.cast(checked[i][0], dtype)) for i in used_kernels],
-        [tf.cast(checked[i][1], dtype) for i in used_kernels], calls, pad)
-    return [tf.cast(m, out_dtype) for m in masks]
+    weights = {i: tf.transpose(tf.cast(kernel, dtype))
+               for i, (kernel, _) in checked.items()}
+    bias_values = {i: tf.cast(bias, dtype) for i, (_, bias) in checked.items()}
+    masks = [None] * len(calls)
+    for f in sorted({r.features for r in calls}):
+      mine = [i for i, r in enumerate(calls) if r.features == f]
+      for i, m in zip(mine, _masks_of_one_features(
+          tf.cast(features[f], dtype), weights, bias_values,
+          [calls[i] for i in mine], pad)):
+        masks[i] = tf.cast(m, out_dtype)
+    return masks
 
 
-def _sequenced_masks(features: list[tf.Tensor], weights: list[tf.Tensor],
-                     biases: list[tf.Tensor], requests: list[GatherRequest],
-                     pad: float) -> list[tf.Tensor]:
-  """The custom ops' masks, with the one-features-at-a-time gradient of
-  `project_swap_align2nat_gather_many`; weights are [S*S, C]."""
+def _masks_of_one_features(features: tf.Tensor, weights: dict[int, tf.Tensor],
+                           biases: dict[int, tf.Tensor],
+                           requests: list[GatherRequest],
+                           pad: float) -> list[tf.Tensor]:
+  """The custom op's masks of requests that read one features tensor, with
+  the chained gradient of `project_swap_align2nat_gather_many`; weights
+  are [S*S, C], keyed by request.kernel."""
   library = custom_op_library.load()
-  num_features, num_weights = len(features), len(weights)
+  keys = sorted({r.kernel for r in requests})
 
   @tf.custom_gradient
-  def masks_fn(*tensors):
-    fs = tensors[:num_features]
-    ws = tensors[num_features:num_features + num_weights]
-    bs = tensors[num_features + num_weights:]
-    # One at a time, in order: the gradient chain below starts with the
-    # last request's gradient, whose dy needs the last mask, so it runs after
-    # every forward op. (A control dependency on the masks would be dropped
-    # by Grappler as implied through the custom gradient's IdentityN, which it
-    # then removes.) The chain then neither takes the executor's threads from
-    # forward work nor starves the consumers of its finished gradients.
-    masks = []
-    for r in requests:
-      with tf.control_dependencies(masks[-1:]):
-        masks.append(library.project_swap_align2_nat_gather(
-            fs[r.features], ws[r.kernel], bs[r.kernel], r.indices, lam=r.lam,
-            pad=pad))
+  def masks_fn(features, *tensors):
+    ws = dict(zip(keys, tensors[:len(keys)]))
+    bs = dict(zip(keys, tensors[len(keys):]))
+    masks = [library.project_swap_align2_nat_gather(
+        features, ws[r.kernel], bs[r.kernel], r.indices, lam=r.lam, pad=pad)
+             for r in requests]
 
     def grad(*dmasks):
-      dfs = [None] * num_features
-      dws = [[] for _ in ws]
-      dbs = [[] for _ in ws]
-      # Features in the order of their last request, latest first.
-      order = sorted(range(num_features), reverse=True, key=lambda f: max(
-          (i for i, r in enumerate(requests) if r.features == f), default=-1))
-      previous = []  # The last gradient op: the next one runs after it.
-      for f in order:
-        for r, dy in reversed(list(zip(requests, dmasks))):
-          if r.features != f or dy is None:
-            continue
-          with tf.control_dependencies(previous):
-            df, dw, db = library.project_swap_align2_nat_gather_grad(
-                dy, fs[f], ws[r.kernel], r.indices,
-                [] if dfs[f] is None else [dfs[f]], lam=r.lam)
-          dfs[f] = df
-          dws[r.kernel].append(dw)
-          dbs[r.kernel].append(db)
-          previous = [df]
-      return ([tf.zeros_like(x) if d is None else d for x, d in zip(fs, dfs)]
-              + [tf.add_n(d) if d else tf.zeros_like(x)
-                 for x, d in zip(ws, dws)]
-              + [tf.add_n(d) if d else tf.zeros_like(x)
-                 for x, d in zip(bs, dbs)])
+      dfeatures = None
+      dws = {k: [] for k in keys}
+      dbs = {k: [] for k in keys}
+      for r, dy in zip(requests, dmasks):
+        if dy is None:
+          continue
+        dfeatures, dw, db = library.project_swap_align2_nat_gather_grad(
+            dy, features, ws[r.kernel], r.indices,
+            [] if dfeatures is None else [dfeatures], lam=r.lam)
+        dws[r.kernel].append(dw)
+        dbs[r.kernel].append(db)
+      if dfeatures is None:
+        dfeatures = tf.zeros_like(features)
+      return ([dfeatures]
+              + [tf.add_n(dws[k]) if dws[k] else tf.zeros_like(ws[k])
+                 for k in keys]
+              + [tf.add_n(dbs[k]) if dbs[k] else tf.zeros_like(bs[k])
+                 for k in keys])
 
     return masks, grad
 
-  return masks_fn(*features, *weights, *biases)
+  return masks_fn(features, *[weights[k] for k in keys],
+                  *[biases[k] for k in keys])
