@@ -45,9 +45,17 @@ def test_mirrored_step_equals_the_single_device_step(shapes_records, tmp_path):
   moved = 0
   for key in weights:
     single, mirrored = result[f"single_{key}"], result[f"mirrored_{key}"]
-    np.testing.assert_allclose(mirrored, single, rtol=1e-5, atol=1e-5,
-                               err_msg=key)
-    moved += not np.array_equal(single, result[f"initial_{key}"])
+    initial = result[f"initial_{key}"]
+    # The two runs sum the same float32 terms in different orders (two
+    # replicas' gradients all-reduced vs one batch), and synchronized batch
+    # norm's backward subtracts means, so single elements of an update can
+    # differ by a few percent of the tensor's largest update (seen up to
+    # 3.4%, ~1.7e-5 here); a replica-scaling or all-reduce bug moves them
+    # by 50-100%.
+    scale = float(np.abs(single - initial).max())
+    np.testing.assert_allclose(mirrored, single, rtol=1e-5,
+                               atol=1e-5 + 0.1 * scale, err_msg=key)
+    moved += not np.array_equal(single, initial)
   assert moved > len(weights) // 2
 
 
