@@ -44,7 +44,6 @@ using ::tensorflow::errors::InvalidArgument;
 using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
-using ::tensorflow::shape_inference::ShapeHandle;
 
 // ---------------------------------------------------------------------------
 // Op definitions.

@@ -114,8 +114,9 @@ def tensormask_losses(outputs: dict, labels: dict, masks_at_windows_fn,
     masks_at_windows_fn: `([(level, size_index, indices [K, 3])]) ->
       [[K, M, M]]`: mask logits at the given windows of every (level, size)
       pair, in one call (the head's `mask_logits_at` on the model's mask
-      features, whose backward then holds one level's feature gradient at a
-      time), so only labelled positives are computed.
+      features, whose backward builds one feature gradient per level, not
+      one per level and window size), so only labelled positives are
+      computed.
     levels: pyramid levels with windows.
     num_sizes: A, window sizes per location.
     num_classes: K.

@@ -21,8 +21,8 @@ windows (`indices`), so training and inference never build the dense
 bipyramid; at given windows the bipyramid's projection is fused into the
 gather (`ops.project_swap_align2nat_gather`), so its dense [N, H2, W2, S*S]
 output is not built either. `mask_logits_at` computes the windows of every
-(level, size) pair at once (the training loss), with a backward that holds
-one level's feature gradient at a time.
+(level, size) pair at once (the training loss), with a backward that builds
+one feature gradient per level, not one per level and window size.
 """
 
 import math
@@ -292,9 +292,9 @@ class TensorMaskHead(tf_keras.layers.Layer):
 
     The values of `[mask_logits(mask_features, level, a, indices) for level,
     a, indices in windows]`, computed together: for "bipyramid" through
-    `ops.project_swap_align2nat_gather_many`, whose gradient holds one
-    level's P2-grid feature gradient at a time instead of one per (level,
-    window size). The training loss takes its masks from here.
+    `ops.project_swap_align2nat_gather_many`, whose gradient builds one
+    P2-grid feature gradient per level instead of one per (level, window
+    size). The training loss takes its masks from here.
 
     Args:
       mask_features: the third output of `call`.
