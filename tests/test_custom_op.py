@@ -71,6 +71,38 @@ def test_large_windows_match_reference(library, dtype):
                              atol=1e-4 if dtype == tf.float32 else 1e-12)
 
 
+def _shifted(x, s, sign, fill):
+  """out[..., v, u] = x[y + sign*(v - c), x + sign*(u - c), v, u] by slicing."""
+  n, h, w = x.shape[:3]
+  c = (s - 1) // 2
+  x5 = x.reshape(n, h, w, s, s)
+  padded = np.pad(x5, ((0, 0), (c, c), (c, c), (0, 0), (0, 0)),
+                  constant_values=fill)
+  out = np.empty_like(x5)
+  for v in range(s):
+    for u in range(s):
+      dv, du = c + sign * (v - c), c + sign * (u - c)
+      out[..., v, u] = padded[:, dv:dv + h, du:du + w, v, u]
+  return out.reshape(x.shape)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+@pytest.mark.parametrize("s,h,w", [(9, 5, 43), (11, 14, 40), (15, 18, 37),
+                                   (17, 3, 33), (25, 30, 50)])
+def test_lam1_shift_path_copies_inputs_exactly(library, s, h, w, dtype):
+  # lam = 1, odd S: the CPU kernels copy (8 output pixels at a time where
+  # S >= 8 on AVX2 machines, with border and tail pixels apart): forward and
+  # gradient are exact shifts, every element written.
+  x = tf.cast(_random((2, h, w, s * s), seed=s), dtype)
+  dy = tf.cast(_random((2, h, w, s * s), seed=s + 1), dtype)
+  y = library.swap_align2_nat(x, lam=1, pad=-6.0, poison_output=True)
+  dx = library.swap_align2_nat_grad(dy, tf.shape(x, out_type=tf.int64), lam=1,
+                                    poison_output=True)
+  as64 = lambda t: tf.cast(t, tf.float64).numpy()
+  np.testing.assert_array_equal(as64(y), _shifted(as64(x), s, 1, -6.0))
+  np.testing.assert_array_equal(as64(dx), _shifted(as64(dy), s, -1, 0.0))
+
+
 def test_gradients_are_deterministic(library):
   x = tf.constant(_random((2, 24, 20, 25)), tf.float32)
   dy = tf.constant(_random((2, 6, 5, 400), seed=2), tf.float32)

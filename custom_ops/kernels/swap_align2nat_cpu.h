@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "swap_align2nat_math.h"
+#include "swap_align2nat_shift_cpu.h"
 
 namespace tensormask {
 namespace cpu {
@@ -202,6 +203,7 @@ int WindowRowsPerUnit(const Geometry& g) {
 template <typename T, typename Acc>
 void SwapAlign2NatForward(const Geometry& g, T pad, const T* x, T* y,
                           const ParallelFor& parallel_for) {
+  if (IsPureShift(g)) return ShiftForward(g, pad, x, y, parallel_for);
   const int s = g.window, t_size = g.out_window;
   const AxisTable<Acc> rows =
       MakeAxisTable<Acc>(g.out_height, g.lam, s, g.height);
@@ -309,6 +311,7 @@ HitTable<Acc> MakeHitTable(int64_t size, int lam, int window,
 // Workspace of the dense gradient, in elements of Acc: one line of the
 // input width per output row (n, y) and window row v.
 inline int64_t BackwardWorkspaceSize(const Geometry& g) {
+  if (IsPureShift(g)) return 0;
   return g.batch * g.out_height * g.out_window * g.width * g.window;
 }
 
@@ -323,6 +326,7 @@ inline int64_t BackwardWorkspaceSize(const Geometry& g) {
 template <typename T, typename Acc>
 void SwapAlign2NatBackward(const Geometry& g, const T* dy, T* dx,
                            Acc* workspace, const ParallelFor& parallel_for) {
+  if (IsPureShift(g)) return ShiftBackward(g, dy, dx, parallel_for);
   const int s = g.window, t_size = g.out_window;
   const int64_t out_stride = static_cast<int64_t>(t_size) * t_size;
   const int64_t line_width = g.width * s;
