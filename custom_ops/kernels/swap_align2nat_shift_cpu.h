@@ -8,9 +8,10 @@
 //   dX[n, a, b, v*S + u] = dY[n, a - v + c, b - u + c, v*S + u]
 //
 // with zeros outside. Every output element is one input element or the fill
-// value: the general kernels compute the same numbers (their other taps have
-// weight 0, their pad term is 0 inside), so this path is bit-identical to
-// them, only cheaper. TF-free like swap_align2nat_cpu.h.
+// value: the general kernels compute the same values (their other taps have
+// weight 0, their pad term is 0 inside; only the sign of a zero gradient
+// can differ, as they add to +0), so this path only makes it cheaper.
+// TF-free like swap_align2nat_cpu.h.
 //
 // Why blends and not gathers: for one output pixel the S*S elements come
 // from S*S different input pixels, so any per-pixel loop touches S*S cache
@@ -55,7 +56,9 @@ void ShiftRowScalar(const Geometry& g, T fill, const T* src, T* dst,
   for (int v = 0; v < s; ++v) {
     const int64_t sr = r + kSign * (v - c);
     const bool row_inside = sr >= 0 && sr < g.height;
-    const T* src_row = src + ((n * g.height + sr) * g.width) * block + v * s;
+    const T* src_row =
+        row_inside ? src + ((n * g.height + sr) * g.width) * block + v * s
+                   : src;
     for (int64_t p = p_begin; p < p_end; ++p) {
       T* out = dst + ((n * g.height + r) * g.width + p) * block + v * s;
       for (int u = 0; u < s; ++u) {
