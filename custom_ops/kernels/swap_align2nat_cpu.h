@@ -450,8 +450,11 @@ void GatherWindowRowDispatch(int cols, const T* const* row_ptr,
 
 // Gather forward. Unit k, one window: its column taps are laid out once per
 // window as [tap][u] arrays (contiguous in u), then each window row v reads
-// its <= 4 row taps x <= 4 column taps straight from x. Index rows must be
-// valid (the op wrapper checks them).
+// its <= 4 row taps x <= 4 column taps straight from x. Windows are visited
+// in raster order of (n, y, x), so that neighbouring windows, which read
+// other channels of the same input pixels, find their cache lines still in
+// cache; each output is written to its own slot k. Index rows must be valid
+// (the op wrapper checks them).
 template <typename T, typename Acc>
 void SwapAlign2NatGatherForward(const Geometry& g, T pad, const T* x,
                                 const int32_t* indices, int64_t num_indices,
@@ -464,11 +467,18 @@ void SwapAlign2NatGatherForward(const Geometry& g, T pad, const T* x,
   const int rs = rows.slots, cs = cols.slots;
   const Acc pad_acc = static_cast<Acc>(pad);
   const int64_t out_pixels = static_cast<int64_t>(t_size) * t_size;
+  std::vector<int64_t> order(num_indices);
+  for (int64_t k = 0; k < num_indices; ++k) order[k] = k;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return std::lexicographical_compare(indices + 3 * a, indices + 3 * a + 3,
+                                        indices + 3 * b, indices + 3 * b + 3);
+  });
   parallel_for(num_indices, out_pixels * rs * cs,
                [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(kMaxAxisTaps * t_size, 0);
     std::vector<Acc> weights(kMaxAxisTaps * t_size, Acc(0));
-    for (int64_t k = begin; k < end; ++k) {
+    for (int64_t position = begin; position < end; ++position) {
+      const int64_t k = order[position];
       const int64_t n = indices[3 * k], yy = indices[3 * k + 1],
                     xx = indices[3 * k + 2];
       const int64_t* col_off[kMaxAxisTaps];
@@ -519,25 +529,30 @@ void SwapAlign2NatGatherForward(const Geometry& g, T pad, const T* x,
 }
 
 // Adds one window row of the gather gradient into one input row (a, c):
-// target[offset[j][u]] += weight[j][u] * row_weight * grad[u], in u, j order.
+// target[offset[u][j]] += weight[u][j] * row_weight * grad[u], in u, j
+// order; offset and weight are a window's slice of the column AxisTable
+// ([u][slot], `slots` per u; unused slots have weight 0).
 template <int kCols, typename T, typename Acc>
 void ScatterWindowRow(const T* grad, Acc row_weight, const int64_t* offsets,
-                      const Acc* weights, int t_size, T* target) {
+                      const Acc* weights, int slots, int t_size, T* target) {
+  const int cols = kCols > 0 ? kCols : slots;
   for (int u = 0; u < t_size; ++u) {
     const Acc gu = row_weight * static_cast<Acc>(grad[u]);
-    for (int j = 0; j < kCols; ++j) {
-      T& cell = target[offsets[j * t_size + u]];
-      cell = static_cast<T>(static_cast<Acc>(cell) + weights[j * t_size + u] * gu);
+    for (int j = 0; j < cols; ++j) {
+      T& cell = target[offsets[u * slots + j]];
+      cell = static_cast<T>(static_cast<Acc>(cell) + weights[u * slots + j] * gu);
     }
   }
 }
 
-// Gather gradient, a scatter of each window's taps into dx. Threads own
-// disjoint ranges of input rows (n, a) and each walks every window in
-// ascending k, adding only the taps that land in its rows: every dx element
-// receives its contributions in the same order (k, v, row tap, u, column tap)
-// whatever the partition, so the result is deterministic, and the cost is
-// O(K * T^2 * taps) plus zeroing dx, independent of the grid size.
+// Gather gradient, a scatter of each window's taps into dx. Unit (n, a), one
+// input row: it is zeroed, then every window whose taps reach it adds its
+// window rows v that read row a, windows in ascending k. The row (W*S*S
+// elements) stays in cache between the zeroing and the adds instead of being
+// zeroed with all of dx first and read back from memory by each add. Every
+// dx element receives its contributions in the order (k, v, row tap, u,
+// column tap) whatever the partition, so the result is deterministic; the
+// cost is O(K * T^2 * taps) plus zeroing dx, independent of the grid size.
 template <typename T, typename Acc>
 void SwapAlign2NatGatherBackward(const Geometry& g, const T* dy,
                                  const int32_t* indices, int64_t num_indices,
@@ -545,6 +560,7 @@ void SwapAlign2NatGatherBackward(const Geometry& g, const T* dy,
   const int s = g.window, t_size = g.out_window;
   const int64_t out_pixels = static_cast<int64_t>(t_size) * t_size;
   const int64_t row_elements = g.width * s * s;
+  const int shift = SpatialShift(t_size);
   const AxisTable<Acc> rows =
       MakeAxisTable<Acc>(g.out_height, g.lam, s, g.height);
   const AxisTable<Acc> cols =
@@ -554,55 +570,46 @@ void SwapAlign2NatGatherBackward(const Geometry& g, const T* dy,
   for (size_t k = 0; k < col_offset.size(); ++k) {
     col_offset[k] = cols.spatial[k] * s * s + cols.window[k];
   }
-  // Rows spanned by each output row's windows: [lam*y - T/2 - 1, + T + 2].
-  const int64_t rows_per_window = std::min<int64_t>(g.height, t_size + 3);
-  const int64_t units = g.batch * g.height;
-  const int64_t cost = row_elements +
-                       num_indices * rows_per_window * t_size * cs /
-                           std::max<int64_t>(1, g.height);
-  parallel_for(units, cost, [&](int64_t begin, int64_t end) {
-    std::fill(dx + begin * row_elements, dx + end * row_elements, T(0));
-    std::vector<int64_t> offsets(kMaxAxisTaps * t_size, 0);
-    std::vector<Acc> weights(kMaxAxisTaps * t_size, Acc(0));
-    for (int64_t k = 0; k < num_indices; ++k) {
-      const int64_t n = indices[3 * k], yy = indices[3 * k + 1],
-                    xx = indices[3 * k + 2];
-      const int64_t first_row = n * g.height;
-      // Skip windows whose rows lie outside [begin, end) altogether.
-      const int64_t lo = first_row + std::max<int64_t>(
-                             0, g.lam * yy - SpatialShift(t_size) - 1);
-      const int64_t hi = first_row + std::min<int64_t>(
-                             g.height, g.lam * yy + t_size - SpatialShift(t_size) + 2);
-      if (hi <= begin || lo >= end) continue;
-      // Column taps of this window as [tap][u] arrays.
-      for (int j = 0; j < cs; ++j) {
-        for (int u = 0; u < t_size; ++u) {
-          const int64_t ct = (xx * t_size + u) * cs + j;
-          offsets[j * t_size + u] = col_offset[ct];
-          weights[j * t_size + u] = cols.weight[ct];
-        }
-      }
-      const T* grad = dy + k * out_pixels;
-      for (int v = 0; v < t_size; ++v) {
-        const int64_t rt = yy * t_size + v;
-        for (int i = 0; i < rs; ++i) {
-          const Acc wr = rows.weight[rt * rs + i];
-          const int64_t row = first_row + rows.spatial[rt * rs + i];
-          if (wr == Acc(0) || row < begin || row >= end) continue;
-          T* target = dx + row * row_elements + rows.window[rt * rs + i] * s;
-          const T* grad_row = grad + static_cast<int64_t>(v) * t_size;
-          switch (cs) {
-            case 1:
-              ScatterWindowRow<1>(grad_row, wr, offsets.data(), weights.data(),
-                                  t_size, target);
-              break;
-            case 2:
-              ScatterWindowRow<2>(grad_row, wr, offsets.data(), weights.data(),
-                                  t_size, target);
-              break;
-            default:
-              ScatterWindowRow<kMaxAxisTaps>(grad_row, wr, offsets.data(),
-                                             weights.data(), t_size, target);
+  // A window's taps reach rows [lam*y - T/2, + T + 1): T + 1 of them.
+  const int64_t cost =
+      row_elements + num_indices * std::min<int64_t>(g.height, t_size + 1) *
+                         2 * t_size * cs / std::max<int64_t>(1, g.height);
+  parallel_for(g.batch * g.height, cost, [&](int64_t begin, int64_t end) {
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t n = unit / g.height, a = unit % g.height;
+      T* dx_row = dx + unit * row_elements;
+      std::fill(dx_row, dx_row + row_elements, T(0));
+      for (int64_t k = 0; k < num_indices; ++k) {
+        if (indices[3 * k] != n) continue;
+        const int64_t yy = indices[3 * k + 1], xx = indices[3 * k + 2];
+        // Window row v's spatial taps are rows lam*y + v - T/2 (+ 1).
+        const int64_t first = a - g.lam * yy + shift;
+        const int64_t v_lo = std::max<int64_t>(0, first - 1);
+        const int64_t v_hi = std::min<int64_t>(t_size - 1, first);
+        if (v_lo > v_hi) continue;
+        const int64_t* offsets = col_offset.data() + xx * t_size * cs;
+        const Acc* weights = cols.weight.data() + xx * t_size * cs;
+        const T* grad = dy + k * out_pixels;
+        for (int64_t v = v_lo; v <= v_hi; ++v) {
+          const int64_t rt = (yy * t_size + v) * rs;
+          for (int i = 0; i < rs; ++i) {
+            const Acc wr = rows.weight[rt + i];
+            if (wr == Acc(0) || rows.spatial[rt + i] != a) continue;
+            T* target = dx_row + rows.window[rt + i] * s;
+            const T* grad_row = grad + v * t_size;
+            switch (cs) {
+              case 1:
+                ScatterWindowRow<1>(grad_row, wr, offsets, weights, cs, t_size,
+                                    target);
+                break;
+              case 2:
+                ScatterWindowRow<2>(grad_row, wr, offsets, weights, cs, t_size,
+                                    target);
+                break;
+              default:
+                ScatterWindowRow<0>(grad_row, wr, offsets, weights, cs, t_size,
+                                    target);
+            }
           }
         }
       }
