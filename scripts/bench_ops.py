@@ -159,6 +159,8 @@ def main() -> None:
   parser.add_argument("--lams", default="1,2,4,8,16,32")
   parser.add_argument("--gather_k", default="100,1000")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--ops", default="dense,gather",
+                      help="comma-separated subset of dense,gather")
   parser.add_argument(
       "--max_gather_outputs", type=float, default=25e6,
       help="skip gather rows whose output K*(lam*S)^2 exceeds this many "
@@ -166,6 +168,9 @@ def main() -> None:
   args = parser.parse_args()
   lams = [int(v) for v in args.lams.split(",")]
   ks = [int(v) for v in args.gather_k.split(",")]
+  ops = set(args.ops.split(","))
+  if not ops <= {"dense", "gather"}:
+    parser.error(f"--ops must be a subset of dense,gather, got {args.ops!r}")
 
   threads = tf.config.threading.get_intra_op_parallelism_threads() or (
       os.cpu_count() or 1)
@@ -185,13 +190,13 @@ def main() -> None:
           f"{xla * 1e3:.1f} | {e / c:.1f}x | {xla / c:.1f}x | "
           f"{floor_s * 1e3:.2f} | {c / floor_s:.2f}x |", flush=True)
 
-  for lam in lams:
+  for lam in lams if "dense" in ops else []:
     out_h, out_w, t = -(-HEIGHT // lam), -(-WIDTH // lam), lam * WINDOW
     dy = tf.random.normal([1, out_h, out_w, t * t])
     times, floor_s, _ = dense_row(lam, x, dy, args.repeats, floor)
     for stage in ("fwd", "bwd"):
       emit("dense", lam, stage, times[stage], floor_s)
-  for k in ks:
+  for k in ks if "gather" in ops else []:
     for lam in lams:
       if k * (lam * WINDOW)**2 > args.max_gather_outputs:
         print(f"| gather K={k} | {lam} | skipped: output of "

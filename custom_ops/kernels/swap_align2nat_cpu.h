@@ -528,20 +528,108 @@ void SwapAlign2NatGatherForward(const Geometry& g, T pad, const T* x,
   });
 }
 
-// Adds one window row of the gather gradient into one input row (a, c):
-// target[offset[u][j]] += weight[u][j] * row_weight * grad[u], in u, j
-// order; offset and weight are a window's slice of the column AxisTable
-// ([u][slot], `slots` per u; unused slots have weight 0).
-template <int kCols, typename T, typename Acc>
-void ScatterWindowRow(const T* grad, Acc row_weight, const int64_t* offsets,
-                      const Acc* weights, int slots, int t_size, T* target) {
-  const int cols = kCols > 0 ? kCols : slots;
-  for (int u = 0; u < t_size; ++u) {
-    const Acc gu = row_weight * static_cast<Acc>(grad[u]);
-    for (int j = 0; j < cols; ++j) {
-      T& cell = target[offsets[u * slots + j]];
-      cell = static_cast<T>(static_cast<Acc>(cell) + weights[u * slots + j] * gu);
+// The gather gradient's column taps of one window column position xx,
+// grouped by the element they add to: target t (b*S*S + d, relative to the
+// start of the input row's channel row c) receives the terms
+// [begin[t], begin[t + 1]), weight[e] * g[u[e]], in the order (u, slot) in
+// which the taps are listed; zero-weight slots are dropped. Targets are
+// ordered by their term count, then by offset, and group_end[m] is the end
+// of the targets with m + 1 terms, so the scatter's inner loops have fixed
+// trip counts (an element gets 1 to 4 terms, and a trip count that changes
+// from one element to the next is a branch mispredicted about every time).
+template <typename Acc>
+struct ColumnScatterPlan {
+  std::vector<int64_t> target;
+  std::vector<int32_t> begin;  // targets + 1 entries
+  std::vector<int32_t> u;
+  std::vector<Acc> weight;
+  std::vector<int64_t> group_end;  // [max terms per target]
+};
+
+template <typename Acc>
+ColumnScatterPlan<Acc> MakeColumnScatterPlan(const AxisTable<Acc>& cols,
+                                             int64_t xx, int t_size,
+                                             int window) {
+  const int slots = cols.slots;
+  const int64_t base = xx * t_size * slots;
+  std::vector<int32_t> taps;  // slot index ct - base of every nonzero tap
+  for (int32_t e = 0; e < t_size * slots; ++e) {
+    if (cols.weight[base + e] != Acc(0)) taps.push_back(e);
+  }
+  const auto offset = [&](int32_t e) {
+    return cols.spatial[base + e] * window * window + cols.window[base + e];
+  };
+  std::stable_sort(taps.begin(), taps.end(), [&](int32_t a, int32_t b) {
+    return offset(a) < offset(b);
+  });
+  // Runs of equal offset, each a target with its terms in (u, slot) order.
+  std::vector<std::pair<size_t, size_t>> runs;
+  for (size_t i = 0; i < taps.size(); ++i) {
+    if (i == 0 || offset(taps[i]) != offset(taps[i - 1])) {
+      runs.emplace_back(i, i);
     }
+    runs.back().second = i + 1;
+  }
+  std::stable_sort(runs.begin(), runs.end(), [](const auto& a, const auto& b) {
+    return a.second - a.first < b.second - b.first;
+  });
+  ColumnScatterPlan<Acc> plan;
+  for (const auto& [first, last] : runs) {
+    const size_t terms = last - first;
+    plan.group_end.resize(std::max(plan.group_end.size(), terms),
+                          static_cast<int64_t>(plan.target.size()));
+    plan.target.push_back(offset(taps[first]));
+    plan.begin.push_back(static_cast<int32_t>(plan.u.size()));
+    for (size_t i = first; i < last; ++i) {
+      plan.u.push_back(taps[i] / slots);
+      plan.weight.push_back(cols.weight[base + taps[i]]);
+    }
+    plan.group_end[terms - 1] = static_cast<int64_t>(plan.target.size());
+  }
+  plan.begin.push_back(static_cast<int32_t>(plan.u.size()));
+  return plan;
+}
+
+// Targets [t_begin, t_end) of a plan, each with kTerms terms (0: read from
+// begin).
+template <int kTerms, typename T, typename Acc>
+void ScatterTargets(const ColumnScatterPlan<Acc>& plan, int64_t t_begin,
+                    int64_t t_end, const Acc* g, T* target) {
+  const int64_t* offsets = plan.target.data();
+  const int32_t* begin = plan.begin.data();
+  const int32_t* us = plan.u.data();
+  const Acc* weights = plan.weight.data();
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    T& cell = target[offsets[t]];
+    T value = cell;
+    const int32_t e0 = begin[t];
+    const int32_t e1 = kTerms > 0 ? e0 + kTerms : begin[t + 1];
+    for (int32_t e = e0; e < e1; ++e) {
+      value = static_cast<T>(static_cast<Acc>(value) + weights[e] * g[us[e]]);
+    }
+    cell = value;
+  }
+}
+
+// Adds one window row of the gather gradient into one input row (a, c):
+// target[plan.target[t]] += plan.weight[e] * g[plan.u[e]] for each target's
+// terms in order, g[u] = row_weight * grad[u]. Each element is loaded and
+// stored once and its terms are added in a register, in the same order and
+// with the same roundings as one read-modify-write per term.
+template <typename T, typename Acc>
+void ScatterWindowRow(const ColumnScatterPlan<Acc>& plan, const Acc* g,
+                      T* target) {
+  int64_t t = 0;
+  for (size_t m = 0; m < plan.group_end.size(); ++m) {
+    const int64_t t_end = plan.group_end[m];
+    switch (m + 1) {
+      case 1: ScatterTargets<1>(plan, t, t_end, g, target); break;
+      case 2: ScatterTargets<2>(plan, t, t_end, g, target); break;
+      case 3: ScatterTargets<3>(plan, t, t_end, g, target); break;
+      case 4: ScatterTargets<4>(plan, t, t_end, g, target); break;
+      default: ScatterTargets<0>(plan, t, t_end, g, target);
+    }
+    t = t_end;
   }
 }
 
@@ -565,16 +653,27 @@ void SwapAlign2NatGatherBackward(const Geometry& g, const T* dy,
       MakeAxisTable<Acc>(g.out_height, g.lam, s, g.height);
   const AxisTable<Acc> cols =
       MakeAxisTable<Acc>(g.out_width, g.lam, s, g.width);
-  const int rs = rows.slots, cs = cols.slots;
-  std::vector<int64_t> col_offset(cols.spatial.size());  // b*S*S + d
-  for (size_t k = 0; k < col_offset.size(); ++k) {
-    col_offset[k] = cols.spatial[k] * s * s + cols.window[k];
+  const int rs = rows.slots;
+  // One plan per window column position in use (they depend on xx only).
+  std::vector<int> plan_of(g.out_width, -1);
+  std::vector<ColumnScatterPlan<Acc>> plans;
+  for (int64_t k = 0; k < num_indices; ++k) {
+    int& p = plan_of[indices[3 * k + 2]];
+    if (p >= 0) continue;
+    p = static_cast<int>(plans.size());
+    plans.push_back(MakeColumnScatterPlan(cols, indices[3 * k + 2], t_size, s));
   }
   // A window's taps reach rows [lam*y - T/2, + T + 1): T + 1 of them.
   const int64_t cost =
       row_elements + num_indices * std::min<int64_t>(g.height, t_size + 1) *
-                         2 * t_size * cs / std::max<int64_t>(1, g.height);
+                         2 * t_size * cols.slots /
+                         std::max<int64_t>(1, g.height);
   parallel_for(g.batch * g.height, cost, [&](int64_t begin, int64_t end) {
+    // Row a's share of a window: dy's rows v combined per channel row c,
+    // rowsum[j][u] = sum over the row taps (v, i) that read (a, c_j) of
+    // weight * dy[v][u]; then one scatter per c_j.
+    std::vector<Acc> row_sums(2 * kMaxAxisTaps * t_size);
+    int channel_rows[2 * kMaxAxisTaps];
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t n = unit / g.height, a = unit % g.height;
       T* dx_row = dx + unit * row_elements;
@@ -587,30 +686,34 @@ void SwapAlign2NatGatherBackward(const Geometry& g, const T* dy,
         const int64_t v_lo = std::max<int64_t>(0, first - 1);
         const int64_t v_hi = std::min<int64_t>(t_size - 1, first);
         if (v_lo > v_hi) continue;
-        const int64_t* offsets = col_offset.data() + xx * t_size * cs;
-        const Acc* weights = cols.weight.data() + xx * t_size * cs;
         const T* grad = dy + k * out_pixels;
+        int num_channel_rows = 0;
         for (int64_t v = v_lo; v <= v_hi; ++v) {
           const int64_t rt = (yy * t_size + v) * rs;
+          const T* grad_row = grad + v * t_size;
           for (int i = 0; i < rs; ++i) {
             const Acc wr = rows.weight[rt + i];
             if (wr == Acc(0) || rows.spatial[rt + i] != a) continue;
-            T* target = dx_row + rows.window[rt + i] * s;
-            const T* grad_row = grad + v * t_size;
-            switch (cs) {
-              case 1:
-                ScatterWindowRow<1>(grad_row, wr, offsets, weights, cs, t_size,
-                                    target);
-                break;
-              case 2:
-                ScatterWindowRow<2>(grad_row, wr, offsets, weights, cs, t_size,
-                                    target);
-                break;
-              default:
-                ScatterWindowRow<0>(grad_row, wr, offsets, weights, cs, t_size,
-                                    target);
+            const int c = rows.window[rt + i];
+            int j = 0;
+            while (j < num_channel_rows && channel_rows[j] != c) ++j;
+            Acc* sum = row_sums.data() + j * t_size;
+            if (j == num_channel_rows) {
+              channel_rows[num_channel_rows++] = c;
+              for (int u = 0; u < t_size; ++u) {
+                sum[u] = wr * static_cast<Acc>(grad_row[u]);
+              }
+            } else {
+              for (int u = 0; u < t_size; ++u) {
+                sum[u] += wr * static_cast<Acc>(grad_row[u]);
+              }
             }
           }
+        }
+        const ColumnScatterPlan<Acc>& plan = plans[plan_of[xx]];
+        for (int j = 0; j < num_channel_rows; ++j) {
+          ScatterWindowRow(plan, row_sums.data() + j * t_size,
+                           dx_row + channel_rows[j] * s);
         }
       }
     }
