@@ -535,8 +535,9 @@ void SwapAlign2NatGatherForward(const Geometry& g, T pad, const T* x,
 // which the taps are listed; zero-weight slots are dropped. Targets are
 // ordered by their term count, then by offset, and group_end[m] is the end
 // of the targets with m + 1 terms, so the scatter's inner loops have fixed
-// trip counts (an element gets 1 to 4 terms, and a trip count that changes
-// from one element to the next is a branch mispredicted about every time).
+// trip counts: an element gets one or two terms (the one or two u whose
+// spatial tap is its pixel), and a trip count that changes from one element
+// to the next is a branch mispredicted about every time.
 template <typename Acc>
 struct ColumnScatterPlan {
   std::vector<int64_t> target;
@@ -625,8 +626,6 @@ void ScatterWindowRow(const ColumnScatterPlan<Acc>& plan, const Acc* g,
     switch (m + 1) {
       case 1: ScatterTargets<1>(plan, t, t_end, g, target); break;
       case 2: ScatterTargets<2>(plan, t, t_end, g, target); break;
-      case 3: ScatterTargets<3>(plan, t, t_end, g, target); break;
-      case 4: ScatterTargets<4>(plan, t, t_end, g, target); break;
       default: ScatterTargets<0>(plan, t, t_end, g, target);
     }
     t = t_end;
