@@ -117,9 +117,15 @@ def gather_row(lam, x, k, repeats, floor):
 
   custom_fwd = tf.function(
       lambda x: library.swap_align2_nat_gather(x, indices, lam=lam))
-  custom_fwd_bwd = tf.function(lambda x, dy: (
-      library.swap_align2_nat_gather(x, indices, lam=lam),
-      library.swap_align2_nat_gather_grad(dy, indices, x_shape, lam=lam)))
+  @tf.function
+  def custom_fwd_bwd(x, dy):
+    # The gradient after the forward, as in training (where dy comes from
+    # y) and as the pure-TF rows run; two independent ops would run at once
+    # and share the two cores, and that time depends on the scheduler.
+    y = library.swap_align2_nat_gather(x, indices, lam=lam)
+    with tf.control_dependencies([y]):
+      dx = library.swap_align2_nat_gather_grad(dy, indices, x_shape, lam=lam)
+    return y, dx
 
   def tf_fwd(x):
     return ops.swap_align2nat_gather(x, indices, lam, backend="tf")

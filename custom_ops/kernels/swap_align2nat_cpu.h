@@ -12,7 +12,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <cstring>
 #include <vector>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "swap_align2nat_math.h"
 #include "swap_align2nat_shift_cpu.h"
@@ -548,6 +553,35 @@ void SwapAlign2NatGatherForward(const Geometry& g, T pad, const T* x,
   });
 }
 
+// Copies n elements to dst with non-temporal stores where AVX has them
+// (whole 32-byte blocks; the unaligned head and tail by memcpy): dst is
+// written once and not read back, so its lines need not be fetched first.
+// The caller issues StreamFence() before another thread may read dst.
+template <typename T>
+void StreamCopy(T* dst, const T* src, int64_t n) {
+  char* d = reinterpret_cast<char*>(dst);
+  const char* s = reinterpret_cast<const char*>(src);
+  int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+#if defined(__AVX__)
+  const int64_t head = std::min<int64_t>(
+      bytes, (32 - reinterpret_cast<uintptr_t>(d) % 32) % 32);
+  std::memcpy(d, s, head);
+  d += head, s += head, bytes -= head;
+  for (; bytes >= 32; d += 32, s += 32, bytes -= 32) {
+    _mm256_stream_si256(
+        reinterpret_cast<__m256i*>(d),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
+  }
+#endif
+  std::memcpy(d, s, bytes);
+}
+
+inline void StreamFence() {
+#if defined(__AVX__)
+  _mm_sfence();
+#endif
+}
+
 // The gather gradient's column taps of one window column position xx,
 // grouped by the element they add to: target t (b*S*S + d, relative to the
 // start of the input row's channel row c) receives the terms
@@ -653,13 +687,14 @@ void ScatterWindowRow(const ColumnScatterPlan<Acc>& plan, const Acc* g,
 }
 
 // Gather gradient, a scatter of each window's taps into dx. Unit (n, a), one
-// input row: it is zeroed, then every window whose taps reach it adds its
-// window rows v that read row a, windows in ascending k. The row (W*S*S
-// elements) stays in cache between the zeroing and the adds instead of being
-// zeroed with all of dx first and read back from memory by each add. Every
-// dx element receives its contributions in the order (k, v, row tap, u,
-// column tap) whatever the partition, so the result is deterministic; the
-// cost is O(K * T^2 * taps) plus zeroing dx, independent of the grid size.
+// input row, built in a per-thread copy that stays in cache: zeroed, then
+// for every window whose taps reach row a (ascending k), dy's window rows v
+// that read row a are summed per channel row c (over v, then row taps), and
+// each sum goes through the window's ColumnScatterPlan; the finished row is
+// streamed to dx, which is written once and never read. Every dx element
+// receives its terms in an order fixed by (k, c, plan) whatever the
+// partition, so the result is deterministic; the cost is O(K * T^2 * taps)
+// plus writing dx, independent of the grid size.
 template <typename T, typename Acc>
 void SwapAlign2NatGatherBackward(const Geometry& g, const T* dy,
                                  const int32_t* indices, int64_t num_indices,
@@ -693,9 +728,12 @@ void SwapAlign2NatGatherBackward(const Geometry& g, const T* dy,
     // weight * dy[v][u]; then one scatter per c_j.
     std::vector<Acc> row_sums(2 * kMaxAxisTaps * t_size);
     int channel_rows[2 * kMaxAxisTaps];
+    // The row is built in `staged` (in cache: zeroed, then the adds) and
+    // streamed out to dx once.
+    std::vector<T> staged(row_elements);
+    T* dx_row = staged.data();
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t n = unit / g.height, a = unit % g.height;
-      T* dx_row = dx + unit * row_elements;
       std::fill(dx_row, dx_row + row_elements, T(0));
       for (int64_t k = 0; k < num_indices; ++k) {
         if (indices[3 * k] != n) continue;
@@ -735,7 +773,9 @@ void SwapAlign2NatGatherBackward(const Geometry& g, const T* dy,
                            dx_row + channel_rows[j] * s);
         }
       }
+      StreamCopy(dx + unit * row_elements, dx_row, row_elements);
     }
+    StreamFence();
   });
 }
 
