@@ -11,8 +11,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <functional>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #if defined(__AVX__)
@@ -668,7 +668,8 @@ void ScatterTargets(const ColumnScatterPlan<Acc>& plan, int64_t t_begin,
 
 // Adds one window row of the gather gradient into one input row (a, c):
 // target[plan.target[t]] += plan.weight[e] * g[plan.u[e]] for each target's
-// terms in order, g[u] = row_weight * grad[u]. Each element is loaded and
+// terms in order, g the window's dy rows that read (a, c), weighted by their
+// row taps and summed. Each element is loaded and
 // stored once and its terms are added in a register, in the same order and
 // with the same roundings as one read-modify-write per term.
 template <typename T, typename Acc>
@@ -724,7 +725,7 @@ void SwapAlign2NatGatherBackward(const Geometry& g, const T* dy,
                          std::max<int64_t>(1, g.height);
   parallel_for(g.batch * g.height, cost, [&](int64_t begin, int64_t end) {
     // Row a's share of a window: dy's rows v combined per channel row c,
-    // rowsum[j][u] = sum over the row taps (v, i) that read (a, c_j) of
+    // row_sums[j][u] = sum over the row taps (v, i) that read (a, c_j) of
     // weight * dy[v][u]; then one scatter per c_j.
     std::vector<Acc> row_sums(2 * kMaxAxisTaps * t_size);
     int channel_rows[2 * kMaxAxisTaps];
