@@ -666,12 +666,12 @@ void ScatterTargets(const ColumnScatterPlan<Acc>& plan, int64_t t_begin,
   }
 }
 
-// Adds one window row of the gather gradient into one input row (a, c):
+// Adds one window's share of the gather gradient into one input row (a, c):
 // target[plan.target[t]] += plan.weight[e] * g[plan.u[e]] for each target's
 // terms in order, g the window's dy rows that read (a, c), weighted by their
-// row taps and summed. Each element is loaded and
-// stored once and its terms are added in a register, in the same order and
-// with the same roundings as one read-modify-write per term.
+// row taps and summed. Each element is loaded and stored once and its terms
+// are added in a register, in the same order and with the same roundings as
+// one read-modify-write per term.
 template <typename T, typename Acc>
 void ScatterWindowRow(const ColumnScatterPlan<Acc>& plan, const Acc* g,
                       T* target) {
