@@ -9,6 +9,7 @@ from tensormask_tf import losses
 from tensormask_tf.configs import tensormask_config
 from tensormask_tf.modeling import factory
 from tensormask_tf.modeling.heads import tensormask_head
+from tests import conv_reference
 from tests import training_helpers
 
 IMAGE = 128
@@ -247,30 +248,7 @@ def test_default_input_size_fits_the_coarsest_level():
 def _np_conv3x3(x, layer):
   """'same' 3x3 convolution, NHWC, float64, with the layer's weights."""
   kernel, bias = (np.asarray(w, np.float64) for w in layer.get_weights())
-  _, height, width, _ = x.shape
-  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  out = np.zeros(x.shape[:3] + (kernel.shape[-1],)) + bias
-  for i in range(3):
-    for j in range(3):
-      out += padded[:, i:i + height, j:j + width, :] @ kernel[i, j]
-  return out
-
-
-def _np_upsample_bilinear(x, scale):
-  """Bilinear resize by an integer factor, align_corners=False (half-pixel
-  centres), reading the edge pixel past the borders."""
-  def axis_taps(size):
-    source = (np.arange(size * scale) + 0.5) / scale - 0.5
-    low = np.floor(source)
-    frac = source - low
-    low = low.astype(int)
-    return (np.clip(low, 0, size - 1), np.clip(low + 1, 0, size - 1), frac)
-  y0, y1, fy = axis_taps(x.shape[1])
-  x0, x1, fx = axis_taps(x.shape[2])
-  rows = (x[:, y0] * (1 - fy)[None, :, None, None] +
-          x[:, y1] * fy[None, :, None, None])
-  return (rows[:, :, x0] * (1 - fx)[None, None, :, None] +
-          rows[:, :, x1] * fx[None, None, :, None])
+  return conv_reference.conv3x3(x, kernel, bias)
 
 
 def test_head_matches_a_numpy_reference_of_the_spec():
@@ -308,7 +286,7 @@ def test_head_matches_a_numpy_reference_of_the_spec():
         _np_conv3x3(tower_out["box", k], head._box_deltas),  # pylint: disable=protected-access
         rtol=1e-4, atol=1e-4)
     base = tower_out["mask", 2]
-    up = _np_upsample_bilinear(tower_out["mask", k], 2**(k - 2))
+    up = conv_reference.upsample_bilinear(tower_out["mask", k], 2**(k - 2))
     up = up[:, :base.shape[1], :base.shape[2]]
     np.testing.assert_allclose(
         mask_features[str(k)], relu(_np_conv3x3(up + base, head._fuse)),  # pylint: disable=protected-access

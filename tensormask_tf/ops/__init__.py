@@ -10,6 +10,7 @@ from tensormask_tf.ops.mask_representation import nat2align
 from tensormask_tf.ops.mask_representation import swap_align2nat
 from tensormask_tf.ops.mask_representation import swap_align2nat_gather
 from tensormask_tf.ops.mask_representation import up_align2nat
+from tensormask_tf.ops.upsampled_conv import upsampled_conv3x3
 from tensormask_tf.ops.window_assignment import assign_windows
 from tensormask_tf.ops.window_labeler import label_windows
 from tensormask_tf.ops.window_targets import decode_window_boxes
@@ -34,5 +35,6 @@ __all__ = [
     "swap_align2nat",
     "swap_align2nat_gather",
     "up_align2nat",
+    "upsampled_conv3x3",
     "window_mask_targets",
 ]

@@ -36,6 +36,11 @@ from tensormask_tf import ops
 HEAD_TYPES = ("bipyramid", "simple_natural", "simple_aligned",
               "upscale_natural", "upscale_aligned")
 
+# The bipyramid fuses levels upsampled by at least this factor on their own
+# grid (ops.upsampled_conv3x3): 1.5-4.7x faster there at the 896x1408 P2
+# grid, slower at a factor of 2 (scripts/bench_bipyramid_fuse.py).
+_FUSE_ON_COARSE_GRID_FROM_SCALE = 4
+
 
 @tf_keras.utils.register_keras_serializable(package="TensorMask")
 class TensorMaskHead(tf_keras.layers.Layer):
@@ -139,6 +144,9 @@ class TensorMaskHead(tf_keras.layers.Layer):
     if c["head_type"] == "bipyramid":
       self._fuse = self._conv(c["mask_filters"], 3, "mask_fuse",
                               activation="relu")
+      # mask_features may read its weights without calling it.
+      with tf.name_scope(self._fuse.name):
+        self._fuse.build([None, None, None, c["mask_filters"]])
     # One projection per window size, shared across levels.
     self._mask_projections = [
         self._conv(self._coarse_side(s)**2, 1, f"mask_projection_{s}")
@@ -211,18 +219,34 @@ class TensorMaskHead(tf_keras.layers.Layer):
     min_level = self._config_dict["min_level"]
     base = tower[str(min_level)]
     base_size = tf.shape(base)[1:3]
+    scales = {level: 2**(level - min_level) for level in self.levels}
+    if max(scales.values()) >= _FUSE_ON_COARSE_GRID_FROM_SCALE:
+      # The fuse is linear before its ReLU: conv3x3(up + base) =
+      # conv3x3(up) + conv3x3(base), the second the same for every level
+      # (level 0's input is 2 * base), and conv3x3(up) runs on the level's
+      # own grid (ops.upsampled_conv3x3).
+      kernel = tf.cast(self._fuse.kernel, base.dtype)
+      bias = tf.cast(self._fuse.bias, base.dtype)
+      base_conv = tf.nn.conv2d(base, kernel, 1, "SAME")
     mask_features = {}
-    for level in self.levels:
+    for level, scale in scales.items():
       up = tower[str(level)]
-      scale = 2**(level - min_level)
-      if scale > 1:
-        # Bilinear with half-pixel centres (align_corners=False), then
-        # cropped to the P2 grid.
-        # tf.image.resize computes in float32: cast back (float64 models).
-        up = tf.cast(tf.image.resize(up, tf.shape(up)[1:3] * scale,
-                                     method="bilinear"), base.dtype)
-        up = up[:, :base_size[0], :base_size[1], :]
-      mask_features[str(level)] = self._fuse(up + base)
+      if scale >= _FUSE_ON_COARSE_GRID_FROM_SCALE:
+        fused = ops.upsampled_conv3x3(up, kernel, scale, base_size)
+        fused = tf.nn.relu(tf.nn.bias_add(fused + base_conv, bias))
+      elif scale == 1 and max(scales.values()) >= (
+          _FUSE_ON_COARSE_GRID_FROM_SCALE):
+        fused = tf.nn.relu(tf.nn.bias_add(2 * base_conv, bias))
+      else:
+        if scale > 1:
+          # Bilinear with half-pixel centres (align_corners=False), then
+          # cropped to the P2 grid.
+          # tf.image.resize computes in float32: cast back (float64 models).
+          up = tf.cast(tf.image.resize(up, tf.shape(up)[1:3] * scale,
+                                       method="bilinear"), base.dtype)
+          up = up[:, :base_size[0], :base_size[1], :]
+        fused = self._fuse(up + base)
+      mask_features[str(level)] = fused
     return mask_features
 
   def mask_side(self, level: int, size_index: int) -> int:
