@@ -37,8 +37,8 @@ HEAD_TYPES = ("bipyramid", "simple_natural", "simple_aligned",
               "upscale_natural", "upscale_aligned")
 
 # The bipyramid fuses levels upsampled by at least this factor on their own
-# grid (ops.upsampled_conv3x3): 1.5-4.7x faster there at the 896x1408 P2
-# grid, slower at a factor of 2 (scripts/bench_bipyramid_fuse.py).
+# grid (ops.upsampled_conv3x3): 1.15x faster at 4 and 2.3-3.7x at 8-32 on
+# the 896x1408 P2 grid, half as fast at 2 (scripts/bench_bipyramid_fuse.py).
 _FUSE_ON_COARSE_GRID_FROM_SCALE = 4
 
 
