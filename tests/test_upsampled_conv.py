@@ -65,26 +65,16 @@ def test_xla_and_unknown_shapes_give_the_same_values():
   np.testing.assert_allclose(dynamic(x), want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: ops.upsampled_conv3x3(np.zeros((1, 2, 2, 3)),
-                                   np.zeros((3, 3, 3, 4)), 0, (2, 2)),
-     "scale must be an integer >= 1"),
-    (lambda: ops.upsampled_conv3x3(np.zeros((1, 2, 2, 3)),
-                                   np.zeros((3, 3, 3, 4)), 2.0, (2, 2)),
-     "scale must be an integer >= 1"),
-    (lambda: ops.upsampled_conv3x3(np.zeros((2, 2, 3)),
-                                   np.zeros((3, 3, 3, 4)), 2, (2, 2)),
-     "features must have rank 4"),
-    (lambda: ops.upsampled_conv3x3(np.zeros((1, 2, 2, 3)),
-                                   np.zeros((3, 3, 2, 4)), 2, (2, 2)),
+@pytest.mark.parametrize("features,kernel,scale,size,message", [
+    ((1, 2, 2, 3), (3, 3, 3, 4), 0, (2, 2), "scale must be an integer >= 1"),
+    ((1, 2, 2, 3), (3, 3, 3, 4), 2.0, (2, 2), "scale must be an integer >= 1"),
+    ((2, 2, 3), (3, 3, 3, 4), 2, (2, 2), "features must have rank 4"),
+    ((1, 2, 2, 3), (3, 3, 2, 4), 2, (2, 2),
      "kernel must have shape \\[3, 3, C, F\\] with C = 3"),
-    (lambda: ops.upsampled_conv3x3(np.zeros((1, 2, 2, 3)),
-                                   np.zeros((1, 1, 3, 4)), 2, (2, 2)),
-     "kernel must have shape"),
-    (lambda: ops.upsampled_conv3x3(np.zeros((1, 2, 2, 3)),
-                                   np.zeros((3, 3, 3, 4)), 2, (5, 4)),
+    ((1, 2, 2, 3), (1, 1, 3, 4), 2, (2, 2), "kernel must have shape"),
+    ((1, 2, 2, 3), (3, 3, 3, 4), 2, (5, 4),
      "size \\(5, 4\\) exceeds the upsampled features' \\(4, 4\\)"),
 ])
-def test_bad_inputs_raise_clear_errors(call, message):
+def test_bad_inputs_raise_clear_errors(features, kernel, scale, size, message):
   with pytest.raises(ValueError, match=message):
-    call()
+    ops.upsampled_conv3x3(np.zeros(features), np.zeros(kernel), scale, size)

@@ -500,6 +500,11 @@ void SwapAlign2NatGatherForward(const Geometry& g, T pad, const T* x,
         col_w[j] = w;
       }
       const Acc* col_outside = cols.outside.data() + xx * t_size;
+      // Start of the input row (n, a, c) that row-table slot `slot` reads.
+      const auto row_start = [&](int64_t slot) {
+        return x + ((n * g.height + rows.spatial[slot]) * g.width) * s * s +
+               rows.window[slot] * s;
+      };
       for (int v = 0; v < t_size; ++v) {
         const int64_t rt = yy * t_size + v;
         // Prefetch the lines that window row v + 2 reads through its row
@@ -513,9 +518,7 @@ void SwapAlign2NatGatherForward(const Geometry& g, T pad, const T* x,
           const int64_t ahead = (rt + 2) * rs;
           for (int i = 0; i < rs; ++i) {
             if (rows.weight[ahead + i] == Acc(0)) continue;
-            const T* row = x + ((n * g.height + rows.spatial[ahead + i]) *
-                                g.width) * s * s +
-                           rows.window[ahead + i] * s;
+            const T* row = row_start(ahead + i);
             for (int u = 0; u < t_size; ++u) {
               __builtin_prefetch(row + col_off[0][u]);
             }
@@ -525,9 +528,7 @@ void SwapAlign2NatGatherForward(const Geometry& g, T pad, const T* x,
         const T* row_ptr[kMaxAxisTaps];
         Acc row_w[kMaxAxisTaps];
         for (int i = 0; i < rs; ++i) {
-          row_ptr[i] = x + ((n * g.height + rows.spatial[rt * rs + i]) *
-                            g.width) * s * s +
-                       rows.window[rt * rs + i] * s;
+          row_ptr[i] = row_start(rt * rs + i);
           row_w[i] = rows.weight[rt * rs + i];
         }
         T* out = y + k * out_pixels + static_cast<int64_t>(v) * t_size;

@@ -86,10 +86,11 @@ def upsampled_conv3x3(features: tf.Tensor, kernel: tf.Tensor, scale: int,
   dims = tf.shape(features)
   n, h, w = dims[0], dims[1], dims[2]
   out_h, out_w = size[0], size[1]
-  static = [tf.get_static_value(v) for v in (out_h, out_w)]
-  static += [None if v is None else v * scale for v in features.shape[1:3]]
-  if all(v is not None for v in static):
-    wanted, available = tuple(map(int, static[:2])), tuple(map(int, static[2:]))
+  wanted = tuple(tf.get_static_value(v) for v in (out_h, out_w))
+  available = tuple(None if v is None else v * scale
+                    for v in features.shape[1:3])
+  if None not in wanted + available:
+    wanted = tuple(int(v) for v in wanted)
     if wanted[0] > available[0] or wanted[1] > available[1]:
       raise ValueError(f"upsampled_conv3x3: size {wanted} exceeds the "
                        f"upsampled features' {available}.")

@@ -220,7 +220,8 @@ class TensorMaskHead(tf_keras.layers.Layer):
     base = tower[str(min_level)]
     base_size = tf.shape(base)[1:3]
     scales = {level: 2**(level - min_level) for level in self.levels}
-    if max(scales.values()) >= _FUSE_ON_COARSE_GRID_FROM_SCALE:
+    shared_base_conv = max(scales.values()) >= _FUSE_ON_COARSE_GRID_FROM_SCALE
+    if shared_base_conv:
       # The fuse is linear before its ReLU: conv3x3(up + base) =
       # conv3x3(up) + conv3x3(base), the second the same for every level
       # (level 0's input is 2 * base), and conv3x3(up) runs on the level's
@@ -234,8 +235,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
       if scale >= _FUSE_ON_COARSE_GRID_FROM_SCALE:
         fused = ops.upsampled_conv3x3(up, kernel, scale, base_size)
         fused = tf.nn.relu(tf.nn.bias_add(fused + base_conv, bias))
-      elif scale == 1 and max(scales.values()) >= (
-          _FUSE_ON_COARSE_GRID_FROM_SCALE):
+      elif scale == 1 and shared_base_conv:
         fused = tf.nn.relu(tf.nn.bias_add(2 * base_conv, bias))
       else:
         if scale > 1:
