@@ -103,7 +103,8 @@ def parse_configuration(flags_obj) -> cfg.ExperimentConfig:
 
 
 def prepare_params(params: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
-  """Validates the config; picks the GPUs and the ops backend for XLA.
+  """Validates the config; picks the GPUs, the ops backend for XLA and
+  whether inference may use Winograd convolutions (CPU only).
 
   A step compiled with XLA cannot run the custom op nor data-dependent
   shapes: with `runtime.enable_xla` the model's ops backend becomes "tf" (an
@@ -119,6 +120,10 @@ def prepare_params(params: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
     runtime.num_gpus = (min(num_gpus, 1)
                         if runtime.distribution_strategy == "one_device"
                         else num_gpus)
+  if runtime.num_gpus > 0 or runtime.distribution_strategy == "tpu":
+    # Their own convolutions (cuDNN's algorithm search, the TPU's) beat a
+    # Winograd form built of gathers and matrix products.
+    model.head.winograd_at_inference = False
   if runtime.enable_xla:
     if model.ops_backend == "custom":
       raise ConfigError("runtime.enable_xla needs task.model.ops_backend "

@@ -251,20 +251,37 @@ def _np_conv3x3(x, layer):
   return conv_reference.conv3x3(x, kernel, bias)
 
 
-def test_head_matches_a_numpy_reference_of_the_spec():
+# (head widths, P2 grid side): the small head, and one wide enough, on a
+# grid large enough, for its 3x3 convolutions to run as Winograd at
+# inference (ops.winograd_pays_off) on P2.
+REFERENCE_HEADS = {"small": (32, 16, 32), "winograd": (128, 128, 40)}
+
+
+@pytest.mark.parametrize("variant", sorted(REFERENCE_HEADS))
+def test_head_matches_a_numpy_reference_of_the_spec(variant):
   """Class and box towers (conv3x3 + ReLU, then logits / deltas), and the
   bipyramid: each level's mask-tower feature upsampled by 2**k to the P2 grid
   (half-pixel bilinear), cropped, added to P2's, through the shared fuse
   conv3x3 + ReLU. `call` returns the same three parts."""
-  config = _small_config()
+  width, mask_width, side = REFERENCE_HEADS[variant]
+  config = _small_config(class_filters=width, box_filters=mask_width,
+                         mask_filters=mask_width)
+  config.decoder.fpn.num_filters = width
   model = _build(config)
-  # Non-trivial weights: the init's std of 0.01 would make every term tiny.
+  # Non-trivial weights: the init's std of 0.01 would make every term tiny;
+  # wider than 32 input channels, scaled down so values stay O(1).
   rng = np.random.RandomState(0)
   for variable in model.head.trainable_variables:
-    variable.assign(rng.uniform(-0.3, 0.3, variable.shape))
-  features = {str(k): tf.random.normal([2, IMAGE // 2**k, IMAGE // 2**k, 32],
-                                       seed=k) for k in range(2, 6)}
+    fan_in = variable.shape[-2] if variable.shape.rank == 4 else 1
+    bound = 0.3 * min(1.0, (32 / fan_in)**0.5)
+    variable.assign(rng.uniform(-bound, bound, variable.shape))
+  features = {str(k): tf.random.normal([2, side // 2**(k - 2),
+                                        side // 2**(k - 2), width], seed=k)
+              for k in range(2, 6)}
   head = model.head
+  graph = tf.function(head).get_concrete_function(features).graph
+  uses_winograd = any(op.type == "GatherNd" for op in graph.get_operations())
+  assert uses_winograd == (variant == "winograd")
   class_outputs, box_outputs, mask_features = head(features)
   towers = {"class": head._class_tower, "box": head._box_tower,  # pylint: disable=protected-access
             "mask": head._mask_tower}  # pylint: disable=protected-access
@@ -276,21 +293,21 @@ def test_head_matches_a_numpy_reference_of_the_spec():
       for layer in layers:
         y = relu(_np_conv3x3(y, layer))
       tower_out[name, k] = y
+  def assert_close(got, want):
+    # Winograd's float32 rounding is ~1e-5 of the largest value.
+    np.testing.assert_allclose(got, want, rtol=1e-4,
+                               atol=max(1e-4, 2e-5 * np.abs(want).max()))
+
   for k in range(2, 6):
-    np.testing.assert_allclose(
-        class_outputs[str(k)],
-        _np_conv3x3(tower_out["class", k], head._class_logits),  # pylint: disable=protected-access
-        rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(
-        box_outputs[str(k)],
-        _np_conv3x3(tower_out["box", k], head._box_deltas),  # pylint: disable=protected-access
-        rtol=1e-4, atol=1e-4)
+    assert_close(class_outputs[str(k)],
+                 _np_conv3x3(tower_out["class", k], head._class_logits))  # pylint: disable=protected-access
+    assert_close(box_outputs[str(k)],
+                 _np_conv3x3(tower_out["box", k], head._box_deltas))  # pylint: disable=protected-access
     base = tower_out["mask", 2]
     up = conv_reference.upsample_bilinear(tower_out["mask", k], 2**(k - 2))
     up = up[:, :base.shape[1], :base.shape[2]]
-    np.testing.assert_allclose(
-        mask_features[str(k)], relu(_np_conv3x3(up + base, head._fuse)),  # pylint: disable=protected-access
-        rtol=1e-4, atol=1e-4)
+    assert_close(mask_features[str(k)],
+                 relu(_np_conv3x3(up + base, head._fuse)))  # pylint: disable=protected-access
   # The public parts are what `call` is made of.
   for part, whole in ((head.class_outputs, class_outputs),
                       (head.box_outputs, box_outputs),

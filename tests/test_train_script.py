@@ -143,3 +143,17 @@ def test_enable_xla_picks_the_pure_tf_ops_and_static_mask_shapes():
   params.task.model.ops_backend = "custom"
   with pytest.raises(train.ConfigError, match="enable_xla"):
     train.prepare_params(params)
+
+
+@pytest.mark.parametrize("strategy,num_gpus,winograd", [
+    ("mirrored", 0, True), ("mirrored", 2, False), ("tpu", 0, False)])
+def test_winograd_inference_only_on_cpu_runtimes(strategy, num_gpus,
+                                                 winograd):
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  from tensormask_tf import train  # pylint: disable=g-import-not-at-top
+  params = exp_factory.get_exp_config("tensormask_shapes")
+  assert params.task.model.head.winograd_at_inference
+  params.runtime.distribution_strategy = strategy
+  params.runtime.num_gpus = num_gpus
+  params = train.prepare_params(params)
+  assert params.task.model.head.winograd_at_inference is winograd

@@ -29,6 +29,10 @@ class TensorMaskHead(hyperparams.Config):
     "simple_natural", "simple_aligned", "upscale_natural", "upscale_aligned"
     (the latter two predict masks `upscale_factor` times coarser and upscale
     them; `upscale_interpolation` "bilinear" or "nearest").
+  winograd_at_inference: run the head's 3x3 convolutions as Winograd
+    F(4x4, 3x3) when not training, on the grids where it is faster on the
+    CPU (tensormask_tf/layers/conv3x3.py); `train.prepare_params` turns it
+    off for runtimes with GPUs or TPUs.
   """
   head_type: str = "bipyramid"
   num_convs: int = 4
@@ -39,6 +43,7 @@ class TensorMaskHead(hyperparams.Config):
   mask_pad: float = -6.0
   upscale_factor: int = 1
   upscale_interpolation: str = "bilinear"
+  winograd_at_inference: bool = True
 
 
 @dataclasses.dataclass

@@ -11,6 +11,8 @@ from tensormask_tf.ops.mask_representation import swap_align2nat
 from tensormask_tf.ops.mask_representation import swap_align2nat_gather
 from tensormask_tf.ops.mask_representation import up_align2nat
 from tensormask_tf.ops.upsampled_conv import upsampled_conv3x3
+from tensormask_tf.ops.winograd_conv import winograd_conv3x3
+from tensormask_tf.ops.winograd_conv import winograd_pays_off
 from tensormask_tf.ops.window_assignment import assign_windows
 from tensormask_tf.ops.window_labeler import label_windows
 from tensormask_tf.ops.window_targets import decode_window_boxes
@@ -37,4 +39,6 @@ __all__ = [
     "up_align2nat",
     "upsampled_conv3x3",
     "window_mask_targets",
+    "winograd_conv3x3",
+    "winograd_pays_off",
 ]

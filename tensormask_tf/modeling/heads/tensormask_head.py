@@ -31,6 +31,7 @@ from typing import Sequence
 import tensorflow as tf
 import tf_keras
 
+from tensormask_tf import layers
 from tensormask_tf import ops
 
 HEAD_TYPES = ("bipyramid", "simple_natural", "simple_aligned",
@@ -61,6 +62,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
                upscale_factor: int = 1,
                upscale_interpolation: str = "bilinear",
                ops_backend: str = "auto",
+               winograd_at_inference: bool = True,
                kernel_regularizer: tf_keras.regularizers.Regularizer | None = None,
                **kwargs):
     """Initializes the head.
@@ -78,6 +80,9 @@ class TensorMaskHead(tf_keras.layers.Layer):
       upscale_factor: lam of the "upscale_*" heads; must divide every S.
       upscale_interpolation: "bilinear" or "nearest" for "upscale_*".
       ops_backend: swap_align2nat backend ("auto", "tf", "custom").
+      winograd_at_inference: let the 3x3 convolutions run as Winograd
+        F(4x4, 3x3) when not training, where it pays (layers.Conv3x3); False
+        on GPUs and TPUs.
       kernel_regularizer: regularizer of the conv kernels.
       **kwargs: other keyword arguments of `tf_keras.layers.Layer`.
     """
@@ -112,6 +117,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
         "upscale_factor": upscale_factor,
         "upscale_interpolation": upscale_interpolation,
         "ops_backend": ops_backend,
+        "winograd_at_inference": winograd_at_inference,
         "kernel_regularizer": kernel_regularizer,
     }
 
@@ -120,11 +126,18 @@ class TensorMaskHead(tf_keras.layers.Layer):
   # -------------------------------------------------------------------------
   def _conv(self, filters, kernel_size, name, activation=None,
             bias_initializer="zeros"):
-    return tf_keras.layers.Conv2D(
-        filters, kernel_size, padding="same", activation=activation,
+    kwargs = dict(
+        activation=activation,
         kernel_initializer=tf_keras.initializers.RandomNormal(stddev=0.01),
         bias_initializer=bias_initializer,
         kernel_regularizer=self._config_dict["kernel_regularizer"], name=name)
+    if kernel_size == 3:
+      return layers.Conv3x3(
+          filters,
+          winograd_at_inference=self._config_dict["winograd_at_inference"],
+          **kwargs)
+    return tf_keras.layers.Conv2D(filters, kernel_size, padding="same",
+                                  **kwargs)
 
   def _tower(self, filters, name):
     return [self._conv(filters, 3, f"{name}_conv{i}", activation="relu")
@@ -172,11 +185,14 @@ class TensorMaskHead(tf_keras.layers.Layer):
     return list(range(self._config_dict["min_level"],
                       self._config_dict["max_level"] + 1))
 
-  def call(self, features: dict[str, tf.Tensor]):
+  def call(self, features: dict[str, tf.Tensor],
+           training: bool | None = None):
     """Runs the towers.
 
     Args:
       features: {str(level): [N, H_k, W_k, C]} for min_level..max_level.
+      training: Keras training flag (inference may run the 3x3
+        convolutions as Winograd F(4x4, 3x3)).
 
     Returns:
       class_outputs: {str(level): [N, H_k, W_k, A*K]} logits.
@@ -185,35 +201,42 @@ class TensorMaskHead(tf_keras.layers.Layer):
         P2-grid features for "bipyramid" (Hm, Wm = P2's size), the level's
         own mask-tower features otherwise.
     """
-    return (self.class_outputs(features), self.box_outputs(features),
-            self.mask_features(features))
+    return (self.class_outputs(features, training),
+            self.box_outputs(features, training),
+            self.mask_features(features, training))
 
-  def _run_tower(self, tower, last, features):
+  def _run_tower(self, tower, last, features, training):
     outputs = {}
     for level in self.levels:
       y = features[str(level)]
       for conv in tower:
-        y = conv(y)
-      outputs[str(level)] = last(y) if last is not None else y
+        y = conv(y, training=training)
+      outputs[str(level)] = (last(y, training=training) if last is not None
+                             else y)
     return outputs
 
   # The three parts of `call`, public so that they can be run (and timed,
   # scripts/bench_model.py) on their own.
-  def class_outputs(self, features: dict[str, tf.Tensor]):
+  def class_outputs(self, features: dict[str, tf.Tensor],
+                    training: bool | None = None):
     """{str(level): [N, H_k, W_k, A*K]} class logits (class tower)."""
-    return self._run_tower(self._class_tower, self._class_logits, features)
+    return self._run_tower(self._class_tower, self._class_logits, features,
+                           training)
 
-  def box_outputs(self, features: dict[str, tf.Tensor]):
+  def box_outputs(self, features: dict[str, tf.Tensor],
+                  training: bool | None = None):
     """{str(level): [N, H_k, W_k, A*4]} box deltas (box tower)."""
-    return self._run_tower(self._box_tower, self._box_deltas, features)
+    return self._run_tower(self._box_tower, self._box_deltas, features,
+                           training)
 
-  def mask_features(self, features: dict[str, tf.Tensor]):
+  def mask_features(self, features: dict[str, tf.Tensor],
+                    training: bool | None = None):
     """The mask tower's features, fused on the P2 grid for "bipyramid".
 
     Returns {str(level): [N, Hm, Wm, mask_filters]}, as `call`'s third
     output.
     """
-    tower = self._run_tower(self._mask_tower, None, features)
+    tower = self._run_tower(self._mask_tower, None, features, training)
     if self._config_dict["head_type"] != "bipyramid":
       return tower
     min_level = self._config_dict["min_level"]
@@ -228,7 +251,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
       # own grid (ops.upsampled_conv3x3).
       kernel = tf.cast(self._fuse.kernel, base.dtype)
       bias = tf.cast(self._fuse.bias, base.dtype)
-      base_conv = tf.nn.conv2d(base, kernel, 1, "SAME")
+      base_conv = self._fuse.convolve(base, kernel, training)
     mask_features = {}
     for level, scale in scales.items():
       up = tower[str(level)]
@@ -245,7 +268,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
           up = tf.cast(tf.image.resize(up, tf.shape(up)[1:3] * scale,
                                        method="bilinear"), base.dtype)
           up = up[:, :base_size[0], :base_size[1], :]
-        fused = self._fuse(up + base)
+        fused = self._fuse(up + base, training=training)
       mask_features[str(level)] = fused
     return mask_features
 

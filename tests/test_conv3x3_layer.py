@@ -1,0 +1,96 @@
+"""layers.Conv3x3: tf.nn.conv2d in training, Winograd at inference where the
+rule picks it, the same numbers as a numpy convolution either way, Conv2D's
+checkpoints, config round trip, and low precision kept direct."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from tensormask_tf import layers
+from tests import conv_reference
+
+# A grid and width where ops.winograd_pays_off picks Winograd.
+WIDE = (1, 40, 32, 128)
+
+
+def _layer(filters=128, **kwargs):
+  layer = layers.Conv3x3(filters, activation="relu", **kwargs)
+  layer.build([None, None, None, WIDE[-1]])
+  rng = np.random.RandomState(0)
+  layer.kernel.assign(rng.normal(0, 0.05, layer.kernel.shape))
+  layer.bias.assign(rng.normal(0, 0.5, layer.bias.shape))
+  return layer
+
+
+def _op_types(fn, *args):
+  graph = tf.function(fn).get_concrete_function(*args).graph
+  return {op.type for op in graph.get_operations()}
+
+
+def _reference(layer, x):
+  kernel, bias = (np.asarray(w, np.float64) for w in layer.get_weights())
+  return np.maximum(conv_reference.conv3x3(x, kernel, bias), 0.0)
+
+
+@pytest.mark.parametrize("training", [False, None])
+def test_inference_runs_winograd_and_matches_numpy(training):
+  layer = _layer()
+  x = np.random.RandomState(1).normal(size=WIDE)
+  x32 = tf.constant(x, tf.float32)
+  assert "GatherNd" in _op_types(lambda v: layer(v, training=training), x32)
+  assert "Conv2D" not in _op_types(lambda v: layer(v, training=training), x32)
+  want = _reference(layer, x)
+  np.testing.assert_allclose(layer(x32, training=training), want, rtol=0,
+                             atol=2e-5 * np.abs(want).max())
+
+
+def test_training_runs_tf_conv2d_exactly():
+  layer = _layer()
+  x = tf.random.normal(WIDE, seed=3)
+  assert "GatherNd" not in _op_types(lambda v: layer(v, training=True), x)
+  want = tf.nn.relu(tf.nn.conv2d(x, layer.kernel, 1, "SAME") + layer.bias)
+  np.testing.assert_array_equal(layer(x, training=True), want)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: _layer(winograd_at_inference=False), WIDE),
+    (lambda: _layer(filters=8), WIDE),           # too few output channels
+    (lambda: _layer(), (1, 20, 20, 128)),        # grid too small
+])
+def test_stays_direct_where_winograd_is_off_or_does_not_pay(make, shape):
+  layer = make()
+  x = tf.random.normal(shape, seed=4)
+  assert "GatherNd" not in _op_types(lambda v: layer(v, training=False), x)
+  want = tf.nn.relu(tf.nn.conv2d(x, layer.kernel, 1, "SAME") + layer.bias)
+  np.testing.assert_array_equal(layer(x, training=False), want)
+
+
+def test_bfloat16_compute_stays_direct():
+  layer = layers.Conv3x3(128, dtype="mixed_bfloat16")
+  x = tf.random.normal(WIDE, seed=5)
+  types = _op_types(lambda v: layer(v, training=False), x)
+  assert "GatherNd" not in types and "Conv2D" in types
+  assert layer(x, training=False).dtype == tf.bfloat16
+
+
+def test_reads_a_conv2d_checkpoint_and_round_trips_its_config(tmp_path):
+  conv2d = tf_keras.layers.Conv2D(6, 3, padding="same", activation="relu")
+  conv2d.build([None, None, None, 4])
+  conv2d.kernel.assign(tf.random.normal(conv2d.kernel.shape, seed=6))
+  conv2d.bias.assign(tf.random.normal(conv2d.bias.shape, seed=7))
+  path = tf.train.Checkpoint(layer=conv2d).write(str(tmp_path / "ckpt"))
+  layer = layers.Conv3x3(6, activation="relu")
+  layer.build([None, None, None, 4])
+  tf.train.Checkpoint(layer=layer).read(path).assert_consumed()
+  x = tf.random.normal([2, 7, 5, 4], seed=8)
+  np.testing.assert_array_equal(layer(x), conv2d(x))
+  config = layer.get_config()
+  copy = layers.Conv3x3.from_config(config)
+  assert copy.get_config() == config
+  assert config["winograd_at_inference"] is True
+
+
+def test_refuses_arguments_it_fixes():
+  with pytest.raises(ValueError, match="\\['strides'\\] cannot be set"):
+    layers.Conv3x3(4, strides=2)
