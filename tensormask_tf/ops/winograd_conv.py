@@ -11,7 +11,7 @@ it costs instead is memory traffic: the input is read into 36 overlapping
 tile planes (2.25x its size), transformed, and the 36 product planes are
 transformed back. So it pays where the channel counts and the grid are
 large: the class tower's 256-channel layers on the P2 grid of an 896x1408
-input run 2.2x faster on the CPU, the 128-channel ones 1.1x, and layers on
+input run 2.2-2.4x faster on the CPU, the 128-channel ones 1.1-1.2x, and layers on
 grids of ~1000 pixels or fewer, or with few output channels, run slower
 (scripts/bench_winograd_conv.py; `winograd_pays_off` holds the rule).
 
@@ -47,8 +47,9 @@ _SUPPORTED_DTYPES = (tf.float32, tf.float64)
 
 # Where the Winograd form beat tf.nn.conv2d in scripts/bench_winograd_conv.py
 # (two cores, float32): grids of at least this many pixels (P5 of 896x1408,
-# 28x44, won 1.4-2.8x; 32x32 was even), with both channel counts at least
-# _MIN_CHANNELS (128 -> 8 lost 2x everywhere).
+# 28x44, won 1.3-2.8x in two runs; 32x32 went 0.86-1.62x, so it stays
+# direct), with both channel counts at least _MIN_CHANNELS (128 -> 8 lost
+# up to 2.4x everywhere).
 _MIN_PIXELS = 1200
 _MIN_CHANNELS = 128
 
