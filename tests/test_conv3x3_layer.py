@@ -94,3 +94,28 @@ def test_reads_a_conv2d_checkpoint_and_round_trips_its_config(tmp_path):
 def test_refuses_arguments_it_fixes():
   with pytest.raises(ValueError, match="\\['strides'\\] cannot be set"):
     layers.Conv3x3(4, strides=2)
+
+
+def test_winograd_inference_survives_a_savedmodel(tmp_path):
+  layer = _layer()
+  x = tf.random.normal(WIDE, seed=9)
+
+  class Module(tf.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.layer = layer
+
+    @tf.function(input_signature=[tf.TensorSpec(WIDE, tf.float32)])
+    def serve(self, inputs):
+      return self.layer(inputs, training=False)
+
+  tf.saved_model.save(Module(), str(tmp_path / "saved"))
+  loaded = tf.saved_model.load(str(tmp_path / "saved"))
+  graph_def = loaded.serve.get_concrete_function().graph.as_graph_def()
+  op_types = {node.op for function in graph_def.library.function
+              for node in function.node_def}
+  assert "GatherNd" in op_types and "Conv2D" not in op_types
+  want = _reference(layer, x.numpy().astype(np.float64))
+  np.testing.assert_allclose(loaded.serve(x), want, rtol=0,
+                             atol=2e-5 * np.abs(want).max())

@@ -3,7 +3,9 @@
 Inputs are Model Garden style per-level dicts `{str(level): [N, H_k, W_k, C]}`.
 The class and box towers are shared across levels (4 conv3x3 + ReLU, normal
 std 0.01 init, zero bias) and end in conv3x3 layers with A*K logits (prior
-bias) and A*4 deltas per location (A window sizes, K classes).
+bias) and A*4 deltas per location (A window sizes, K classes). Its 3x3
+convolutions are `layers.Conv3x3`: Conv2D weights, run as Winograd F(4x4,
+3x3) at inference where that is faster (`winograd_at_inference`).
 
 Masks. With `head_type="bipyramid"` every level's mask-tower feature is
 upsampled bilinearly (half-pixel centres) by 2**k to the P2 grid, cropped to
