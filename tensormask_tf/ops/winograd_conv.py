@@ -129,8 +129,9 @@ def winograd_conv3x3(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
                       tf.broadcast_to(rows, index_shape),
                       tf.broadcast_to(cols, index_shape)], axis=-1)
   planes = tf.gather_nd(padded, indices)
-  # B^T D B for every tile at once: the 2-D transform is one [36, 36]
-  # (Kronecker) matrix product. Memory-bound, so its zeros cost nothing.
+  # B^T D B for every tile at once: the 2-D transform as one [36, 36]
+  # (Kronecker) matrix product. Its zeros cost less than the transpose or
+  # batched product that a separable 6x6 form needs between its two axes.
   b = tf.constant(np.kron(_B_T, _B_T), inputs.dtype)
   transformed = tf.matmul(b, tf.reshape(planes, [36, -1]))
   num_tiles = batch * tiles_y * tiles_x
