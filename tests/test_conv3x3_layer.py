@@ -45,12 +45,14 @@ def test_inference_runs_winograd_and_matches_numpy(training):
                              atol=2e-5 * np.abs(want).max())
 
 
-def test_training_runs_tf_conv2d_exactly():
+@pytest.mark.parametrize("training", [True, tf.constant(False)])
+def test_training_or_a_symbolic_flag_runs_tf_conv2d_exactly(training):
   layer = _layer()
   x = tf.random.normal(WIDE, seed=3)
-  assert "GatherNd" not in _op_types(lambda v: layer(v, training=True), x)
+  assert "GatherNd" not in _op_types(lambda v: layer(v, training=training),
+                                     x)
   want = tf.nn.relu(tf.nn.conv2d(x, layer.kernel, 1, "SAME") + layer.bias)
-  np.testing.assert_array_equal(layer(x, training=True), want)
+  np.testing.assert_array_equal(layer(x, training=training), want)
 
 
 @pytest.mark.parametrize("make,shape", [

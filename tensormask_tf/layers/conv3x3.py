@@ -49,7 +49,10 @@ class Conv3x3(tf_keras.layers.Conv2D):
     layer's kernel (or one derived from it) outside `call`.
     """
     _, height, width, channels = inputs.shape
-    if (self._winograd_at_inference and not training
+    # A symbolic `training` tensor gets the direct form, right either way.
+    inference = training is None or (isinstance(training, (bool, int))
+                                     and not training)
+    if (self._winograd_at_inference and inference
         and inputs.dtype in _WINOGRAD_DTYPES
         and ops.winograd_pays_off(height, width, channels, kernel.shape[-1])):
       return ops.winograd_conv3x3(inputs, kernel)
