@@ -31,7 +31,9 @@ the measured calls.
    (projection, masks, mask loss, their gradients; median peak of
    --branch_runs child processes), and "own" memory is that above the
    features-only branch. The variants' losses must agree to 1e-5.
-2. inference: latency of this project's TensorMask vs Model Garden's
+2. inference: latency of this project's TensorMask (custom-op backend;
+   the same with direct convolutions instead of the head's Winograd ones,
+   "_direct"; pure-TF backend, as exported) vs Model Garden's
    RetinaNet and Mask R-CNN (R50-FPN, from Model Garden's own experiment
    configs), all keeping 100 detections (score threshold 0); network and
    post-processing timed separately where the model allows; FLOPs of the
@@ -289,7 +291,8 @@ def child_inference(size: int, model_name: str, repeats: int,
   if model_name.startswith("tensormask"):
     from tensormask_tf.modeling import factory  # pylint: disable=g-import-not-at-top
     config = _tensormask_config(size, max_detections)
-    config.ops_backend = "tf" if model_name.endswith("tf") else "custom"
+    config.ops_backend = "tf" if model_name == "tensormask_tf" else "custom"
+    config.head.winograd_at_inference = not model_name.endswith("_direct")
     model = factory.build_tensormask_model(
         tf_keras.layers.InputSpec(shape=[1, height, width, 3]), config)
     network = tf.function(lambda x: model(x, training=False))
@@ -552,20 +555,22 @@ def main():
             f"|loss difference| {abs(d['loss'] - g['loss']):.2e} "
             f"({g['mask_windows']} positive windows with masks)")
   if "inference" in sections:
-    models = ("tensormask_custom", "tensormask_tf", "maskrcnn", "retinanet")
+    models = ("tensormask_custom", "tensormask_custom_direct",
+              "tensormask_tf", "maskrcnn", "retinanet")
     results = {m: _run_child(f"inference:{m}:100", args) for m in models}
     ref = results["maskrcnn"]
     print("\n## 2. Inference, 100 detections kept (score threshold 0)")
     print("| model | total s | network s | post-processing s | GFLOPs | "
-          "time / Mask R-CNN | FLOPs / Mask R-CNN |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "time / Mask R-CNN | FLOPs / Mask R-CNN | peak MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for m in models:
       r = results[m]
       print(f"| {m} | {_fmt(r.get('seconds'))} | "
             f"{_fmt(r.get('network_seconds'))} | {_fmt(r.get('post_seconds'))} | "
             f"{_fmt(r.get('flops', 0) / 1e9, digits=0) if r else '-'} | "
             f"{_fmt(r['seconds'] / ref['seconds']) if r and ref else '-'} | "
-            f"{_fmt(r['flops'] / ref['flops']) if r and ref else '-'} |")
+            f"{_fmt(r['flops'] / ref['flops']) if r and ref else '-'} | "
+            f"{_fmt(r.get('peak_mb'), digits=0)} |")
   if "memory" in sections:
     print("\n## 3. TensorMask inference peak memory vs kept detections")
     print("| detections kept | total s | peak MB |")
