@@ -17,7 +17,6 @@ call.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -25,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
 import tensorflow as tf  # noqa: E402
+from bench_ops import median_time  # noqa: E402  (scripts/ is on sys.path)
 
 from tensormask_tf import ops  # noqa: E402
 
@@ -32,13 +32,7 @@ HEIGHT, WIDTH, CHANNELS = 224, 352, 128
 
 
 def _median_ms(fn, arg, repeats):
-  fn(arg).numpy()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn(arg).numpy()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times)) * 1e3
+  return median_time(lambda: fn(arg).numpy(), repeats) * 1e3
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ function traced once.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -28,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
 import tensorflow as tf  # noqa: E402
+from bench_ops import median_time  # noqa: E402  (scripts/ is on sys.path)
 
 from tensormask_tf import ops  # noqa: E402
 
@@ -44,13 +44,7 @@ SHAPES = {
 
 
 def _median_ms(fn, args, repeats):
-  fn(*args).numpy()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn(*args).numpy()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times)) * 1e3
+  return median_time(lambda: fn(*args).numpy(), repeats) * 1e3
 
 
 def main() -> None:

@@ -15,6 +15,13 @@ def conv3x3(x, kernel, bias=0.0):
   return out
 
 
+def layer_conv3x3(x, layer):
+  """conv3x3 (with bias) of x by a built Keras 3x3 conv layer's weights,
+  in float64; the layer's activation is not applied."""
+  kernel, bias = (np.asarray(w, np.float64) for w in layer.get_weights())
+  return conv3x3(x, kernel, bias)
+
+
 def upsample_bilinear(x, scale):
   """Bilinear resize by an integer factor, align_corners=False (half-pixel
   centres), reading the edge pixel past the borders."""

@@ -29,8 +29,7 @@ def _op_types(fn, *args):
 
 
 def _reference(layer, x):
-  kernel, bias = (np.asarray(w, np.float64) for w in layer.get_weights())
-  return np.maximum(conv_reference.conv3x3(x, kernel, bias), 0.0)
+  return np.maximum(conv_reference.layer_conv3x3(x, layer), 0.0)
 
 
 @pytest.mark.parametrize("training", [False, None])

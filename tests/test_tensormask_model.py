@@ -245,12 +245,6 @@ def test_default_input_size_fits_the_coarsest_level():
 # ---------------------------------------------------------------------------
 # The head's numbers against a numpy float64 reference of SPEC.md 3.
 # ---------------------------------------------------------------------------
-def _np_conv3x3(x, layer):
-  """'same' 3x3 convolution, NHWC, float64, with the layer's weights."""
-  kernel, bias = (np.asarray(w, np.float64) for w in layer.get_weights())
-  return conv_reference.conv3x3(x, kernel, bias)
-
-
 # (head widths, P2 grid side): the small head, and one wide enough, on a
 # grid large enough, for its 3x3 convolutions to run as Winograd at
 # inference (ops.winograd_pays_off) on P2.
@@ -291,7 +285,7 @@ def test_head_matches_a_numpy_reference_of_the_spec(variant):
     for k in range(2, 6):
       y = np.asarray(features[str(k)], np.float64)
       for layer in layers:
-        y = relu(_np_conv3x3(y, layer))
+        y = relu(conv_reference.layer_conv3x3(y, layer))
       tower_out[name, k] = y
   def assert_close(got, want):
     # Winograd's float32 rounding is ~1e-5 of the largest value.
@@ -300,14 +294,14 @@ def test_head_matches_a_numpy_reference_of_the_spec(variant):
 
   for k in range(2, 6):
     assert_close(class_outputs[str(k)],
-                 _np_conv3x3(tower_out["class", k], head._class_logits))  # pylint: disable=protected-access
+                 conv_reference.layer_conv3x3(tower_out["class", k], head._class_logits))  # pylint: disable=protected-access
     assert_close(box_outputs[str(k)],
-                 _np_conv3x3(tower_out["box", k], head._box_deltas))  # pylint: disable=protected-access
+                 conv_reference.layer_conv3x3(tower_out["box", k], head._box_deltas))  # pylint: disable=protected-access
     base = tower_out["mask", 2]
     up = conv_reference.upsample_bilinear(tower_out["mask", k], 2**(k - 2))
     up = up[:, :base.shape[1], :base.shape[2]]
     assert_close(mask_features[str(k)],
-                 relu(_np_conv3x3(up + base, head._fuse)))  # pylint: disable=protected-access
+                 relu(conv_reference.layer_conv3x3(up + base, head._fuse)))  # pylint: disable=protected-access
   # The public parts are what `call` is made of.
   for part, whole in ((head.class_outputs, class_outputs),
                       (head.box_outputs, box_outputs),

@@ -1,4 +1,5 @@
-"""A 3x3 "same" convolution layer that runs as Winograd F(4x4, 3x3) at inference."""
+"""A "same" 3x3 convolution layer that runs as Winograd F(4x4, 3x3) when not
+training."""
 
 import tensorflow as tf
 import tf_keras
@@ -7,6 +8,9 @@ from tensormask_tf import ops
 
 # Winograd's transforms amplify rounding: low-precision compute stays direct.
 _WINOGRAD_DTYPES = (tf.float32, tf.float64)
+# Conv2D arguments the layer fixes (stride-1 'same' 3x3 NHWC).
+_FIXED_ARGUMENTS = ("kernel_size", "strides", "padding", "dilation_rate",
+                    "groups", "data_format")
 
 
 @tf_keras.utils.register_keras_serializable(package="TensorMask")
@@ -33,8 +37,7 @@ class Conv3x3(tf_keras.layers.Conv2D):
         (activation, initializers, regularizers, name, ...), not its
         kernel_size, strides, padding, dilation_rate or groups.
     """
-    fixed = {"kernel_size", "strides", "padding", "dilation_rate", "groups",
-             "data_format"} & set(kwargs)
+    fixed = set(_FIXED_ARGUMENTS) & set(kwargs)
     if fixed:
       raise ValueError(f"Conv3x3: {sorted(fixed)} cannot be set: the layer "
                        "is a stride-1 'same' 3x3 NHWC convolution.")
@@ -69,8 +72,7 @@ class Conv3x3(tf_keras.layers.Conv2D):
 
   def get_config(self) -> dict:
     config = super().get_config()
-    for key in ("kernel_size", "strides", "padding", "dilation_rate",
-                "groups", "data_format"):
+    for key in _FIXED_ARGUMENTS:
       config.pop(key)
     config["winograd_at_inference"] = self._winograd_at_inference
     return config
