@@ -44,6 +44,18 @@ def test_paste_window_masks_matches_reference():
                                                            36, 52))
 
 
+def test_paste_window_masks_empty_windows_paste_nothing():
+  # Padded detection rows have zeroed windows; the valid rows beside them
+  # paste as the reference says.
+  rng = np.random.RandomState(1)
+  masks = rng.uniform(size=(3, 8, 8))
+  boxes = np.array([[4, 6, 28, 30], [0, 0, 0, 0], [5, 5, 5, 9]], np.float32)
+  got = detection_generator.paste_window_masks(masks, boxes, (36, 52)).numpy()
+  np.testing.assert_array_equal(got[0], _paste_reference(masks[0], boxes[0],
+                                                         36, 52))
+  assert not got[1:].any()
+
+
 def _index(level, y, x, a):
   return (y * (IMAGE[1] // SPEC.stride(level)) + x) * SPEC.num_sizes + a
 

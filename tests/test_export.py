@@ -161,6 +161,22 @@ def test_fresh_process_outputs_equal_the_in_process_model(exported):
       assert not image_masks[d, :, width:].any()
 
 
+def test_image_masks_of_padded_detection_rows_are_empty(shapes_records):
+  # A trained model keeps fewer than max_detections above its score
+  # threshold; the padded rows' windows are zero. Here no window passes
+  # (the random head scores ~0.01), so every row is padding.
+  params = tiny_experiment.tiny_shapes_experiment(shapes_records)
+  params.task.model.detection_generator.override(
+      {"score_threshold": 0.9, "max_detections": 5})
+  module = export_module.TensorMaskExportModule(params, None,
+                                                image_masks=True)
+  images = tf.zeros([2, 40, 60, 3], tf.uint8)
+  out = module.serve_image_tensors(images)
+  assert out["num_detections"].numpy().tolist() == [0, 0]
+  assert out["detection_image_masks"].shape == (2, 5, 40, 60)
+  assert not out["detection_image_masks"].numpy().any()
+
+
 def test_the_three_signatures_agree(exported):
   out = exported["outputs"]
   for name in ("image_tensor", "tf_example"):

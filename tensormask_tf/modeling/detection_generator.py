@@ -132,6 +132,8 @@ def paste_window_masks(window_masks, window_boxes, image_size,
 
   Every image pixel centre inside a window samples the window's mask
   bilinearly (pixel-centre aligned); pixels outside the window are 0.
+  A window without area (the zeroed rows after `num_detections` in padded
+  outputs) pastes an empty mask.
 
   Args:
     window_masks: [D, R, R] mask probabilities over each window.
@@ -152,6 +154,10 @@ def paste_window_masks(window_masks, window_boxes, image_size,
   # Image row i (centre i + 0.5) sits at padded-mask coordinate
   # (i + 0.5 - ymin) / (ymax - ymin) * R + 0.5; crop_and_resize samples
   # y1 * (R+1) + i * (y2 - y1) * (R+1) / (height-1), hence these ends.
+  # crop_and_resize refuses the infinite scale of an empty window: sample
+  # those through a unit box and clear them below.
+  has_area = tf.reduce_all(boxes[:, 2:] > boxes[:, :2], axis=1)
+  boxes = tf.where(has_area[:, None], boxes, [0.0, 0.0, 1.0, 1.0])
   scale = side / (boxes[:, 2:] - boxes[:, :2])  # mask pixels per image pixel
   first = (0.5 - boxes[:, :2]) * scale + 0.5
   last = (tf.cast(tf.stack([height, width]), tf.float32) - 0.5 -
@@ -166,7 +172,8 @@ def paste_window_masks(window_masks, window_boxes, image_size,
   cols = tf.range(width, dtype=tf.float32) + 0.5
   inside_rows = (rows[None, :] >= boxes[:, 0:1]) & (rows[None, :] <= boxes[:, 2:3])
   inside_cols = (cols[None, :] >= boxes[:, 1:2]) & (cols[None, :] <= boxes[:, 3:4])
-  inside = inside_rows[:, :, None] & inside_cols[:, None, :]
+  inside = (inside_rows[:, :, None] & inside_cols[:, None, :] &
+            has_area[:, None, None])
   pasted = tf.where(inside, pasted, 0.0)
   return pasted >= threshold
 
