@@ -142,3 +142,113 @@ def test_box_targets_decode_to_scaled_boxes(shapes):
         tf.constant(deltas), tf.constant(windows[level][positive])).numpy()
     for box in decoded_boxes:
       assert np.min(np.abs(np.array(boxes) - box).max(axis=1)) < 1e-3
+
+
+def _two_tone(data):
+  """The record with its image bright on the left half, dark on the right:
+  a parsed image's top-left pixel says whether it was flipped."""
+  data = dict(data)
+  image = np.zeros((SIZE, SIZE, 3), np.uint8)
+  image[:, :SIZE // 2] = 255
+  data["image"] = tf.constant(image)
+  return data
+
+
+@pytest.mark.parametrize("short_side", [0, SIZE // 2])
+def test_flip_and_scale_jitter_are_independent(shapes, short_side):
+  # Model Garden's flip and scale jitter both default to op seed 1, and
+  # two random ops with one seed draw the same numbers: every image would
+  # be flipped exactly when its scale is in the lower half of the range.
+  decoded, _ = shapes
+  parser = tensormask_input.Parser(
+      (SIZE, SIZE), SPEC, CAPS, aug_rand_hflip=True, aug_scale_min=0.5,
+      aug_scale_max=1.0, short_side=short_side, long_side=SIZE)
+  dataset = tf.data.Dataset.from_tensors(_two_tone(decoded[0])).repeat(
+      200).map(parser._parse_train_data)
+  flipped, scales = [], []
+  for image, labels in dataset:
+    flipped.append(bool(image[0, 0, 0] < 0))
+    scales.append(float(labels["image_info"][2, 0]))
+  flipped, scales = np.array(flipped), np.array(scales) / (
+      (short_side or SIZE) / SIZE)  # In units of the unjittered scale.
+  assert scales.min() < 0.6 and scales.max() > 0.9  # Covers [0.5, 1].
+  low, high = scales < 0.74, scales > 0.76
+  assert 0.3 < flipped.mean() < 0.7
+  for scale_range in (low, high):
+    assert 0.1 < (flipped & scale_range).mean()
+    assert 0.1 < (~flipped & scale_range).mean()
+
+
+def test_short_side_jitter_scales_image_boxes_and_masks_together(shapes):
+  # SPEC.md 4's "short-side scale jitter 640..800", at this test's size.
+  decoded, objects = shapes
+  parser = tensormask_input.Parser(
+      (2 * SIZE, 2 * SIZE), SPEC, CAPS, short_side=SIZE, long_side=2 * SIZE,
+      aug_scale_min=0.8, aug_scale_max=1.6)
+  windows = windows_lib.generate_windows(SPEC, (2 * SIZE, 2 * SIZE))
+  boxes = np.array([[r.min(), c.min(), r.max() + 1, c.max() + 1] for r, c in
+                    (np.nonzero(m) for _, m in objects[2])], np.float64)
+  sides = set()
+  for _ in range(5):
+    image, labels = parser._parse_train_data(decoded[2])
+    info = labels["image_info"].numpy()
+    scaled = info[1].astype(int)
+    sides.add(scaled[0])
+    assert 0.8 * SIZE - 1 <= scaled[0] <= 1.6 * SIZE + 1
+    np.testing.assert_allclose(info[2], info[1] / info[0], rtol=1e-6)
+    assert not np.asarray(image)[scaled[0]:].any()  # The padding.
+    for level in SPEC.levels:
+      positive = labels[f"class_targets_{level}"].numpy().reshape(-1) >= 0
+      deltas = labels[f"box_targets_{level}"].numpy().reshape(-1, 4)[positive]
+      found = window_targets.decode_window_boxes(
+          tf.constant(deltas), tf.constant(windows[level][positive])).numpy()
+      for box in found:
+        assert np.min(np.abs(boxes * info[2, 0] - box).max(axis=1)) < 1e-2
+  assert len(sides) > 1
+
+
+def test_masks_end_where_a_scaled_up_crop_ends(shapes):
+  # A jitter above 1 crops the scaled image to output_size (56) and pads
+  # it to the stride multiple (64): the masks must not reach into the pad.
+  decoded, _ = shapes
+  parser = tensormask_input.Parser((56, 56), SPEC, CAPS, aug_scale_min=1.5,
+                                   aug_scale_max=1.5)
+  windows = windows_lib.generate_windows(SPEC, parser.padded_size)
+  grid = {k: -(-parser.padded_size[1] // SPEC.stride(k)) for k in SPEC.levels}
+  in_pad = 0
+  for data in decoded:
+    _, labels = parser._parse_train_data(data)
+    for level in SPEC.levels:
+      for a in range(SPEC.num_sizes):
+        key = lambda what: window_labeler.mask_label_key(level, a, what)
+        valid = labels[key("valid")].numpy() > 0
+        for (y, x), target in zip(labels[key("indices")].numpy()[valid],
+                                  labels[key("targets")].numpy()[valid]):
+          box = windows[level][(y * grid[level] + x) * SPEC.num_sizes + a]
+          pixel = (box[2] - box[0]) / target.shape[0]
+          rows = box[0] + pixel * np.arange(target.shape[0])
+          cols = box[1] + pixel * np.arange(target.shape[1])
+          pad = (rows[:, None] >= 56) | (cols[None, :] >= 56)
+          in_pad += pad.sum()
+          assert not target[pad].any()
+  assert in_pad > 0  # Some positive windows do reach into the pad.
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("groundtruth_classes", lambda n: np.full(n, 9), "class ids are outside"
+     " 1..4"),
+    ("groundtruth_classes", lambda n: np.arange(n), "class ids are outside"),
+    ("groundtruth_is_crowd", lambda n: np.zeros(n + 1, bool),
+     "crowd flags disagree"),
+    ("groundtruth_instance_masks",
+     lambda n: np.zeros((n, SIZE, SIZE + 2), np.float32),
+     "masks are not the size of its image"),
+])
+def test_inconsistent_records_name_the_record(shapes, key, value, message):
+  decoded, _ = shapes
+  data = dict(decoded[1])
+  data[key] = tf.constant(value(int(tf.shape(data["groundtruth_boxes"])[0])))
+  parser = tensormask_input.Parser((SIZE, SIZE), SPEC, CAPS, num_classes=4)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=f"(?s){message}.*source_id:.*2"):
+    parser._parse_eval_data(data)

@@ -60,6 +60,27 @@ def test_coco_experiments_follow_the_spec_recipe(name, depth, steps,
   np.testing.assert_allclose(optimizer.learning_rate.stepwise.values,
                              [0.02, 0.002, 0.0002])
   assert optimizer.warmup.type == "linear"
+  # COCO category ids run to 90 (class k is category k + 1).
+  assert task.model.num_classes == 90
+
+
+@pytest.mark.parametrize("name", ["tensormask_r50_fpn_coco_1x",
+                                  "tensormask_r50_fpn_coco_6x"])
+def test_coco_experiments_input_pipelines_run(shapes_records, name):
+  # The experiments' own parsers (6x: the short-side jitter) on records.
+  params = exp_factory.get_exp_config(name)
+  for data in (params.task.train_data, params.task.validation_data):
+    data.input_path = shapes_records["train"]
+    data.global_batch_size = 2
+  task = task_factory.get_task(params.task)
+  for data in (params.task.train_data, params.task.validation_data):
+    images, labels = next(iter(task.build_inputs(data)))
+    assert images.shape == (2, 1408, 1408, 3)
+    # 128x128 images: short side 800 (640..800 with jitter), long <= 1333.
+    scaled = labels["image_info"][:, 1].numpy()
+    low = 640 if data.is_training and name.endswith("6x") else 800
+    assert ((scaled >= low - 1) & (scaled <= 801)).all()
+    assert float(tf.reduce_sum(labels["num_positives"])) > 0
 
 
 @pytest.mark.parametrize("flagfile", sorted(

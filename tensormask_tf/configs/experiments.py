@@ -55,7 +55,11 @@ def _coco(depth: int, schedule: int) -> cfg.ExperimentConfig:
   batch_size, eval_batch_size = 16, 8
   steps = 90_000 * schedule
   boundaries = [60_000, 80_000] if schedule == 1 else [480_000, 520_000]
-  model = tm_cfg.TensorMaskModel(num_classes=80, input_size=[1408, 1408, 3])
+  # Class k is category id k + 1 everywhere (parser, evaluator, export);
+  # COCO's 80 categories have ids 1..90 with gaps, so 90 classes (Model
+  # Garden's COCO detectors likewise have 91, with background), the 10
+  # unused ones only ever negatives.
+  model = tm_cfg.TensorMaskModel(num_classes=90, input_size=[1408, 1408, 3])
   model.backbone.resnet.model_id = depth
   train_parser = tm_cfg.Parser(short_side=800, long_side=1333,
                                aug_rand_hflip=True)

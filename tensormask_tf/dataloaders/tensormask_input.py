@@ -10,7 +10,9 @@ Resizing is Model Garden's: RetinaNet-style `resize_and_crop_image` to fit
 `short_side`, long side at most `long_side`) when `short_side` is set; the
 image is then padded to `output_size` rounded up to the coarsest stride. Ground-truth
 classes are COCO category ids 1..K and become 0..K-1; crowd regions and
-images without objects are allowed (they give no positives).
+images without objects are allowed (they give no positives). Records whose
+classes, masks or crowd flags disagree with their boxes or image, or whose
+class ids are outside 1..K, fail with an error naming the record.
 """
 
 import tensorflow as tf
@@ -32,18 +34,28 @@ def resize_image(image, output_size: tuple[int, int],
     image: [H, W, 3] float, normalized.
     output_size, padded_size: (height, width) to fit and to pad to.
     short_side, long_side: Mask R-CNN-style sides when short_side > 0.
-    aug_scale_min, aug_scale_max: scale jitter range.
+    aug_scale_min, aug_scale_max: scale jitter range. With short_side it
+      scales the short side only, drawn uniformly from [short_side *
+      aug_scale_min, short_side * aug_scale_max], the long side still at
+      most long_side (SPEC.md 4: "short-side scale jitter 640..800", as
+      detectron2's ResizeShortestEdge); otherwise Model Garden's jitter of
+      the whole resized image, randomly cropped to output_size.
 
   Returns:
     (image [*padded_size, 3], image_info [4, 2]: original size, scaled
     size, scale, offset; Model Garden's layout).
   """
-  jitter = dict(aug_scale_min=aug_scale_min, aug_scale_max=aug_scale_max)
   if short_side > 0:
+    # (Model Garden's own jitter in resize_and_crop_image_v2 adds its int32
+    # crop offset to a float32 size and fails to trace.)
+    if aug_scale_min != 1.0 or aug_scale_max != 1.0:
+      short_side = short_side * tf.random.uniform([], aug_scale_min,
+                                                  aug_scale_max)
     return preprocess_ops.resize_and_crop_image_v2(
-        image, short_side, long_side, padded_size, **jitter)
+        image, short_side, long_side, padded_size)
   return preprocess_ops.resize_and_crop_image(
-      image, output_size, padded_size=padded_size, **jitter)
+      image, output_size, padded_size=padded_size,
+      aug_scale_min=aug_scale_min, aug_scale_max=aug_scale_max)
 
 
 class Parser(parser.Parser):
@@ -59,6 +71,7 @@ class Parser(parser.Parser):
                aug_scale_max: float = 1.0,
                short_side: int = 0,
                long_side: int = 0,
+               num_classes: int | None = None,
                dtype: str = "float32"):
     """Initializes the parser.
 
@@ -72,6 +85,8 @@ class Parser(parser.Parser):
       short_side, long_side: when short_side > 0, images are resized so
         their short side is short_side and their long side at most
         long_side (which must fit output_size).
+      num_classes: K; when set, records with class ids outside 1..K fail
+        (the task sets it).
       dtype: image dtype ("float32", "bfloat16" or "float16").
     """
     self._output_size = tuple(output_size)
@@ -91,6 +106,9 @@ class Parser(parser.Parser):
           "so every resized image fits the padded input.")
     self._short_side = short_side
     self._long_side = long_side
+    if num_classes is not None and num_classes < 1:
+      raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    self._num_classes = num_classes
 
   @property
   def padded_size(self) -> tuple[int, int]:
@@ -103,22 +121,37 @@ class Parser(parser.Parser):
     masks = tf.cast(data["groundtruth_instance_masks"], tf.float32)
     is_crowd = tf.cast(data["groundtruth_is_crowd"], tf.bool)
     num = tf.shape(boxes)[0]
+
+    def check(condition, what):
+      return tf.debugging.Assert(condition,
+                                 [f"record's {what}; source_id:", source_id])
+
+    image_size = tf.shape(data["image"])[0:2]
     checks = [
-        tf.debugging.Assert(
-            tf.equal(tf.shape(masks)[0], num),
-            ["record's instance masks disagree with its box count; "
-             "source_id:", source_id]),
-        tf.debugging.Assert(
-            tf.equal(tf.shape(classes)[0], num),
-            ["record's classes disagree with its box count; source_id:",
-             source_id]),
+        check(tf.equal(tf.shape(masks)[0], num),
+              "instance masks disagree with its box count"),
+        check(tf.equal(tf.shape(classes)[0], num),
+              "classes disagree with its box count"),
+        check(tf.equal(tf.shape(is_crowd)[0], num),
+              "crowd flags disagree with its box count"),
+        # (A record without objects may carry masks of any size.)
+        check(tf.logical_or(
+            tf.equal(num, 0),
+            tf.reduce_all(tf.equal(tf.shape(masks)[1:3], image_size))),
+              "instance masks are not the size of its image"),
     ]
+    if self._num_classes is not None:
+      checks.append(check(
+          tf.reduce_all((classes >= 1) & (classes <= self._num_classes)),
+          f"class ids are outside 1..{self._num_classes} (num_classes)"))
     with tf.control_dependencies(checks):
       image = preprocess_ops.normalize_image(data["image"])
 
     if training and self._aug_rand_hflip:
+      # seed=None: Model Garden's default op seed (1) is also its scale
+      # jitter's, and two ops with one seed draw the same numbers.
       image, boxes, masks = preprocess_ops.random_horizontal_flip(
-          image, boxes, masks, prob=self._aug_flip_prob)
+          image, boxes, masks, seed=None, prob=self._aug_flip_prob)
     boxes = box_ops.denormalize_boxes(boxes, tf.shape(image)[0:2])
     image, image_info = resize_image(
         image, self._output_size, self._padded_size, self._short_side,
@@ -130,6 +163,13 @@ class Parser(parser.Parser):
                                                  offset)
     masks = preprocess_ops.resize_and_crop_masks(
         masks[..., None], scale, self._padded_size, offset)[..., 0]
+    # The image is cropped to its scaled size and padded with zeros, but
+    # the masks were cropped to the padded size (a jitter above 1 leaves
+    # object pixels there): clear them, as boxes are clipped there.
+    scaled = tf.cast(image_info[1, :], tf.int32)
+    masks *= tf.cast(
+        (tf.range(self._padded_size[0])[:, None] < scaled[0]) &
+        (tf.range(self._padded_size[1])[None, :] < scaled[1]), masks.dtype)
     # Objects cropped away by the jitter leave empty boxes: drop them.
     keep = box_ops.get_non_empty_box_indices(boxes)
     boxes = tf.gather(boxes, keep)

@@ -118,6 +118,7 @@ class TensorMaskTask(base_task.Task):
         aug_scale_max=parser_config.aug_scale_max,
         short_side=parser_config.short_side,
         long_side=parser_config.long_side,
+        num_classes=model_config.num_classes,
         dtype=params.dtype)
     reader = input_reader_factory.input_reader_generator(
         params, dataset_fn=dataset_fn.pick_dataset_fn(params.file_type),
