@@ -85,6 +85,19 @@ def test_detections_threshold_decode_suppress_per_class_and_route_masks():
 
   det = detection_generator.generate_detections(
       outputs, mask_logits_fn, SPEC, IMAGE, K, max_detections=5, mask_size=8)
+  # A second image of 40x30 inside the padded input: its boxes are clipped
+  # to it (Model Garden's image_info[:, 1]), the first's to the input.
+  twice = {kind: {k: tf.concat([v, v], 0) for k, v in d.items()}
+           for kind, d in outputs.items()}
+  in_image = detection_generator.generate_detections(
+      twice, mask_logits_fn, SPEC, IMAGE, K, max_detections=5, mask_size=8,
+      image_sizes=[[64, 64], [40, 30]])
+  for key in ("detection_boxes", "detection_scores", "detection_classes"):
+    np.testing.assert_allclose(in_image[key][0], det[key][0])
+  assert int(in_image["num_detections"][1]) == 3
+  np.testing.assert_allclose(
+      in_image["detection_boxes"][1, :3],
+      np.clip(det["detection_boxes"][0, :3], 0, [40, 30, 40, 30]), atol=1e-4)
   assert int(det["num_detections"][0]) == 3
   sig = lambda z: 1 / (1 + math.exp(-z))
   np.testing.assert_allclose(det["detection_scores"][0, :3],

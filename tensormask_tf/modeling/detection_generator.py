@@ -44,7 +44,8 @@ def generate_detections(outputs: dict, mask_logits_fn,
                         pre_nms_top_k: int = 6000,
                         nms_iou_threshold: float = 0.5,
                         max_detections: int = 100,
-                        mask_size: int = 64) -> dict[str, tf.Tensor]:
+                        mask_size: int = 64,
+                        image_sizes=None) -> dict[str, tf.Tensor]:
   """Detections of a batch from the model's outputs.
 
   Args:
@@ -57,6 +58,9 @@ def generate_detections(outputs: dict, mask_logits_fn,
     score_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: the
       post-processing of SPEC.md 3.
     mask_size: side R of the returned window-relative masks.
+    image_sizes: optional [N, 2] (height, width) of each image inside the
+      padded input (Model Garden's image_info[:, 1]); boxes are clipped to
+      it before NMS, else to image_size.
 
   Returns:
     {"detection_boxes": [N, D, 4] (input pixels, [ymin, xmin, ymax, xmax]),
@@ -83,8 +87,11 @@ def generate_detections(outputs: dict, mask_logits_fn,
   boxes = window_targets.decode_window_boxes(
       tf.gather(tf.cast(deltas, tf.float32), window, batch_dims=1), windows)
   height, width = image_size
-  boxes = tf.clip_by_value(
-      boxes, 0.0, tf.constant([height, width, height, width], tf.float32))
+  if image_sizes is None:
+    image_sizes = tf.constant([[height, width]], tf.float32)
+  # The image, not its padding: overlaps for NMS as on the image.
+  limits = tf.tile(tf.cast(image_sizes, tf.float32), [1, 2])[:, None, :]
+  boxes = tf.maximum(tf.minimum(boxes, limits), 0.0)
 
   # Class-aware NMS: boxes of different classes are moved apart so that they
   # never overlap.

@@ -85,9 +85,12 @@ def detect(model: tensormask_model.TensorMaskModel, images,
 
 def postprocess(model: tensormask_model.TensorMaskModel, outputs: dict,
                 image_size: tuple[int, int],
-                model_config: tensormask_config.TensorMaskModel) -> dict:
+                model_config: tensormask_config.TensorMaskModel,
+                image_sizes=None) -> dict:
   """The configured post-processing of the model's outputs on a batch of
-  (padded) input size `image_size` (height, width)."""
+  (padded) input size `image_size` (height, width); `image_sizes` [N, 2]
+  are the images' sizes inside it (image_info[:, 1]), None for all of
+  it."""
   generator = model_config.detection_generator
   return detection_generator.generate_detections(
       outputs,
@@ -98,5 +101,6 @@ def postprocess(model: tensormask_model.TensorMaskModel, outputs: dict,
       score_threshold=generator.score_threshold,
       pre_nms_top_k=generator.pre_nms_top_k,
       nms_iou_threshold=generator.nms_iou_threshold,
+      image_sizes=image_sizes,
       max_detections=generator.max_detections,
       mask_size=generator.mask_size)

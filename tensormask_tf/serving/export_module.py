@@ -90,7 +90,7 @@ class TensorMaskExportModule(tf.Module):
     model_config = self._params.task.model
     outputs = self.model(images, training=False)
     detections = factory.postprocess(self.model, outputs, images.shape[1:3],
-                                     model_config)
+                                     model_config, image_info[:, 1, :])
     original = tf.tile(image_info[:, 0:1, :], [1, 1, 2])  # [B, 1, 4]
     valid = tf.sequence_mask(detections["num_detections"],
                              tf.shape(detections["detection_scores"])[1])

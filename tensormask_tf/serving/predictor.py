@@ -137,7 +137,8 @@ class CheckpointPredictor:
                                     self._params.task.validation_data.parser)
     outputs = self._model(inputs[None], training=False)
     detections = factory.postprocess(self._model, outputs,
-                                     inputs.shape[:2], model_config)
+                                     inputs.shape[:2], model_config,
+                                     image_info[None, 1, :])
     return {k: v[0] for k, v in detections.items()}, image_info
 
   def __call__(self, image: np.ndarray) -> dict:

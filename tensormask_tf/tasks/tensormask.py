@@ -202,7 +202,8 @@ class TensorMaskTask(base_task.Task):
     logs = self._logs(result, metrics)
     if self.coco_metric is not None or self.task_config.allow_image_summary:
       detections = factory.postprocess(model, outputs, images.shape[1:3],
-                                       self.task_config.model)
+                                       self.task_config.model,
+                                       labels["image_info"][:, 1, :])
       logs[_COCO_KEY] = {k: detections[k] for k in _DETECTION_KEYS}
       logs[_COCO_KEY]["source_id"] = labels["source_id"]
       logs[_COCO_KEY]["image_info"] = labels["image_info"]
