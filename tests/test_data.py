@@ -64,6 +64,21 @@ def test_shapes_round_trip_through_model_garden_writer_and_decoder(tmp_path):
   assert len(coco["annotations"]) >= count
 
 
+def test_writer_warns_about_annotations_it_leaves_out(tmp_path, caplog):
+  json_path = shapes_dataset.write_shapes_dataset(str(tmp_path), "t", 2,
+                                                  height=64, width=64)
+  with open(json_path) as f:
+    coco = json.load(f)
+  coco["annotations"][0]["bbox"][2] = 0  # No area: Model Garden drops it.
+  with open(json_path, "w") as f:
+    json.dump(coco, f)
+  with caplog.at_level("WARNING"):
+    coco_tfrecord.write_coco_tfrecords(json_path, str(tmp_path / "t"),
+                                       str(tmp_path / "out"))
+  assert (f"1 of {len(coco['annotations'])} annotations were left out"
+          in caplog.text)
+
+
 def test_same_seed_gives_the_same_dataset(tmp_path):
   for run in ("a", "b"):
     shapes_dataset.write_shapes_dataset(str(tmp_path / run), "val", 3, seed=7)

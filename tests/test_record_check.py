@@ -42,3 +42,13 @@ def test_masks_disagreeing_with_boxes_are_named(shapes_records, tmp_path):
   assert found.startswith(f"{path}: record 1 (source_id "
                           f"{source_id.decode()}): ")
   assert "instance masks disagree with the box count" in found
+
+
+def test_a_record_that_is_no_example_is_named(shapes_records, tmp_path):
+  source = sorted(glob.glob(shapes_records["val"]))[0]
+  path = str(tmp_path / "x.tfrecord")
+  with tf.io.TFRecordWriter(path) as writer:
+    writer.write(next(iter(tf.data.TFRecordDataset(source))).numpy())
+    writer.write(b"\xff\xff not a tf.train.Example")
+  found = record_check.find_bad_record(path)
+  assert found.startswith(f"{path}: record 1 (source_id ?):")

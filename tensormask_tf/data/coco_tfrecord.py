@@ -7,6 +7,8 @@ import collections
 import json
 import os
 
+from absl import logging
+
 from official.vision.data import create_coco_tf_record
 from official.vision.data import tfrecord_lib
 
@@ -43,8 +45,15 @@ def write_coco_tfrecords(annotations_file: str, image_dir: str,
       img_to_caption_annotation=None, img_to_panoptic_annotation=None,
       is_category_thing=None, id_to_name_map=id_to_name,
       include_panoptic_masks=False, include_masks=include_masks)
-  tfrecord_lib.write_tf_record_dataset(
+  skipped = tfrecord_lib.write_tf_record_dataset(
       output_prefix, examples, create_coco_tf_record.create_tf_example,
       num_shards, multiple_processes=0)
+  if skipped:
+    # Model Garden's writer drops them and says so only at INFO level; the
+    # objects become background.
+    logging.warning(
+        "%s: %d of %d annotations were left out of the TFRecords (Model "
+        "Garden's writer drops boxes without area or reaching past their "
+        "image).", annotations_file, skipped, len(coco["annotations"]))
   return [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord"
           for i in range(num_shards)]

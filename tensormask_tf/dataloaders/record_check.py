@@ -7,6 +7,7 @@ reads every file in order, decodes each example with Model Garden's decoder
 (masks included) and checks that masks, boxes and classes agree.
 """
 
+from google.protobuf import message
 import tensorflow as tf
 
 from official.vision.dataloaders import tf_example_decoder
@@ -66,16 +67,24 @@ def find_bad_record(file_pattern: str) -> str | None:
         try:
           _checked(decoder.decode(record))
         except (tf.errors.OpError, ValueError) as e:
-          example = tf.train.Example.FromString(record.numpy())
-          feature = example.features.feature.get("image/source_id")
-          source = (feature.bytes_list.value[0].decode("utf-8", "replace")
-                    if feature and feature.bytes_list.value else "?")
+          source = _source_id(record.numpy())
           return (f"{path}: record {index} (source_id {source}): "
                   f"{_message(e)}")
         index += 1
     except tf.errors.OpError as e:  # The file itself: CRC, truncation.
       return f"{path}: record {index}: {_message(e)}"
   return None
+
+
+def _source_id(record: bytes) -> str:
+  """The record's image/source_id, "?" when it has none or is no Example."""
+  try:
+    example = tf.train.Example.FromString(record)
+  except message.DecodeError:
+    return "?"
+  feature = example.features.feature.get("image/source_id")
+  return (feature.bytes_list.value[0].decode("utf-8", "replace")
+          if feature and feature.bytes_list.value else "?")
 
 
 def _message(error: Exception) -> str:
