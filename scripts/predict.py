@@ -60,6 +60,7 @@ def main(_):
     sys.exit(f"predict.py: error: {str(e).splitlines()[0]}")
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
   results, failures = [], 0
+  pictures = predictor_lib.picture_names(paths)
   for image_id, path in enumerate(paths):
     try:
       image = predictor_lib.load_image(path)
@@ -69,7 +70,7 @@ def main(_):
       continue
     entries, picture = predictor_lib.save_prediction(
         path, image, predictor(image), image_id, predictor.class_names,
-        _OUTPUT_DIR.value, _MIN_SCORE.value)
+        _OUTPUT_DIR.value, _MIN_SCORE.value, pictures[image_id])
     results += entries
     print(f"{path}: {len(entries)} detections -> {picture}")
   with open(os.path.join(_OUTPUT_DIR.value, "detections.json"), "w") as f:

@@ -52,6 +52,7 @@ def main(_):
       names = {int(k): v for k, v in json.load(f).items()}
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
   results = []
+  pictures = predictor.picture_names(paths)
   for start in range(0, len(paths), _BATCH.value):
     batch = paths[start:start + _BATCH.value]
     try:
@@ -69,7 +70,7 @@ def main(_):
     for n, (path, image) in enumerate(zip(batch, images)):
       entries, _ = predictor.save_prediction(
           path, image, client.detections_from_outputs(outputs, n), start + n,
-          names, _OUTPUT_DIR.value, _MIN_SCORE.value)
+          names, _OUTPUT_DIR.value, _MIN_SCORE.value, pictures[start + n])
       results += entries
       print(f"{path}: {len(entries)} detections")
   with open(os.path.join(_OUTPUT_DIR.value, "detections.json"), "w") as f:

@@ -230,6 +230,13 @@ def test_rest_request_is_accepted_by_the_signature(exported):
   _check_reply(exported, outputs, len(values))
 
 
+def test_requests_without_images_are_refused():
+  for make in (client.rest_request,
+               lambda images: client.grpc_request("tensormask", images)):
+    with pytest.raises(ValueError, match="at least one image"):
+      make([])
+
+
 def test_rest_and_grpc_clients_against_local_servers(exported):
   encoded = [_encode_png(x) for x in exported["images"]]
   rest, url = serving_fixtures.start_rest_server(exported["path"],

@@ -64,3 +64,9 @@ def test_missing_and_huge_images_are_refused(tmp_path, monkeypatch):
   monkeypatch.setattr(predictor, "MAX_IMAGE_PIXELS", 1999)
   with pytest.raises(predictor.ImageError, match="50x40 is larger than 1999"):
     predictor.load_image(path)
+
+
+def test_picture_names_never_collide():
+  paths = ["a/x.jpg", "a/x.png", "b/x.jpg", "a/y.jpg", "z"]
+  names = predictor.picture_names(paths)
+  assert names == ["x_0.png", "x_1.png", "x_2.png", "y.png", "z.png"]

@@ -29,8 +29,14 @@ class ServingError(RuntimeError):
   """The server refused or failed the request."""
 
 
+def _check_images(images: list[bytes]) -> None:
+  if not images:
+    raise ValueError("a predict request needs at least one image, got none")
+
+
 def rest_request(images: list[bytes], signature: str = SIGNATURE) -> dict:
   """The JSON body of a REST predict request (row format, base64 images)."""
+  _check_images(images)
   return {"signature_name": signature,
           "instances": [{"b64": base64.b64encode(data).decode("ascii")}
                         for data in images]}
@@ -61,6 +67,7 @@ def rest_predict(url: str, model_name: str, images: list[bytes],
 
 def grpc_request(model_name: str, images: list[bytes],
                  signature: str = SIGNATURE) -> predict_pb2.PredictRequest:
+  _check_images(images)
   request = predict_pb2.PredictRequest()
   request.model_spec.name = model_name
   request.model_spec.signature_name = signature

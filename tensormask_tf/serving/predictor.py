@@ -6,6 +6,7 @@ and RGBA images are converted; empty, unreadable or huge files raise
 the evaluation preprocessing and returns detections in original pixels.
 """
 
+import collections
 import json
 import os
 
@@ -57,21 +58,35 @@ def class_names(task_config) -> dict[int, str]:
                                    task_config.model.num_classes)
 
 
+def picture_names(paths: list[str]) -> list[str]:
+  """The pictures' file names of `paths`: `<image name>.png`, and
+  `<image name>_<index>.png` for names that several paths share (a.jpg
+  and a.png, or one name in two folders), so no picture overwrites
+  another."""
+  stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+  counts = collections.Counter(stems)
+  return [f"{stem}_{i}.png" if counts[stem] > 1 else f"{stem}.png"
+          for i, stem in enumerate(stems)]
+
+
 def save_prediction(path: str, image: np.ndarray, detections: dict,
                     image_id: int, names: dict[int, str], output_dir: str,
-                    min_score: float) -> tuple[list[dict], str]:
-  """Writes `<output_dir>/<image name>.png` with the detections scoring at
+                    min_score: float, picture_name: str | None = None
+                    ) -> tuple[list[dict], str]:
+  """Writes `<output_dir>/<picture_name>` with the detections scoring at
   least min_score; returns their COCO results entries (with "file_name")
   and the picture's path.
 
   Args:
-    path: the image's file (its name names the picture).
+    path: the image's file.
     image: [H, W, 3] uint8.
     detections: `detections_in_original_image`-style dict of the image.
     image_id: the COCO image id of the entries.
     names: {class id 1..K: name} for the picture.
     output_dir: an existing directory.
     min_score: detections below it are left out.
+    picture_name: the picture's file name; by default `<image name>.png`
+      (see `picture_names` for several images).
   """
   keep = detections["scores"] >= min_score
   found = {k: v[keep] for k, v in detections.items()}
@@ -80,8 +95,8 @@ def save_prediction(path: str, image: np.ndarray, detections: dict,
     entry["file_name"] = os.path.basename(path)
   picture = visualization.draw_detections(image, found, names,
                                           min_score=min_score)
-  picture_path = os.path.join(
-      output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+  picture_path = os.path.join(output_dir,
+                              picture_name or picture_names([path])[0])
   Image.fromarray(picture).save(picture_path)
   return entries, picture_path
 
