@@ -128,7 +128,7 @@ def _natural_masks_mb(model, spec, config, labels, mask_branch) -> float:
     for a in range(spec.num_sizes):
       side = model.head.mask_side(k, a)
       if mask_branch.startswith("gathered"):
-        windows = int(tf.reduce_sum(labels[f"mask_valid_{k}_{a}"]))
+        windows = int(tf.math.count_nonzero(labels[f"mask_valid_{k}_{a}"]))
       elif mask_branch.startswith("dense"):
         windows = (height // stride) * (width // stride)
       else:
@@ -265,7 +265,7 @@ def child_train(size: int, mask_branch: str, repeats: int,
           "natural_mb": natural_mb,
           "loss": float(result["total_loss"]),
           "mask_loss": float(result["mask_loss"]),
-          "mask_windows": int(sum(float(tf.reduce_sum(v)) for k, v in
+          "mask_windows": int(sum(int(tf.math.count_nonzero(v)) for k, v in
                                   labels.items() if k.startswith("mask_valid")))}
 
 

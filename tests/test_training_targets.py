@@ -97,7 +97,7 @@ def test_crowd_and_padding_never_make_positives():
       assert not labels[key].numpy().any()
 
 
-def test_cap_keeps_a_sample_and_counts_the_rest():
+def test_cap_keeps_a_weighted_sample_and_counts_the_rest():
   boxes, masks = _scene()
   full = window_labeler.label_windows(SPEC, SIZE, boxes, [1, 2, 0], masks,
                                       CAPS, seed=0)
@@ -109,7 +109,10 @@ def test_cap_keeps_a_sample_and_counts_the_rest():
       key = window_labeler.mask_label_key(level, a, "valid")
       n = int(full[key].numpy().sum())
       assert capped[key].shape == (1,)
-      assert int(capped[key].numpy().sum()) == min(n, 1)
+      assert int(np.count_nonzero(capped[key].numpy())) == min(n, 1)
+      # The kept window stands for all n: its mask loss has weight n, so
+      # the loss estimates the sum over every positive without bias.
+      assert float(capped[key].numpy().sum()) == n
       want_dropped += max(n - 1, 0)
   assert want_dropped > 0
   assert float(capped["num_mask_positives_dropped"]) == want_dropped

@@ -4,10 +4,13 @@ For every level k the labels hold class targets `[H_k, W_k, A]` (class id,
 or -1 for negative windows) and box targets `[H_k, W_k, A*4]` (deltas, zero
 for negatives). Masks are learned only at positive windows, so for every
 level k and window size a the labels hold at most `cap = min(mask_caps[k],
-H_k * W_k)` of them: their grid positions `[cap, 2]` (y, x), a validity
-flag `[cap]` and their mask targets `[cap, M, M]` (M = S_a * 2**k). When an
-image has more positives of a (level, size) than the cap, a random subset is
-kept and the number left out is counted in `num_mask_positives_dropped`.
+H_k * W_k)` of them: their grid positions `[cap, 2]` (y, x), a weight
+`[cap]` (0 for padding rows) and their mask targets `[cap, M, M]` (M = S_a *
+2**k). When an image has more positives of a (level, size) than the cap, a
+random subset is kept, each weighted (positives / kept), so the mask loss
+stays an unbiased estimate of its sum over every positive (SPEC.md 3 divides
+that sum by the number of positives); the number left out is counted in
+`num_mask_positives_dropped`.
 Crowd and padding ground truths (class < 0) never make a window positive.
 
 Run per image (e.g. in the tf.data pipeline); the batch dimension is added by
@@ -113,8 +116,10 @@ def label_windows(spec: windows_lib.WindowSpec, image_size: tuple[int, int],
       # ensure_shape: batches must have static shapes for XLA.
       labels[mask_label_key(level, a, "targets")] = tf.ensure_shape(
           tf.pad(targets, [[0, padding], [0, 0], [0, 0]]), [cap, side, side])
+      kept = tf.maximum(tf.shape(cells)[0], 1)
+      weight = tf.cast(num, tf.float32) / tf.cast(kept, tf.float32)
       labels[mask_label_key(level, a, "valid")] = tf.ensure_shape(
-          tf.pad(tf.ones_like(cells, tf.float32), [[0, padding]]), [cap])
+          tf.pad(tf.fill(tf.shape(cells), weight), [[0, padding]]), [cap])
       cells = tf.pad(cells, [[0, padding]])
       labels[mask_label_key(level, a, "indices")] = tf.ensure_shape(
           tf.stack([cells // grid_w, cells % grid_w], axis=1), [cap, 2])
