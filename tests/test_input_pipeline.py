@@ -129,19 +129,26 @@ def test_box_targets_decode_to_scaled_boxes(shapes):
   decoded, objects = shapes
   parser = tensormask_input.Parser((2 * SIZE, 2 * SIZE), SPEC, CAPS)
   _, labels = parser._parse_eval_data(decoded[2])
-  windows = windows_lib.generate_windows(SPEC, (2 * SIZE, 2 * SIZE))
-  boxes = []
-  for m in (m for _, m in objects[2]):
-    rows, cols = np.nonzero(m)
-    boxes.append(2 * np.array([rows.min(), cols.min(), rows.max() + 1,
-                               cols.max() + 1]))
+  _assert_positives_decode_to(labels, (2 * SIZE, 2 * SIZE),
+                              2 * _object_boxes(objects[2]), 1e-3)
+
+
+def _object_boxes(objects) -> np.ndarray:
+  """[G, 4] pixel boxes of the generator's object masks."""
+  return np.array([[r.min(), c.min(), r.max() + 1, c.max() + 1] for r, c in
+                   (np.nonzero(m) for _, m in objects)], np.float64)
+
+
+def _assert_positives_decode_to(labels, image_size, boxes, atol):
+  """Every positive window's box targets decode to one of `boxes`."""
+  windows = windows_lib.generate_windows(SPEC, image_size)
   for level in SPEC.levels:
     positive = labels[f"class_targets_{level}"].numpy().reshape(-1) >= 0
     deltas = labels[f"box_targets_{level}"].numpy().reshape(-1, 4)[positive]
-    decoded_boxes = window_targets.decode_window_boxes(
+    found = window_targets.decode_window_boxes(
         tf.constant(deltas), tf.constant(windows[level][positive])).numpy()
-    for box in decoded_boxes:
-      assert np.min(np.abs(np.array(boxes) - box).max(axis=1)) < 1e-3
+    for box in found:
+      assert np.min(np.abs(boxes - box).max(axis=1)) < atol
 
 
 def _two_tone(data):
@@ -185,9 +192,7 @@ def test_short_side_jitter_scales_image_boxes_and_masks_together(shapes):
   parser = tensormask_input.Parser(
       (2 * SIZE, 2 * SIZE), SPEC, CAPS, short_side=SIZE, long_side=2 * SIZE,
       aug_scale_min=0.8, aug_scale_max=1.6)
-  windows = windows_lib.generate_windows(SPEC, (2 * SIZE, 2 * SIZE))
-  boxes = np.array([[r.min(), c.min(), r.max() + 1, c.max() + 1] for r, c in
-                    (np.nonzero(m) for _, m in objects[2])], np.float64)
+  boxes = _object_boxes(objects[2])
   sides = set()
   for _ in range(5):
     image, labels = parser._parse_train_data(decoded[2])
@@ -197,13 +202,8 @@ def test_short_side_jitter_scales_image_boxes_and_masks_together(shapes):
     assert 0.8 * SIZE - 1 <= scaled[0] <= 1.6 * SIZE + 1
     np.testing.assert_allclose(info[2], info[1] / info[0], rtol=1e-6)
     assert not np.asarray(image)[scaled[0]:].any()  # The padding.
-    for level in SPEC.levels:
-      positive = labels[f"class_targets_{level}"].numpy().reshape(-1) >= 0
-      deltas = labels[f"box_targets_{level}"].numpy().reshape(-1, 4)[positive]
-      found = window_targets.decode_window_boxes(
-          tf.constant(deltas), tf.constant(windows[level][positive])).numpy()
-      for box in found:
-        assert np.min(np.abs(boxes * info[2, 0] - box).max(axis=1)) < 1e-2
+    _assert_positives_decode_to(labels, (2 * SIZE, 2 * SIZE),
+                                boxes * info[2, 0], 1e-2)
   assert len(sides) > 1
 
 
