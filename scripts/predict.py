@@ -25,6 +25,7 @@ from absl import flags  # noqa: E402
 from tensormask_tf import registry_imports  # noqa: E402,F401
 from tensormask_tf.serving import model_source  # noqa: E402
 from tensormask_tf.serving import predictor as predictor_lib  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 model_source.define_flags()
 _SAVED_MODEL = flags.DEFINE_string(
@@ -49,6 +50,15 @@ def _image_paths() -> list[str]:
   return paths
 
 
+def _reason(error: tf.errors.OpError) -> str:
+  """The line of a graph error's message that says what failed (after
+  "Graph execution error:" and the traceback, before the node names)."""
+  lines = [line.strip() for line in error.message.splitlines()]
+  lines = [line for line in lines if line and not line.startswith(
+      ("File ", "[[", "Graph execution error", "Detected at node"))]
+  return lines[-1] if lines else type(error).__name__
+
+
 def main(_):
   try:
     paths = _image_paths()
@@ -64,12 +74,17 @@ def main(_):
   for image_id, path in enumerate(paths):
     try:
       image = predictor_lib.load_image(path)
+      detections = predictor(image)
     except predictor_lib.ImageError as e:
       print(f"predict.py: skipped {e}", file=sys.stderr)
       failures += 1
       continue
+    except tf.errors.OpError as e:  # This image only: go on with the rest.
+      print(f"predict.py: skipped {path}: {_reason(e)}", file=sys.stderr)
+      failures += 1
+      continue
     entries, picture = predictor_lib.save_prediction(
-        path, image, predictor(image), image_id, predictor.class_names,
+        path, image, detections, image_id, predictor.class_names,
         _OUTPUT_DIR.value, _MIN_SCORE.value, pictures[image_id])
     results += entries
     print(f"{path}: {len(entries)} detections -> {picture}")
@@ -77,7 +92,7 @@ def main(_):
     json.dump(results, f)
   if failures:
     sys.exit(f"predict.py: error: {failures} of {len(paths)} images could "
-             "not be read")
+             "not be read or run")
 
 
 if __name__ == "__main__":

@@ -298,6 +298,8 @@ def test_predict_script_with_the_saved_model_skips_bad_files(exported,
                                                              tmp_path):
   Image.fromarray(exported["images"][0]).save(tmp_path / "good.png")
   (tmp_path / "empty.png").write_bytes(b"")
+  # Readable, but 0 pixels high at the model's scale: the model refuses it.
+  Image.fromarray(np.zeros((1, 3000, 3), np.uint8)).save(tmp_path / "thin.png")
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, "scripts", "predict.py"),
        f"--saved_model={exported['path']}", f"--image={tmp_path}/*.png",
@@ -305,7 +307,8 @@ def test_predict_script_with_the_saved_model_skips_bad_files(exported,
       capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode != 0  # One file could not be read...
   assert "empty.png: the file is empty" in result.stderr
-  assert "1 of 2 images could not be read" in result.stderr
+  assert "thin.png: output dimensions must be positive" in result.stderr
+  assert "2 of 3 images could not be read or run" in result.stderr
   # ... and the other one was predicted.
   with open(tmp_path / "out" / "detections.json") as f:
     results = json.load(f)
