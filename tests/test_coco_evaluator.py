@@ -97,3 +97,22 @@ def test_no_detections_give_zero_ap(ground_truth):
   json_path, _ = ground_truth
   evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
   assert evaluator.result()["mask_AP"] == 0.0
+
+
+def test_ap_counts_only_the_images_evaluated(ground_truth):
+  # Perfect detections of the first two of four images: a partial
+  # evaluation (validation_steps) scores those two, not the file's four.
+  json_path, coco = ground_truth
+  full = _predictions(coco, 1.0)
+  evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
+  evaluator.update_state({k: v[:2] for k, v in full.items()})
+  assert evaluator.result()["mask_AP"] == pytest.approx(1.0)
+  # An evaluated image without detections still counts: its objects are
+  # missed.
+  missed = {k: v[2:3].copy() for k, v in full.items()}
+  missed["num_detections"][:] = 0
+  for key in ("detection_boxes", "detection_scores", "detection_windows",
+              "detection_masks", "detection_classes"):
+    missed[key][:] = 0
+  evaluator.update_state(missed)
+  assert evaluator.result()["mask_AP"] < 0.9

@@ -57,12 +57,15 @@ class WindowMaskCocoEvaluator:
       self._coco = coco_api.COCO(annotation_file)
     self._include_mask = include_mask
     self._results = []
+    self._image_ids = set()
 
   def reset_states(self):
     self._results = []
+    self._image_ids = set()
 
   def update_state(self, predictions: dict):
-    """Adds one batch of `generate_detections` outputs.
+    """Adds one batch of `generate_detections` outputs; AP is computed
+    over the images added, with or without detections.
 
     Args:
       predictions: numpy or tensors; the detections plus "source_id" [N]
@@ -71,6 +74,7 @@ class WindowMaskCocoEvaluator:
     """
     p = {k: np.asarray(v) for k, v in predictions.items()}
     for n, image_id in enumerate(p["source_id"]):
+      self._image_ids.add(int(image_id))
       found = detection_generator.detections_in_original_image(
           {k: v[n] for k, v in p.items()}, p["image_info"][n],
           include_masks=self._include_mask)
@@ -98,6 +102,9 @@ class WindowMaskCocoEvaluator:
       with contextlib.redirect_stdout(io.StringIO()):
         detections = self._coco.loadRes(results)
         evaluation = cocoeval.COCOeval(self._coco, detections, iou_type)
+        # The images evaluated, not every image of the annotation file (a
+        # partial evaluation would count the others' objects as missed).
+        evaluation.params.imgIds = sorted(self._image_ids)
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
