@@ -102,14 +102,30 @@ def parse_configuration(flags_obj) -> cfg.ExperimentConfig:
   return params
 
 
+def _check_losses(params: cfg.ExperimentConfig) -> None:
+  losses = params.task.losses
+  if losses.focal_loss_gamma <= 0:
+    raise ConfigError("task.losses.focal_loss_gamma must be > 0 (FL* "
+                      f"divides by it), got {losses.focal_loss_gamma}")
+  optimizer = params.trainer.optimizer_config.optimizer.get()
+  decoupled = max(getattr(optimizer, "weight_decay_rate", 0.0) or 0.0,
+                  getattr(optimizer, "weight_decay", 0.0) or 0.0)
+  if losses.l2_weight_decay > 0 and decoupled > 0:
+    raise ConfigError(
+        f"task.losses.l2_weight_decay ({losses.l2_weight_decay}) and the "
+        f"optimizer's own weight decay ({decoupled}) would decay the weights "
+        "twice: set one of them to 0")
+
+
 def prepare_params(params: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
   """Validates the config; picks the GPUs, the ops backend for XLA and
   whether inference may use Winograd convolutions (CPU only).
 
   A step compiled with XLA cannot run the custom op nor data-dependent
-  shapes: with `runtime.enable_xla` the model's ops backend becomes "tf" (an
-  explicit "custom" is an error) and the mask loss computes every row of the
-  mask caps (`losses.static_mask_shapes`).
+  shapes: with `runtime.enable_xla`, and on TPUs (which always compile), the
+  model's ops backend becomes "tf" (an explicit "custom" is an error) and the
+  mask loss computes every row of the mask caps
+  (`losses.static_mask_shapes`).
   """
   model, runtime = params.task.model, params.runtime
   if (runtime.distribution_strategy in ("mirrored", "one_device")
@@ -124,13 +140,20 @@ def prepare_params(params: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
     # Their own convolutions (cuDNN's algorithm search, the TPU's) beat a
     # Winograd form built of gathers and matrix products.
     model.head.winograd_at_inference = False
-  if runtime.enable_xla:
+  if runtime.enable_xla or runtime.distribution_strategy == "tpu":
     if model.ops_backend == "custom":
-      raise ConfigError("runtime.enable_xla needs task.model.ops_backend "
-                        "'tf' or 'auto': the custom op cannot be compiled by "
-                        "XLA")
+      raise ConfigError("runtime.enable_xla and TPUs need "
+                        "task.model.ops_backend 'tf' or 'auto': the custom "
+                        "op cannot be compiled by XLA")
     model.ops_backend = "tf"
     params.task.losses.static_mask_shapes = True
+  _check_losses(params)
+  task = params.task
+  if task.init_checkpoint_modules == "backbone" and not task.init_checkpoint:
+    logging.warning(
+        "task.init_checkpoint is empty: the backbone starts from random "
+        "weights, not from the ImageNet-pretrained ResNet of the paper's "
+        "recipe (SPEC.md 4); set task.init_checkpoint to one.")
   trainer = params.trainer
   for name in ("summary_interval", "checkpoint_interval"):
     interval = getattr(trainer, name)

@@ -62,6 +62,15 @@ def test_coco_experiments_follow_the_spec_recipe(name, depth, steps,
   assert optimizer.warmup.type == "linear"
   # COCO category ids run to 90 (class k is category k + 1).
   assert task.model.num_classes == 90
+  # Evaluation covers the whole split at any batch size.
+  assert trainer.validation_steps == -1
+  assert not task.validation_data.drop_remainder
+
+
+def test_every_experiment_evaluates_every_image():
+  for name in EXPERIMENTS:
+    params = exp_factory.get_exp_config(name)
+    assert not params.task.validation_data.drop_remainder, name
 
 
 @pytest.mark.parametrize("name", ["tensormask_r50_fpn_coco_1x",

@@ -145,6 +145,39 @@ def test_enable_xla_picks_the_pure_tf_ops_and_static_mask_shapes():
     train.prepare_params(params)
 
 
+def test_tpu_runtimes_get_the_pure_tf_ops_and_static_mask_shapes():
+  # TPUs compile every step with XLA, enable_xla or not.
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  from tensormask_tf import train  # pylint: disable=g-import-not-at-top
+  params = exp_factory.get_exp_config("tensormask_shapes")
+  params.runtime.distribution_strategy = "tpu"
+  params = train.prepare_params(params)
+  assert params.task.model.ops_backend == "tf"
+  assert params.task.losses.static_mask_shapes
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"task": {"losses": {"focal_loss_gamma": 0.0}}}, "focal_loss_gamma"),
+    ({"task": {"losses": {"l2_weight_decay": 1e-4}}}, "twice"),
+])
+def test_bad_loss_settings_are_config_errors(override, message):
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  from tensormask_tf import train  # pylint: disable=g-import-not-at-top
+  params = exp_factory.get_exp_config("tensormask_shapes")  # AdamW decay
+  params.override(override)
+  with pytest.raises(train.ConfigError, match=message):
+    train.prepare_params(params)
+
+
+def test_an_empty_backbone_checkpoint_is_warned_about(caplog):
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  from tensormask_tf import train  # pylint: disable=g-import-not-at-top
+  params = exp_factory.get_exp_config("tensormask_r50_fpn_coco_1x")
+  with caplog.at_level("WARNING"):
+    train.prepare_params(params)
+  assert "init_checkpoint is empty" in caplog.text
+
+
 @pytest.mark.parametrize("strategy,num_gpus,winograd", [
     ("mirrored", 0, True), ("mirrored", 2, False), ("tpu", 0, False)])
 def test_winograd_inference_only_on_cpu_runtimes(strategy, num_gpus,

@@ -20,7 +20,6 @@ from tensormask_tf.configs import tensormask_config as tm_cfg
 
 COCO_DIR = "coco"
 COCO_TRAIN_EXAMPLES = 118287
-COCO_VAL_EXAMPLES = 5000
 SHAPES_DIR = "data/shapes"
 
 _RESTRICTIONS = ["task.train_data.is_training != None",
@@ -81,7 +80,9 @@ def _coco(depth: int, schedule: int) -> cfg.ExperimentConfig:
               parser=tm_cfg.Parser(short_side=800, long_side=1333))),
       trainer=cfg.TrainerConfig(
           train_steps=steps,
-          validation_steps=COCO_VAL_EXAMPLES // eval_batch_size,
+          # The whole split, whatever the batch size (val2017's 5000
+          # images would lose the remainder of 5000 // batch otherwise).
+          validation_steps=-1,
           validation_interval=5000, steps_per_loop=100, summary_interval=100,
           checkpoint_interval=5000,
           optimizer_config=_sgd_stepwise(0.02, boundaries, 1000)),

@@ -146,8 +146,10 @@ class TensorMaskTask(cfg.TaskConfig):
   model: TensorMaskModel = dataclasses.field(default_factory=TensorMaskModel)
   train_data: DataConfig = dataclasses.field(
       default_factory=lambda: DataConfig(is_training=True))
+  # Evaluation sees every image: no partial last batch dropped.
   validation_data: DataConfig = dataclasses.field(
-      default_factory=lambda: DataConfig(is_training=False))
+      default_factory=lambda: DataConfig(is_training=False,
+                                         drop_remainder=False))
   losses: Losses = dataclasses.field(default_factory=Losses)
   init_checkpoint_modules: str = "all"  # "all" or "backbone"
   annotation_file: str | None = None
