@@ -149,6 +149,12 @@ def prepare_params(params: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
     params.task.losses.static_mask_shapes = True
   _check_losses(params)
   task = params.task
+  if (task.annotation_file and
+      task.validation_data.decoder.get().regenerate_source_id):
+    raise ConfigError(
+        "task.validation_data.decoder regenerate_source_id replaces the "
+        "records' COCO image ids by hashes, which task.annotation_file's "
+        "COCO evaluation cannot match: turn one of them off")
   if task.init_checkpoint_modules == "backbone" and not task.init_checkpoint:
     logging.warning(
         "task.init_checkpoint is empty: the backbone starts from random "

@@ -116,3 +116,32 @@ def test_ap_counts_only_the_images_evaluated(ground_truth):
     missed[key][:] = 0
   evaluator.update_state(missed)
   assert evaluator.result()["mask_AP"] < 0.9
+
+
+def test_mask_ap_sizes_come_from_the_masks_not_the_boxes(ground_truth,
+                                                         tmp_path):
+  # A false positive whose mask is tiny (4 px: "small") but whose box spans
+  # the image ("medium" by area): it must count against mask APs, as
+  # pycocotools does when a segm result has no bbox.
+  json_path, coco = ground_truth
+  out = _predictions(coco, 1.0)
+  n = int(out["num_detections"][0])
+  out = {k: (np.concatenate([v, np.zeros_like(v[:, :1])], 1)
+             if v.ndim > 1 and k != "image_info" else v.copy())
+         for k, v in out.items()}
+  out["num_detections"][0] = n + 1
+  out["detection_boxes"][0, n] = [0, 0, SIZE, SIZE]
+  out["detection_windows"][0, n] = [0, 0, 8, 8]
+  out["detection_masks"][0, n, :R // 4, :R // 4] = 1.0
+  out["detection_classes"][0, n] = out["detection_classes"][0, 0]
+  out["detection_scores"][0, n] = 0.95
+  evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
+  evaluator.update_state(out)
+  metrics = evaluator.result()
+  assert metrics["mask_APs"] < 0.99
+  assert metrics["box_APs"] == pytest.approx(1.0)
+  # The written results are the entries as built, without pycocotools'
+  # additions.
+  evaluator.write_results(str(tmp_path / "r.json"))
+  with open(tmp_path / "r.json") as f:
+    assert all("area" not in r and "id" not in r for r in json.load(f))

@@ -159,6 +159,8 @@ def test_tpu_runtimes_get_the_pure_tf_ops_and_static_mask_shapes():
 @pytest.mark.parametrize("override,message", [
     ({"task": {"losses": {"focal_loss_gamma": 0.0}}}, "focal_loss_gamma"),
     ({"task": {"losses": {"l2_weight_decay": 1e-4}}}, "twice"),
+    ({"task": {"validation_data": {"decoder": {"simple_decoder": {
+        "regenerate_source_id": True}}}}}, "regenerate_source_id"),
 ])
 def test_bad_loss_settings_are_config_errors(override, message):
   from official.core import exp_factory  # pylint: disable=g-import-not-at-top

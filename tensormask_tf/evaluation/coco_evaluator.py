@@ -94,11 +94,13 @@ class WindowMaskCocoEvaluator:
       if not self._results:
         metrics.update({f"{prefix}_{m}": 0.0 for m in _METRICS})
         continue
-      results = self._results
-      if iou_type == "bbox":
-        # loadRes would replace each bbox by its mask's box: leave masks out.
-        results = [{k: v for k, v in r.items() if k != "segmentation"}
-                   for r in results]
+      # Copies without the other type's field: loadRes takes a result's
+      # area from its bbox when it has one (for segm it must be the mask's:
+      # it sorts detections into APs/APm/APl), and it adds fields to the
+      # entries it is given, which write_results must not see.
+      other = "segmentation" if iou_type == "bbox" else "bbox"
+      results = [{k: v for k, v in r.items() if k != other}
+                 for r in self._results]
       with contextlib.redirect_stdout(io.StringIO()):
         detections = self._coco.loadRes(results)
         evaluation = cocoeval.COCOeval(self._coco, detections, iou_type)

@@ -208,7 +208,9 @@ class TensorMaskTask(base_task.Task):
       logs[_COCO_KEY]["source_id"] = labels["source_id"]
       logs[_COCO_KEY]["image_info"] = labels["image_info"]
       if self.task_config.allow_image_summary:
-        logs[_COCO_KEY]["images"] = images
+        # At most the pictures' images leave the device.
+        logs[_COCO_KEY]["images"] = images[
+            :self.task_config.num_summary_images]
     return logs
 
   def aggregate_logs(self, state=None, step_outputs=None):
