@@ -166,8 +166,9 @@ def test_box_deltas_use_the_spec_weights_and_round_trip():
 def _mask_targets_reference(mask, box, side, cell):
   """Average of each cell's cell x cell pixels (outside the image: 0)."""
   y0, x0 = int(box[0]), int(box[1])
-  padded = np.pad(mask, 200)
-  crop = padded[y0 + 200:y0 + 200 + side * cell, x0 + 200:x0 + 200 + side * cell]
+  pad = side * cell  # Enough for any window that overlaps the image.
+  padded = np.pad(mask, pad)
+  crop = padded[y0 + pad:y0 + pad + side * cell, x0 + pad:x0 + pad + side * cell]
   means = crop.reshape(side, cell, side, cell).mean(axis=(1, 3))
   return (means >= 0.5).astype(np.float32)
 
@@ -185,3 +186,69 @@ def test_mask_targets_average_covered_pixels_and_threshold():
         masks, [instance], np.array([box], np.float32), side, 4)
     np.testing.assert_array_equal(
         got.numpy()[0], _mask_targets_reference(masks[instance], box, side, 4))
+
+
+def test_mask_targets_are_exact_on_a_full_size_image():
+  # 800 x 1344, TensorMask's windows from P2 to P7, many over the border:
+  # cells that are exactly half object (a 2-pixel strip, a 2 x 2 checker)
+  # must give 1, and the first and last rows and columns are inside the
+  # image. Sample points normalised for crop_and_resize rounded in float32
+  # (the last row at 799.0001, read as outside; 0.5 -> 0.49999).
+  height, width = 800, 1344
+  masks = np.zeros((3, height, width), np.float32)
+  masks[0, :2, :] = masks[0, -2:, :] = 1.0  # top and bottom strips
+  masks[0, :, :2] = masks[0, :, -2:] = 1.0  # left and right strips
+  ys, xs = np.mgrid[:height, :width]
+  masks[1] = ((ys // 2 + xs // 2) % 2).astype(np.float32)  # 2 x 2 checker
+  masks[2] = (np.hypot(ys - 410.3, xs - 650.7) < 377).astype(np.float32)
+  spec = windows_lib.WindowSpec()
+  all_windows = windows_lib.generate_windows(spec, (height, width))
+  sizes = windows_lib.feature_sizes(spec, (height, width))
+  checked = 0
+  for level in spec.levels:
+    grid_h, grid_w = sizes[level]
+    level_windows = all_windows[level].reshape(grid_h, grid_w, 2, 4)
+    cells = [(0, 0), (0, grid_w // 2), (grid_h - 1, grid_w - 1),
+             (grid_h // 2, 0), (grid_h // 3, grid_w // 3)]
+    for a in range(spec.num_sizes):
+      side = spec.mask_sides[a] * spec.upscale(level)
+      boxes = np.stack([level_windows[y, x, a] for y, x in cells])
+      for instance in range(3):
+        got = window_targets.window_mask_targets(
+            masks, [instance] * len(cells), boxes, side,
+            spec.min_level_stride).numpy()
+        for k, box in enumerate(boxes):
+          np.testing.assert_array_equal(
+              got[k], _mask_targets_reference(masks[instance], box, side,
+                                              spec.min_level_stride),
+              err_msg=f"level {level}, size {a}, window {box}")
+          checked += 1
+  assert checked == 6 * 2 * 5 * 3
+
+
+@pytest.mark.parametrize("size", [(2, 3), (3, 7), (5, 2), (6, 6)])
+def test_mask_targets_are_exact_on_tiny_images(size):
+  # The samples' pull towards the image centre is largest here.
+  rng = np.random.RandomState(sum(size))
+  masks = (rng.uniform(size=(2,) + size) < 0.5).astype(np.float32)
+  for y in range(-8, size[0] + 1):
+    for x in range(-8, size[1] + 1):
+      box = np.array([[y, x, y + 8, x + 8]], np.float32)
+      for instance in range(2):
+        got = window_targets.window_mask_targets(masks, [instance], box, 2, 4)
+        np.testing.assert_array_equal(
+            got.numpy()[0],
+            _mask_targets_reference(masks[instance], box[0], 2, 4))
+
+
+@pytest.mark.parametrize("box,mask_size,message", [
+    ([0.5, 0.0, 44.5, 44.0], (40, 52), "whole pixels"),
+    ([0.0, 0.0, 44.0, 48.0], (40, 52), "= 44 pixels"),
+    ([0.0, 0.0, 44.0, 44.0], (1, 52), "at least 2 x 2"),
+])
+def test_mask_targets_refuse_windows_off_the_pixel_grid(box, mask_size,
+                                                        message):
+  masks = np.ones((1,) + mask_size, np.float32)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    window_targets.window_mask_targets(masks, [0], np.array([box], np.float32),
+                                       11, 4)
