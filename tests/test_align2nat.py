@@ -398,3 +398,18 @@ def test_gather_indices_outside_the_grid_raise(index, message, backend):
       lambda i: ops.swap_align2nat_gather(x, i, 2, backend=backend))
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
     graph_fn(tf.constant([index], tf.int32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("index,message", [
+    ([2**32 + 1, 0, 0], "outside the batch"),  # 1 as int32
+    ([0, 2**33, 0], "row y outside"),          # 0 as int32
+    ([0, 0, 2**32 + 2], "column x outside"),   # 2 as int32
+    ([0, 1 - 2**32, 0], "negative index"),     # 1 as int32
+])
+def test_int64_gather_indices_are_checked_before_narrowing(index, message,
+                                                           backend):
+  x = np.zeros((2, 4, 5, 9))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    ops.swap_align2nat_gather(x, np.array([index], np.int64), 2,
+                              backend=backend)

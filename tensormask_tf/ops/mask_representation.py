@@ -140,25 +140,26 @@ def check_gather_indices(indices, batch: tf.Tensor, out_height: int,
     raise ValueError(
         "swap_align2nat_gather: indices must have shape [K, 3] with rows "
         f"(n, y, x), got shape {indices.shape}.")
-  indices = tf.cast(indices, tf.int32)
+  # Checked in their own dtype: int64 rows past int32 would wrap when cast.
   n, y, x = tf.unstack(indices, axis=1)
   checks = [
       tf.debugging.assert_non_negative(
           indices, message="swap_align2nat_gather: negative index in indices"),
       tf.debugging.assert_less(
-          n, tf.cast(batch, tf.int32),
+          n, tf.cast(batch, indices.dtype),
           message="swap_align2nat_gather: batch index n outside the batch"),
       tf.debugging.assert_less(
-          y, out_height,
+          y, tf.cast(out_height, indices.dtype),
           message=("swap_align2nat_gather: row y outside the output grid of "
                    f"height {out_height}")),
       tf.debugging.assert_less(
-          x, out_width,
+          x, tf.cast(out_width, indices.dtype),
           message=("swap_align2nat_gather: column x outside the output grid "
                    f"of width {out_width}")),
   ]
   with tf.control_dependencies(checks):
-    return tf.identity(indices)
+    # identity: a cast to the same dtype makes no op to carry the checks.
+    return tf.identity(tf.cast(indices, tf.int32))
 
 
 # ---------------------------------------------------------------------------
