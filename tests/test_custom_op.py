@@ -259,3 +259,36 @@ def test_custom_backend_builds_a_graph_with_the_custom_op():
   graph_tf = fn_tf.get_concrete_function(tf.TensorSpec([1, 4, 4, 9])).graph
   assert not any(op.type.startswith("SwapAlign2Nat")
                  for op in graph_tf.get_operations())
+
+
+@pytest.mark.parametrize("gather", [False, True], ids=["dense", "gather"])
+def test_second_derivatives_match_the_reference_and_pure_tf(gather):
+  # L(x) = 0.5 |op(x)|^2 with op(x) = J x + pad term: the Hessian is J^T J,
+  # so <v, H v> = |J v|^2, J v being the reference op with pad 0.
+  x = tf.constant(_random((2, 7, 8, 25), seed=3))
+  v = tf.constant(_random((2, 7, 8, 25), seed=4))
+  lam = 3
+  indices = _indices(np.random.RandomState(5), 2, 3, 3, 6)
+
+  def op(t, backend):
+    if gather:
+      return ops.swap_align2nat_gather(t, indices, lam, backend=backend)
+    return ops.swap_align2nat(t, lam, backend=backend)
+
+  def hessian_times_v(backend):
+    with tf.GradientTape() as outer:
+      outer.watch(x)
+      with tf.GradientTape() as inner:
+        inner.watch(x)
+        loss = 0.5 * tf.reduce_sum(op(x, backend)**2)
+      directional = tf.reduce_sum(inner.gradient(loss, x) * v)
+    return outer.gradient(directional, x).numpy()
+
+  jv = reference.swap_align2nat(v.numpy(), lam, pad=0.0)
+  if gather:
+    jv = np.stack([jv[n, y, xx].reshape(15, 15) for n, y, xx in indices])
+  custom = hessian_times_v("custom")
+  np.testing.assert_allclose(np.sum(custom * v.numpy()), np.sum(jv**2),
+                             rtol=1e-12)
+  np.testing.assert_allclose(custom, hessian_times_v("tf"), rtol=0,
+                             atol=1e-10)

@@ -126,3 +126,16 @@ def _project_swap_align2nat_gather_grad(op, dy):
       dy, op.inputs[0], op.inputs[1], op.inputs[3], [],
       lam=op.get_attr("lam"))
   return dfeatures, dweights, dbias, None
+
+
+# The grad ops are linear in dy: their gradients are the forward ops without
+# the pad term (for second derivatives, as the pure-TF backend has them).
+@tf.RegisterGradient("SwapAlign2NatGrad")
+def _swap_align2nat_grad_grad(op, ddx):
+  return load().swap_align2_nat(ddx, lam=op.get_attr("lam"), pad=0.0), None
+
+
+@tf.RegisterGradient("SwapAlign2NatGatherGrad")
+def _swap_align2nat_gather_grad_grad(op, ddx):
+  return load().swap_align2_nat_gather(
+      ddx, op.inputs[1], lam=op.get_attr("lam"), pad=0.0), None, None
