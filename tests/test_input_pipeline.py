@@ -252,3 +252,43 @@ def test_inconsistent_records_name_the_record(shapes, key, value, message):
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=f"(?s){message}.*source_id:.*2"):
     parser._parse_eval_data(data)
+
+
+@pytest.mark.parametrize("short_side,height,width", [
+    (64, 30, 41),  # 64 x 87; Model Garden's masks were 64 x 86
+    (64, 31, 58),  # 64 x 120; were 64 x 119
+    (0, 30, 41),   # fit to 128 x 128: 94 x 128 (row 1 was 128 x 128)
+])
+def test_masks_cover_exactly_the_resized_image(short_side, height, width):
+  _, info = tensormask_input.resize_image(
+      tf.zeros([height, width, 3]), (128, 128), (128, 128), short_side,
+      128 if short_side else 0)
+  info = info.numpy()
+  if short_side:
+    scale = min(short_side / min(height, width), 128 / max(height, width))
+  else:
+    scale = min(128 / height, 128 / width)
+  extent = np.round(np.array([height, width]) * scale).astype(int)
+  np.testing.assert_array_equal(info[1], extent)
+  rows, cols = np.mgrid[:height, :width]
+  masks = np.stack([np.ones((height, width)), cols % 2, rows % 3 == 0,
+                    (rows * 7 + cols * 3) % 5 < 2]).astype(np.float32)
+  got = tensormask_input.resize_masks(tf.constant(masks), tf.constant(info),
+                                      (128, 128)).numpy()
+  # Nearest neighbour with half-pixel centres, in float64 (checked to be
+  # away from ties, where float32 could round the other way).
+  source = []
+  for size, new in zip((height, width), extent):
+    position = (np.arange(new) + 0.5) * size / new
+    assert np.abs(position - np.round(position)).min() > 1e-4
+    source.append(np.minimum(np.floor(position).astype(int), size - 1))
+  want = np.zeros((len(masks), 128, 128), np.float32)
+  want[:, :extent[0], :extent[1]] = masks[:, source[0]][:, :, source[1]]
+  np.testing.assert_array_equal(got, want)
+
+
+def test_masks_of_an_image_without_objects_resize_to_none():
+  _, info = tensormask_input.resize_image(tf.zeros([30, 41, 3]), (128, 128),
+                                          (128, 128), 64, 128)
+  got = tensormask_input.resize_masks(tf.zeros([0, 5, 5]), info, (128, 128))
+  assert got.shape == (0, 128, 128)
