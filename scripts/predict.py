@@ -70,7 +70,7 @@ def main(_):
     sys.exit(f"predict.py: error: {str(e).splitlines()[0]}")
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
   results, failures = [], 0
-  pictures = predictor_lib.picture_names(paths)
+  pictures = predictor_lib.picture_names(paths, _OUTPUT_DIR.value)
   for image_id, path in enumerate(paths):
     try:
       image = predictor_lib.load_image(path)

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from tensormask_tf.serving import client  # noqa: E402
 from tensormask_tf.serving import predictor  # noqa: E402
@@ -51,30 +52,52 @@ def main(_):
     with open(_CLASS_NAMES.value) as f:
       names = {int(k): v for k, v in json.load(f).items()}
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-  results = []
-  pictures = predictor.picture_names(paths)
+  results, failures = [], 0
+  pictures = predictor.picture_names(paths, _OUTPUT_DIR.value)
+
+  def skip(skipped: list[str], reason: str):
+    nonlocal failures
+    print(f"serving_client.py: skipped {', '.join(skipped)}: {reason}",
+          file=sys.stderr)
+    failures += len(skipped)
+
   for start in range(0, len(paths), _BATCH.value):
-    batch = paths[start:start + _BATCH.value]
-    try:
-      images = [predictor.load_image(path) for path in batch]
-    except predictor.ImageError as e:
-      sys.exit(f"serving_client.py: error: {e}")
-    encoded = [open(path, "rb").read() for path in batch]
+    batch = []  # (image id, path, image) of the readable ones
+    for image_id in range(start, min(start + _BATCH.value, len(paths))):
+      path = paths[image_id]
+      try:
+        image = predictor.load_image(path)
+        with Image.open(path) as opened:
+          if opened.format not in client.DECODABLE_FORMATS:
+            raise predictor.ImageError(
+                f"{path}: {opened.format} images are not decoded by the "
+                f"server ({', '.join(client.DECODABLE_FORMATS)} are)")
+      except predictor.ImageError as e:
+        skip([path], str(e).removeprefix(f"{path}: "))
+        continue
+      batch.append((image_id, path, image))
+    if not batch:
+      continue
+    encoded = [open(path, "rb").read() for _, path, _ in batch]
     try:
       if _REST.value:
         outputs = client.rest_predict(_REST.value, _MODEL_NAME.value, encoded)
       else:
         outputs = client.grpc_predict(_GRPC.value, _MODEL_NAME.value, encoded)
-    except client.ServingError as e:
-      sys.exit(f"serving_client.py: error: {e}")
-    for n, (path, image) in enumerate(zip(batch, images)):
+    except client.ServingError as e:  # This request only: go on.
+      skip([path for _, path, _ in batch], str(e))
+      continue
+    for n, (image_id, path, image) in enumerate(batch):
       entries, _ = predictor.save_prediction(
-          path, image, client.detections_from_outputs(outputs, n), start + n,
-          names, _OUTPUT_DIR.value, _MIN_SCORE.value, pictures[start + n])
+          path, image, client.detections_from_outputs(outputs, n), image_id,
+          names, _OUTPUT_DIR.value, _MIN_SCORE.value, pictures[image_id])
       results += entries
       print(f"{path}: {len(entries)} detections")
   with open(os.path.join(_OUTPUT_DIR.value, "detections.json"), "w") as f:
     json.dump(results, f)
+  if failures:
+    sys.exit(f"serving_client.py: error: {failures} of {len(paths)} images "
+             "could not be read or served")
 
 
 if __name__ == "__main__":

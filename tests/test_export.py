@@ -266,19 +266,25 @@ def test_serving_client_script_writes_coco_json_and_pictures(exported,
     path = tmp_path / f"image{n}.png"
     Image.fromarray(image).save(path)
     images.append(path)
+  # A TIFF reads locally but not on the server: skipped, the rest served.
+  Image.fromarray(exported["images"][0]).save(tmp_path / "other.tif")
   server, address = serving_fixtures.start_grpc_server(exported["path"],
                                                        "tensormask")
   try:
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "serving_client.py"),
          f"--grpc={address}", f"--image={tmp_path}/image*.png",
+         f"--image={tmp_path}/other.tif", "--batch_size=2",
          f"--output_dir={tmp_path / 'out'}", "--min_score=0",
          "--class_names=" + os.path.join(exported["path"], "assets.extra",
                                          "class_names.json")],
         capture_output=True, text=True, timeout=300, check=False)
   finally:
     server.stop(None)
-  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "skipped" in result.stderr and "TIFF images are not decoded" in (
+      result.stderr)
+  assert "1 of 4 images could not be read or served" in result.stderr
   with open(tmp_path / "out" / "detections.json") as f:
     results = json.load(f)
   assert len(results) == 3 * 12

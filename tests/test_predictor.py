@@ -70,3 +70,17 @@ def test_picture_names_never_collide():
   paths = ["a/x.jpg", "a/x.png", "b/x.jpg", "a/y.jpg", "z"]
   names = predictor.picture_names(paths)
   assert names == ["x_0.png", "x_1.png", "x_2.png", "y.png", "z.png"]
+  # A name another path's picture would take gets a further suffix.
+  assert predictor.picture_names(["d/a.jpg", "d/a.png", "d/a_1.png"]) == [
+      "a_0.png", "a_1.png", "a_1_1.png"]
+
+
+def test_pictures_written_beside_their_images_do_not_replace_them(tmp_path):
+  paths = [_save(tmp_path, "a.png", np.zeros((8, 8, 3), np.uint8)),
+           _save(tmp_path, "b.jpg", np.zeros((8, 8, 3), np.uint8)),
+           _save(tmp_path, "a_1.png", np.zeros((8, 8, 3), np.uint8))]
+  # a.png and a_1.png are the images; b.png is free.
+  assert predictor.picture_names(paths, str(tmp_path)) == [
+      "a_2.png", "b.png", "a_1_1.png"]
+  assert predictor.picture_names(paths, str(tmp_path / "out")) == [
+      "a.png", "b.png", "a_1.png"]

@@ -23,6 +23,8 @@ from tensormask_tf.modeling import detection_generator
 
 SIGNATURE = "serving_default"
 INPUT_KEY = "inputs"
+# What the signature's tf.io.decode_image reads (PIL's format names).
+DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 
 
 class ServingError(RuntimeError):

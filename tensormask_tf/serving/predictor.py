@@ -58,15 +58,29 @@ def class_names(task_config) -> dict[int, str]:
                                    task_config.model.num_classes)
 
 
-def picture_names(paths: list[str]) -> list[str]:
-  """The pictures' file names of `paths`: `<image name>.png`, and
-  `<image name>_<index>.png` for names that several paths share (a.jpg
-  and a.png, or one name in two folders), so no picture overwrites
-  another."""
+def picture_names(paths: list[str], output_dir: str | None = None
+                  ) -> list[str]:
+  """The pictures' file names of `paths`, all different.
+
+  `<image name>.png`; `<image name>_<index in paths>.png` for names that
+  several paths share (a.jpg and a.png, or one name in two folders); and
+  a further `_<n>` for a name still taken, by an earlier picture (a_1.png
+  beside a.jpg and a.png) or, with output_dir, by one of the images
+  themselves, so no picture overwrites another or an input image.
+  """
+  inputs = {os.path.realpath(path) for path in paths}
   stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
   counts = collections.Counter(stems)
-  return [f"{stem}_{i}.png" if counts[stem] > 1 else f"{stem}.png"
-          for i, stem in enumerate(stems)]
+  names = []
+  for i, stem in enumerate(stems):
+    base = f"{stem}_{i}" if counts[stem] > 1 else stem
+    name, n = f"{base}.png", 0
+    while name in names or (output_dir is not None and os.path.realpath(
+        os.path.join(output_dir, name)) in inputs):
+      n += 1
+      name = f"{base}_{n}.png"
+    names.append(name)
+  return names
 
 
 def save_prediction(path: str, image: np.ndarray, detections: dict,
@@ -95,8 +109,8 @@ def save_prediction(path: str, image: np.ndarray, detections: dict,
     entry["file_name"] = os.path.basename(path)
   picture = visualization.draw_detections(image, found, names,
                                           min_score=min_score)
-  picture_path = os.path.join(output_dir,
-                              picture_name or picture_names([path])[0])
+  picture_path = os.path.join(
+      output_dir, picture_name or picture_names([path], output_dir)[0])
   Image.fromarray(picture).save(picture_path)
   return entries, picture_path
 
