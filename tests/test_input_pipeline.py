@@ -243,6 +243,10 @@ def test_masks_end_where_a_scaled_up_crop_ends(shapes):
     ("groundtruth_instance_masks",
      lambda n: np.zeros((n, SIZE, SIZE + 2), np.float32),
      "masks are not the size of its image"),
+    ("groundtruth_instance_masks",
+     lambda n: np.full((n, SIZE, SIZE), 255.0, np.float32),
+     "values outside 0..1 \\(0/255 masks\\? set the decoder's "
+     "mask_binarize_threshold"),
 ])
 def test_inconsistent_records_name_the_record(shapes, key, value, message):
   decoded, _ = shapes

@@ -183,3 +183,25 @@ def test_train_step_lowers_the_loss_and_eval_reports_coco_ap(task_and_model):
   tags = {v.tag for e in events for r in tf.compat.v1.train.summary_iterator(e)
           for v in r.summary.value}
   assert "predicted_masks" in tags
+
+
+def test_validation_step_of_a_replica_without_images(task_and_model):
+  # With drop_remainder false, a replica may get an empty last batch.
+  task, model, params, _ = task_and_model
+  task.build_metrics(training=False)  # The COCO evaluator.
+  dataset = task.build_inputs(params.task.validation_data)
+  assert dataset.element_spec[0].shape[0] is None
+  step = tf.function(lambda inputs: task.validation_step(inputs, model),
+                     input_signature=[dataset.element_spec])
+  batch = next(iter(dataset))
+  full = step(batch)
+  eager = task.validation_step(batch, model)  # Static batch: no blank.
+  np.testing.assert_allclose(full[task.loss], eager[task.loss], rtol=1e-5)
+  coco_key = tensormask_task._COCO_KEY
+  np.testing.assert_allclose(full[coco_key]["detection_scores"],
+                             eager[coco_key]["detection_scores"], atol=1e-6)
+  empty = step(tf.nest.map_structure(lambda t: t[:0], batch))
+  assert float(empty[task.loss]) == 0.0
+  assert all(v.shape[0] == 0 for v in empty[coco_key].values())
+  state = task.aggregate_logs(None, {k: v for k, v in empty.items()})
+  assert state["pictures"] == []

@@ -172,6 +172,9 @@ class Parser(parser.Parser):
             tf.equal(num, 0),
             tf.reduce_all(tf.equal(tf.shape(masks)[1:3], image_size))),
               "instance masks are not the size of its image"),
+        check(tf.reduce_all((masks >= 0.0) & (masks <= 1.0)),
+              "instance masks have values outside 0..1 (0/255 masks? set "
+              "the decoder's mask_binarize_threshold)"),
     ]
     if self._num_classes is not None:
       checks.append(check(

@@ -197,14 +197,29 @@ class TensorMaskTask(base_task.Task):
 
   def validation_step(self, inputs, model: tf_keras.Model, metrics=None):
     images, labels = inputs
-    outputs = model(images, training=False)
+    network_images = images
+    image_sizes = labels["image_info"][:, 1, :]
+    count = tf.shape(images)[0]
+    if images.shape[0] is None:
+      # A partial last batch (drop_remainder false) may leave a replica no
+      # images, and TensorFlow's CPU conv2d and its padded NMS fail on an
+      # empty batch: the network and post-processing then run on one blank
+      # image, whose outputs are cut off again. (Static batches, as on
+      # TPUs, are never empty.)
+      blank = 1 - tf.minimum(count, 1)
+      network_images = tf.concat([images, tf.zeros(
+          tf.concat([[blank], tf.shape(images)[1:]], 0), images.dtype)], 0)
+      image_sizes = tf.concat([image_sizes, tf.tile(
+          tf.constant([list(images.shape[1:3])], image_sizes.dtype),
+          [blank, 1])], 0)
+    all_outputs = model(network_images, training=False)
+    outputs = tf.nest.map_structure(lambda t: t[:count], all_outputs)
     result = self.build_losses(outputs, labels, model, model.losses)
     logs = self._logs(result, metrics)
     if self.coco_metric is not None or self.task_config.allow_image_summary:
-      detections = factory.postprocess(model, outputs, images.shape[1:3],
-                                       self.task_config.model,
-                                       labels["image_info"][:, 1, :])
-      logs[_COCO_KEY] = {k: detections[k] for k in _DETECTION_KEYS}
+      detections = factory.postprocess(model, all_outputs, images.shape[1:3],
+                                       self.task_config.model, image_sizes)
+      logs[_COCO_KEY] = {k: detections[k][:count] for k in _DETECTION_KEYS}
       logs[_COCO_KEY]["source_id"] = labels["source_id"]
       logs[_COCO_KEY]["image_info"] = labels["image_info"]
       if self.task_config.allow_image_summary:
