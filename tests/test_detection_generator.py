@@ -118,3 +118,32 @@ def test_detections_threshold_decode_suppress_per_class_and_route_masks():
                                rtol=1e-5)
   assert not np.any(det["detection_masks"][0, 3:])
   assert not np.any(det["detection_scores"][0, 3:])
+
+
+def test_nms_keeps_a_same_class_box_at_iou_exactly_one_half():
+  # detectron2's NMS suppresses IoU > 0.5 only. Two class-0 windows of
+  # 12 px, the second's box moved 8 px onto the first: IoU 96 / 192 = 0.5;
+  # moved 8.5 px: 102 / 186 > 0.5, suppressed.
+  def detect(shift):
+    outputs = {"class_outputs": {}, "box_outputs": {}}
+    for level in SPEC.levels:
+      g = IMAGE[0] // SPEC.stride(level)
+      outputs["class_outputs"][str(level)] = np.full(
+          (1, g, g, SPEC.num_sizes * K), -10.0, np.float32)
+      outputs["box_outputs"][str(level)] = np.zeros(
+          (1, g, g, SPEC.num_sizes * 4), np.float32)
+    outputs["class_outputs"]["2"][0, 5, 5, 0] = 3.0  # [14, 14, 26, 26]
+    outputs["class_outputs"]["2"][0, 5, 8, 0] = 2.0  # [14, 26, 26, 38]
+    outputs["box_outputs"]["2"][0, 5, 8, 1] = -shift / 12 * 1.5
+    outputs = {kind: {k: tf.constant(v) for k, v in d.items()}
+               for kind, d in outputs.items()}
+    no_masks = lambda level, a, indices: tf.zeros(
+        [tf.shape(indices)[0]] + [SPEC.mask_sides[a] * SPEC.upscale(level)] * 2)
+    return detection_generator.generate_detections(
+        outputs, no_masks, SPEC, IMAGE, K, max_detections=5, mask_size=4)
+
+  kept = detect(8.0)
+  assert int(kept["num_detections"][0]) == 2
+  np.testing.assert_allclose(kept["detection_boxes"][0, 1], [14, 18, 26, 30],
+                             atol=1e-5)
+  assert int(detect(8.5)["num_detections"][0]) == 1

@@ -96,9 +96,13 @@ def generate_detections(outputs: dict, mask_logits_fn,
   # Class-aware NMS: boxes of different classes are moved apart so that they
   # never overlap.
   offset = tf.cast(classes, tf.float32)[..., None] * float(max(height, width) + 1)
+  # This NMS suppresses at IoU >= its threshold; detectron2's (and TF's
+  # unpadded one) only above it: the next float32 up keeps IoU == 0.5.
+  iou_threshold = float(np.nextafter(np.float32(nms_iou_threshold),
+                                     np.float32(np.inf)))
   selected, num_detections = tf.image.non_max_suppression_padded(
       boxes + offset, top_scores, max_output_size=max_detections,
-      iou_threshold=nms_iou_threshold, score_threshold=score_threshold,
+      iou_threshold=iou_threshold, score_threshold=score_threshold,
       pad_to_max_output_size=True)
   valid = tf.sequence_mask(num_detections, max_detections)  # [N, D]
   valid_f = tf.cast(valid, tf.float32)
