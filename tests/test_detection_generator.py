@@ -60,7 +60,8 @@ def _index(level, y, x, a):
   return (y * (IMAGE[1] // SPEC.stride(level)) + x) * SPEC.num_sizes + a
 
 
-def test_detections_threshold_decode_suppress_per_class_and_route_masks():
+def _quiet_outputs():
+  """Numpy model outputs of one image: every class logit -10, no deltas."""
   outputs = {"class_outputs": {}, "box_outputs": {}}
   for level in SPEC.levels:
     g = IMAGE[0] // SPEC.stride(level)
@@ -68,6 +69,11 @@ def test_detections_threshold_decode_suppress_per_class_and_route_masks():
         (1, g, g, SPEC.num_sizes * K), -10.0, np.float32)
     outputs["box_outputs"][str(level)] = np.zeros(
         (1, g, g, SPEC.num_sizes * 4), np.float32)
+  return outputs
+
+
+def test_detections_threshold_decode_suppress_per_class_and_route_masks():
+  outputs = _quiet_outputs()
   logits2 = outputs["class_outputs"]["2"]
   logits2[0, 5, 6, 0 * K + 1] = 3.0  # w1: level 2, (5, 6), size 0, class 1
   logits2[0, 5, 7, 0 * K + 1] = 2.0  # w2: same class, moved onto w1: dropped
@@ -125,13 +131,7 @@ def test_nms_keeps_a_same_class_box_at_iou_exactly_one_half():
   # 12 px, the second's box moved 8 px onto the first: IoU 96 / 192 = 0.5;
   # moved 8.5 px: 102 / 186 > 0.5, suppressed.
   def detect(shift):
-    outputs = {"class_outputs": {}, "box_outputs": {}}
-    for level in SPEC.levels:
-      g = IMAGE[0] // SPEC.stride(level)
-      outputs["class_outputs"][str(level)] = np.full(
-          (1, g, g, SPEC.num_sizes * K), -10.0, np.float32)
-      outputs["box_outputs"][str(level)] = np.zeros(
-          (1, g, g, SPEC.num_sizes * 4), np.float32)
+    outputs = _quiet_outputs()
     outputs["class_outputs"]["2"][0, 5, 5, 0] = 3.0  # [14, 14, 26, 26]
     outputs["class_outputs"]["2"][0, 5, 8, 0] = 2.0  # [14, 26, 26, 38]
     outputs["box_outputs"]["2"][0, 5, 8, 1] = -shift / 12 * 1.5
