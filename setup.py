@@ -38,8 +38,15 @@ class BuildCustomOps(build_ext.build_ext):
       import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     except ImportError:
       print("tensormask-tf: TensorFlow is not importable while building, so "
-            "the custom op is not compiled now; run `python "
-            "custom_ops/build.py` once TensorFlow is installed.")
+            "the custom op is not compiled now (the pure-TF ops are used); "
+            "once TensorFlow is installed, reinstall with `pip install "
+            "--no-build-isolation .`, or for an editable install run `python "
+            "custom_ops/build.py`.")
+      # Nor is an earlier build's library, left in build/, shipped: it was
+      # built from other sources or for another TensorFlow.
+      for suffix in (".so", ".json"):
+        (pathlib.Path(self.build_lib) / LIBRARY.with_suffix(suffix)).unlink(
+            missing_ok=True)
       return
     subprocess.check_call([sys.executable, str(ROOT / "custom_ops" / "build.py")])
     if not self.inplace and not getattr(self, "editable_mode", False):

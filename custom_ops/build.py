@@ -74,12 +74,33 @@ def build(cuda: str = "auto", force: bool = False) -> pathlib.Path:
   with_cuda = cuda == "on" or (cuda == "auto" and nvcc is not None)
 
   if not force and out.exists() and manifest_path.exists():
-    manifest = json.loads(manifest_path.read_text())
-    if (custom_op_library.staleness(manifest) is None and
-        manifest.get("cuda") == with_cuda):
+    try:
+      manifest = json.loads(manifest_path.read_text())
+    except ValueError:  # An interrupted build's record: build again.
+      manifest = {}
+    # (auto: a CPU-only library that this nvcc already failed to improve on.)
+    cuda_as_wanted = manifest.get("cuda") == with_cuda or (
+        cuda == "auto" and manifest.get("cuda_failed_with") == nvcc)
+    if (manifest and custom_op_library.staleness(manifest) is None and
+        cuda_as_wanted):
       print(f"[build] {out} is up to date", flush=True)
       return out
 
+  if with_cuda and cuda == "auto":
+    try:
+      return _compile(out, nvcc)
+    except SystemExit as e:  # nvcc's message is above.
+      print(f"[build] the CUDA kernels did not compile ({e}); building the "
+            "CPU-only library instead (--cuda on makes this an error)",
+            flush=True)
+      return _compile(out, None, {"cuda_failed_with": nvcc})
+  return _compile(out, nvcc if with_cuda else None)
+
+
+def _compile(out: pathlib.Path, nvcc: str | None,
+             record: dict | None = None) -> pathlib.Path:
+  """Compiles the library (with the CUDA kernels when nvcc is given)."""
+  with_cuda = nvcc is not None
   cpu_flags = [f for f in _ISA if custom_op_library.cpu_supports([f])]
   cxx = os.environ.get("CXX", "g++")
   cxx_flags = ["-std=c++17", "-shared", "-fPIC", "-O3",
@@ -104,9 +125,13 @@ def build(cuda: str = "auto", force: bool = False) -> pathlib.Path:
     tmp_library = pathlib.Path(tmp) / out.name
     _run([cxx, *cxx_flags, str(KERNELS / "swap_align2nat_ops.cc"), *objects,
           "-o", str(tmp_library), *link_flags])
-    shutil.copyfile(tmp_library, out)
+    # Replaced, not rewritten: a process that has the old one loaded keeps
+    # its copy.
+    shutil.copyfile(tmp_library, out.with_suffix(".so.tmp"))
+    os.replace(out.with_suffix(".so.tmp"), out)
 
-  write_record(with_cuda, cpu_flags, {"compiler": cxx, "cxx_flags": cxx_flags})
+  write_record(with_cuda, cpu_flags, {"compiler": cxx, "cxx_flags": cxx_flags,
+                                      **(record or {})})
   print(f"[build] wrote {out} (cuda={'on' if with_cuda else 'off'})",
         flush=True)
   return out
@@ -117,7 +142,10 @@ def write_record(with_cuda: bool, cpu_flags: list[str], extra: dict) -> None:
   manifest = {**custom_op_library.build_record(),
               "sources": custom_op_library.sources_digest(),
               "cpu_flags": cpu_flags, "cuda": with_cuda, **extra}
-  custom_op_library.MANIFEST_PATH.write_text(json.dumps(manifest, indent=1))
+  path = custom_op_library.MANIFEST_PATH
+  # Written whole or not at all (the loader refuses an unreadable record).
+  path.with_suffix(".json.tmp").write_text(json.dumps(manifest, indent=1))
+  os.replace(path.with_suffix(".json.tmp"), path)
 
 
 def main() -> None:
@@ -133,6 +161,9 @@ def main() -> None:
       help="only record an existing library (built with Bazel) as built for "
            "this TensorFlow and these sources; --cuda on if it has CUDA")
   args = parser.parse_args()
+  if args.cuda not in ("auto", "on", "off"):  # A default is not checked.
+    parser.error(f"TENSORMASK_BUILD_CUDA must be auto, on or off, got "
+                 f"{args.cuda!r}")
   if args.record_only:
     if not custom_op_library.LIBRARY_PATH.exists():
       raise SystemExit(f"[build] no library at {custom_op_library.LIBRARY_PATH}")

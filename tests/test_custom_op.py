@@ -292,3 +292,27 @@ def test_second_derivatives_match_the_reference_and_pure_tf(gather):
                              rtol=1e-12)
   np.testing.assert_allclose(custom, hessian_times_v("tf"), rtol=0,
                              atol=1e-10)
+
+
+def test_unreadable_build_record_is_refused_and_auto_falls_back(
+    manifest_copy, monkeypatch):
+  manifest_copy.write_text('{"tensorflow": "2.2')  # A build cut off.
+  with pytest.raises(custom_op_library.CustomOpUnavailable,
+                     match="build record .* is unreadable.*custom_ops/build.py"):
+    custom_op_library.load()
+  monkeypatch.delenv(backend_lib.ENV_VAR, raising=False)
+  with pytest.warns(RuntimeWarning, match="unreadable"):
+    assert backend_lib.resolve("auto") == "tf"
+
+
+def test_fallback_warning_is_shown_once_per_process(manifest_copy, monkeypatch,
+                                                     tmp_path):
+  import warnings  # pylint: disable=g-import-not-at-top
+  _make_library_missing(monkeypatch, tmp_path)
+  monkeypatch.delenv(backend_lib.ENV_VAR, raising=False)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("default")  # Python's own default for the class.
+    x = _random((1, 4, 4, 9))
+    ops.swap_align2nat(x, 2)
+    ops.swap_align2nat(x, 2)  # Another call site, same process.
+  assert len([w for w in caught if "pure-TF" in str(w.message)]) == 1

@@ -41,7 +41,9 @@ def resolve(backend: str = "auto") -> str:
     custom_op_library.load()
     return "custom"
   except custom_op_library.CustomOpUnavailable as e:
-    # Same text every time, so Python's warning filter shows it once.
+    # Same text and place every time, so Python's default warning filter
+    # shows it once per process (a caller's place would show it once per
+    # call site).
     warnings.warn(f"tensormask_tf: using the pure-TF ops because {e}",
-                  RuntimeWarning, stacklevel=3)
+                  RuntimeWarning, stacklevel=1)
     return "tf"

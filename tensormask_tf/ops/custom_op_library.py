@@ -20,7 +20,13 @@ import tensorflow as tf
 LIBRARY_PATH = pathlib.Path(__file__).with_name("_swap_align2nat_ops.so")
 MANIFEST_PATH = LIBRARY_PATH.with_suffix(".json")
 KERNEL_DIR = pathlib.Path(__file__).resolve().parents[2] / "custom_ops" / "kernels"
-REBUILD_HINT = "rebuild it with `python custom_ops/build.py`"
+# In a source checkout build.py writes the library beside this file; an
+# installed copy gets its library from the install.
+REBUILD_HINT = (
+    "rebuild it with `python custom_ops/build.py`" if KERNEL_DIR.is_dir() else
+    "reinstall tensormask-tf from its source checkout with `pip install "
+    "--no-build-isolation .` once TensorFlow is installed (or install it "
+    "with `pip install -e .` and run `python custom_ops/build.py`)")
 
 
 class CustomOpUnavailable(RuntimeError):
@@ -91,7 +97,13 @@ def load():
     raise CustomOpUnavailable(
         f"the custom-op library {LIBRARY_PATH.name} is not built; "
         f"{REBUILD_HINT}")
-  reason = staleness(json.loads(MANIFEST_PATH.read_text()))
+  try:
+    manifest = json.loads(MANIFEST_PATH.read_text())
+  except (OSError, ValueError) as e:  # e.g. a build interrupted mid-write
+    raise CustomOpUnavailable(
+        f"refusing to load {LIBRARY_PATH}: its build record {MANIFEST_PATH} "
+        f"is unreadable ({e}); {REBUILD_HINT}") from e
+  reason = staleness(manifest)
   if reason is not None:
     raise CustomOpUnavailable(
         f"refusing to load {LIBRARY_PATH}: {reason}; {REBUILD_HINT}")
