@@ -118,6 +118,18 @@ def test_ap_counts_only_the_images_evaluated(ground_truth):
   assert evaluator.result()["mask_AP"] < 0.9
 
 
+def test_an_image_evaluated_twice_counts_once(ground_truth):
+  # Its detections a second time would be duplicates, false positives.
+  json_path, coco = ground_truth
+  full = _predictions(coco, 1.0)
+  evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
+  evaluator.update_state(full)
+  evaluator.update_state({k: v[:1] for k, v in full.items()})
+  metrics = evaluator.result()
+  assert metrics["mask_AP"] == pytest.approx(1.0)
+  assert metrics["box_AP"] == pytest.approx(1.0)
+
+
 def test_mask_ap_sizes_come_from_the_masks_not_the_boxes(ground_truth,
                                                          tmp_path):
   # A false positive whose mask is tiny (4 px: "small") but whose box spans

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 
+from absl import logging
 import numpy as np
 from pycocotools import coco as coco_api
 from pycocotools import cocoeval
@@ -74,6 +75,11 @@ class WindowMaskCocoEvaluator:
     """
     p = {k: np.asarray(v) for k, v in predictions.items()}
     for n, image_id in enumerate(p["source_id"]):
+      if int(image_id) in self._image_ids:
+        # Its detections again would count as duplicates (false positives).
+        logging.warning("COCO evaluation: image %d was already evaluated; "
+                        "its repeat is left out", int(image_id))
+        continue
       self._image_ids.add(int(image_id))
       found = detection_generator.detections_in_original_image(
           {k: v[n] for k, v in p.items()}, p["image_info"][n],

@@ -13,7 +13,8 @@ class SwapAlign2Nat(tf_keras.layers.Layer):
   """Aligned masks on a fine grid -> natural masks on a `lam` times coarser one.
 
   Input `[N, H, W, S*S]`, output `[N, ceil(H/lam), ceil(W/lam), (lam*S)**2]`
-  (SPEC.md section 2). The layer has no weights.
+  (SPEC.md section 2). H, W and S*S must be static (the op's tap tables
+  are built from them); N may be unknown. The layer has no weights.
   """
 
   def __init__(self, lam: int, pad: float = ops.DEFAULT_PAD,
