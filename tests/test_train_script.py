@@ -192,3 +192,27 @@ def test_winograd_inference_only_on_cpu_runtimes(strategy, num_gpus,
   params.runtime.num_gpus = num_gpus
   params = train.prepare_params(params)
   assert params.task.model.head.winograd_at_inference is winograd
+
+
+def test_a_runs_params_take_config_files_and_overrides(tmp_path):
+  # What export_saved_model.py / predict.py --model_dir read: the run's
+  # params.yaml, then --config_file and --params_override on top (the
+  # README's Winograd switch for export).
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  from official.modeling.hyperparams import params_dict  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.configs import experiments  # pylint: disable=g-import-not-at-top
+  params = exp_factory.get_exp_config("tensormask_shapes")
+  params_dict.save_params_dict_to_yaml(params, str(tmp_path / "params.yaml"))
+  yaml = tmp_path / "more.yaml"
+  yaml.write_text("task:\n  model:\n    num_classes: 7\n")
+  loaded = experiments.load_experiment(
+      str(tmp_path), config_files=(str(yaml),),
+      params_override="task.model.head.winograd_at_inference=false")
+  assert loaded.task.model.num_classes == 7
+  assert loaded.task.model.head.winograd_at_inference is False
+  assert loaded.task.model.input_size == params.task.model.input_size
+  with pytest.raises(FileNotFoundError, match="none.yaml"):
+    experiments.load_experiment(str(tmp_path),
+                                config_files=(str(tmp_path / "none.yaml"),))
+  with pytest.raises(ValueError, match="only without a model_dir"):
+    experiments.load_experiment(str(tmp_path), "tensormask_shapes")

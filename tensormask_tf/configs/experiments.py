@@ -154,25 +154,33 @@ def load_experiment(model_dir: str | None = None,
                     config_files: tuple[str, ...] = (),
                     params_override: str = "") -> cfg.ExperimentConfig:
   """A run's experiment: `<model_dir>/params.yaml` (what train.py saved),
-  or the registered `experiment` with YAML files and overrides.
+  or the registered `experiment`; then the YAML files and the overrides, in
+  that order, on either.
 
   Raises:
     FileNotFoundError: no params.yaml in model_dir, or a missing YAML file.
-    ValueError: neither model_dir nor experiment, or an unknown experiment.
+    ValueError: neither model_dir nor experiment, both, or an unknown
+      experiment.
   """
+  if model_dir and experiment:
+    raise ValueError(
+        "give an experiment only without a model_dir: the run's params.yaml "
+        "names its experiment (override it with config files or "
+        "params_override)")
   if model_dir:
     path = os.path.join(model_dir, "params.yaml")
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{path} does not exist: is {model_dir} a "
                               "training run's model_dir?")
-    return hyperparams.override_params_dict(
+    params = hyperparams.override_params_dict(
         exp_factory.get_exp_config("tensormask"), path, is_strict=False)
-  if not experiment:
+  elif not experiment:
     raise ValueError("give a model_dir or an experiment")
-  try:
-    params = exp_factory.get_exp_config(experiment)
-  except KeyError as e:
-    raise ValueError(f"unknown experiment {experiment!r}") from e
+  else:
+    try:
+      params = exp_factory.get_exp_config(experiment)
+    except KeyError as e:
+      raise ValueError(f"unknown experiment {experiment!r}") from e
   for path in config_files:
     if not os.path.isfile(path):
       raise FileNotFoundError(f"config file {path} does not exist")

@@ -1,7 +1,8 @@
 """The flags that name a trained model, shared by the serving scripts.
 
 `--model_dir` (a training run: its params.yaml and latest checkpoint), or
-`--checkpoint` with `--experiment` (and `--config_file`/`--params_override`).
+`--checkpoint` with `--experiment`; `--config_file` and `--params_override`
+apply on top of either.
 """
 
 from absl import flags
