@@ -52,3 +52,25 @@ def test_a_record_that_is_no_example_is_named(shapes_records, tmp_path):
     writer.write(b"\xff\xff not a tf.train.Example")
   found = record_check.find_bad_record(path)
   assert found.startswith(f"{path}: record 1 (source_id ?):")
+
+
+def test_masks_of_another_size_than_the_image_are_named(shapes_records,
+                                                        tmp_path):
+  # What a COCO JSON with a wrong height/width (or an EXIF-rotated image)
+  # gives: the parser refuses it, and the scan must name it.
+  source = sorted(glob.glob(shapes_records["val"]))[0]
+  records = [r.numpy() for r in tf.data.TFRecordDataset(source)]
+  example = tf.train.Example.FromString(records[1])
+  masks = example.features.feature["image/object/mask"].bytes_list.value
+  assert len(masks) >= 1
+  for i, mask in enumerate(masks):
+    wider = tf.pad(tf.io.decode_png(mask), [[0, 0], [0, 3], [0, 0]])
+    masks[i] = tf.io.encode_png(wider).numpy()
+  records[1] = example.SerializeToString()
+  path = str(tmp_path / "s.tfrecord")
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in records:
+      writer.write(record)
+  found = record_check.find_bad_record(path)
+  assert found.startswith(f"{path}: record 1 (source_id ")
+  assert "instance masks are not the size of its image" in found

@@ -4,7 +4,8 @@ TensorFlow reports a corrupt TFRecord ("corrupted record at <offset>") or an
 undecodable example without the file it came from. When the input pipeline
 fails, the training driver scans the split with `find_bad_record`, which
 reads every file in order, decodes each example with Model Garden's decoder
-(masks included) and checks that masks, boxes and classes agree.
+(masks included) and checks that masks, boxes and classes agree and that the
+masks are the image's size.
 """
 
 from google.protobuf import message
@@ -15,11 +16,17 @@ from official.vision.dataloaders import tf_example_decoder
 
 def _checked(decoded: dict) -> tf.Tensor:
   num = tf.shape(decoded["groundtruth_boxes"])[0]
+  masks = decoded["groundtruth_instance_masks"]
   tf.debugging.assert_equal(
-      tf.shape(decoded["groundtruth_instance_masks"])[0], num,
+      tf.shape(masks)[0], num,
       message="instance masks disagree with the box count")
   tf.debugging.assert_equal(tf.shape(decoded["groundtruth_classes"])[0], num,
                             message="classes disagree with the box count")
+  if num > 0:  # (A record without objects may carry masks of any size.)
+    tf.debugging.assert_equal(
+        tf.shape(masks)[1:3], tf.shape(decoded["image"])[0:2],
+        message="instance masks are not the size of its image (its JSON "
+                "height and width, or an EXIF-rotated image?)")
   return num
 
 
