@@ -25,7 +25,8 @@ _IMAGE_DIR = flags.DEFINE_string("images_dir", None, "Directory of the images.",
 _OUTPUT = flags.DEFINE_string("output_prefix", None,
                               "Output path prefix of the shards.",
                               required=True)
-_SHARDS = flags.DEFINE_integer("shards", 8, "Number of output shards.")
+_SHARDS = flags.DEFINE_integer("shards", 8, "Number of output shards.",
+                               lower_bound=1)
 
 
 def main(_):

@@ -22,7 +22,8 @@ _NUM_VAL = flags.DEFINE_integer("num_val", 50, "Validation images.")
 _SIZE = flags.DEFINE_integer("size", 128, "Image height and width.")
 _MAX_OBJECTS = flags.DEFINE_integer("max_objects", 4, "Objects per image.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (val uses seed + 1).")
-_SHARDS = flags.DEFINE_integer("shards", 2, "TFRecord shards per split.")
+_SHARDS = flags.DEFINE_integer("shards", 2, "TFRecord shards per split.",
+                               lower_bound=1)
 
 
 def main(_):

@@ -91,6 +91,9 @@ def test_same_seed_gives_the_same_dataset(tmp_path):
 
 
 def test_writer_rejects_missing_and_malformed_inputs(tmp_path):
+  with pytest.raises(ValueError, match="num_shards must be at least 1, got 0"):
+    coco_tfrecord.write_coco_tfrecords(str(tmp_path / "none.json"),
+                                       str(tmp_path), str(tmp_path / "out"), 0)
   with pytest.raises(FileNotFoundError, match="no annotations file"):
     coco_tfrecord.write_coco_tfrecords(str(tmp_path / "none.json"),
                                        str(tmp_path), str(tmp_path / "out"))
@@ -125,3 +128,65 @@ def test_scripts_write_the_dataset_and_fail_clearly(tmp_path):
   assert bad.returncode != 0
   assert "no annotations file" in bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+def test_writer_reads_compressed_and_bare_rle_masks(tmp_path):
+  # Compressed RLE ("counts" a string, as many exporters write) and a bare
+  # non-crowd RLE dict failed in Model Garden's writer.
+  height, width = 20, 30
+  Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(
+      tmp_path / "a.png")
+  rng = np.random.RandomState(4)
+  blobs = []
+  for top, left in ((2, 3), (8, 12), (1, 20)):
+    blob = np.zeros((height, width), np.uint8)
+    blob[top:top + 6, left:left + 7] = rng.uniform(size=(6, 7)) < 0.8
+    blob[top, left] = blob[top + 5, left + 6] = 1  # The box's corners.
+    blobs.append(blob)
+
+  def compressed(blob):
+    rle = mask_api.encode(np.asfortranarray(blob))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+  polygon = [[3.0, 14.0, 9.0, 14.0, 9.0, 18.0, 3.0, 18.0]]
+  polygon_mask = mask_api.decode(mask_api.frPyObjects(
+      polygon, height, width)).max(axis=2)
+  segmentations = [(compressed(blobs[0]), 0),
+                   (shapes_dataset.uncompressed_rle(blobs[1]), 0),
+                   (compressed(blobs[2]), 1), (polygon, 0)]
+  annotations = []
+  for i, (segmentation, crowd) in enumerate(segmentations):
+    mask = [blobs[0], blobs[1], blobs[2], polygon_mask][i]
+    rows, cols = np.nonzero(mask)
+    annotations.append({
+        "id": i + 1, "image_id": 7, "category_id": 1, "iscrowd": crowd,
+        "segmentation": segmentation, "area": float(mask.sum()),
+        "bbox": [float(cols.min()), float(rows.min()),
+                 float(cols.max() + 1 - cols.min()),
+                 float(rows.max() + 1 - rows.min())]})
+  json_path = tmp_path / "a.json"
+  json_path.write_text(json.dumps({
+      "images": [{"id": 7, "file_name": "a.png", "height": height,
+                  "width": width}],
+      "annotations": annotations,
+      "categories": [{"id": 1, "name": "blob"}]}))
+  paths = coco_tfrecord.write_coco_tfrecords(
+      str(json_path), str(tmp_path), str(tmp_path / "rec"))
+  decoder = tf_example_decoder.TfExampleDecoder(include_mask=True)
+  decoded = decoder.decode(next(iter(tf.data.TFRecordDataset(paths))))
+  np.testing.assert_array_equal(decoded["groundtruth_is_crowd"],
+                                [False, False, True, False])
+  np.testing.assert_array_equal(
+      decoded["groundtruth_instance_masks"],
+      np.stack([blobs[0], blobs[1], blobs[2], polygon_mask]).astype(
+          np.float32))
+  # An RLE of another size than its image is named.
+  annotations[0]["segmentation"]["size"] = [height, width + 1]
+  json_path.write_text(json.dumps({
+      "images": [{"id": 7, "file_name": "a.png", "height": height,
+                  "width": width}],
+      "annotations": annotations[:1],
+      "categories": [{"id": 1, "name": "blob"}]}))
+  with pytest.raises(ValueError, match="annotation 1 of image 7: its RLE size"):
+    coco_tfrecord.write_coco_tfrecords(str(json_path), str(tmp_path),
+                                       str(tmp_path / "rec2"))
