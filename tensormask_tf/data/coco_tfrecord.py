@@ -43,9 +43,10 @@ def write_coco_tfrecords(annotations_file: str, image_dir: str,
            for image in coco["images"]}
   by_image = collections.defaultdict(list)
   for annotation in coco["annotations"]:
-    if include_masks and isinstance(annotation.get("segmentation"), dict):
+    if (include_masks and annotation["image_id"] in sizes and
+        isinstance(annotation.get("segmentation"), dict)):
       annotation = {**annotation, "segmentation": _model_garden_rle(
-          annotation, *sizes.get(annotation["image_id"], (0, 0)))}
+          annotation, *sizes[annotation["image_id"]])}
     by_image[annotation["image_id"]].append(annotation)
   id_to_name = {c["id"]: c["name"] for c in coco["categories"]}
   os.makedirs(os.path.dirname(output_prefix) or ".", exist_ok=True)

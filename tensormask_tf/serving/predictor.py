@@ -71,15 +71,16 @@ def picture_names(paths: list[str], output_dir: str | None = None
   inputs = {os.path.realpath(path) for path in paths}
   stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
   counts = collections.Counter(stems)
-  names = []
+  names, taken = [], set()
   for i, stem in enumerate(stems):
     base = f"{stem}_{i}" if counts[stem] > 1 else stem
     name, n = f"{base}.png", 0
-    while name in names or (output_dir is not None and os.path.realpath(
+    while name in taken or (output_dir is not None and os.path.realpath(
         os.path.join(output_dir, name)) in inputs):
       n += 1
       name = f"{base}_{n}.png"
     names.append(name)
+    taken.add(name)
   return names
 
 
