@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -61,6 +62,8 @@ import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
 from bench_ops import median_time  # noqa: E402  (scripts/ is on sys.path)
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
+# The train section's mask branches, gathered (what the task runs) first.
+TRAIN_VARIANTS = ("gathered", "gathered_per_pair", "dense", "dense_held")
 
 
 def _input_size(size: int) -> list[int]:
@@ -452,20 +455,72 @@ def _run_child(kind: str, args) -> dict:
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _median_child(kind: str, args, runs: int) -> dict:
-  """The run with the median peak of `runs` children, with the peaks' range."""
-  results = [r for r in (_run_child(kind, args) for _ in range(runs)) if r]
-  if not results:
-    return {}
-  results.sort(key=lambda r: r["peak_mb"])
-  median = dict(results[len(results) // 2])
-  median["peak_min_mb"] = results[0]["peak_mb"]
-  median["peak_max_mb"] = results[-1]["peak_mb"]
-  return median
+def _median_children(kinds: Sequence[str], args, runs: int) -> dict:
+  """{kind: the run with the median peak of `runs` children, with the
+  peaks' range and every run's peak}.
+
+  The kinds take turns (run 1 of each, then run 2 of each, ...), so a drift
+  of the machine's speed or of its memory state is spread over all of them.
+  """
+  results = {kind: [] for kind in kinds}
+  for _ in range(runs):
+    for kind in kinds:
+      r = _run_child(kind, args)
+      if r:
+        results[kind].append(r)
+  medians = {}
+  for kind, rs in results.items():
+    if not rs:
+      medians[kind] = {}
+      continue
+    rs.sort(key=lambda r: r["peak_mb"])
+    median = dict(rs[len(rs) // 2])
+    median["peak_min_mb"] = rs[0]["peak_mb"]
+    median["peak_max_mb"] = rs[-1]["peak_mb"]
+    medians[kind] = median
+  return medians
 
 
 def _fmt(value, unit="", digits=2):
   return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _step_mask_memory(dense: dict, gathered: dict, base: float | None) -> str:
+  """The two steps' mask-branch memory: their medians above the step with
+  the mask features but no masks ("features"), in words."""
+  if base is None:
+    return "no features-only step"
+  d, g = dense["peak_mb"] - base, gathered["peak_mb"] - base
+  if g <= 0:
+    return (f"mask branch in the step: {d:.0f} MB against {g:.0f} MB, at or "
+            "below the step without masks")
+  return f"mask branch in the step: {d:.0f} vs {g:.0f} MB, {d / g:.1f}x"
+
+
+def _print_branch_alone(branch: dict, branches: Sequence[str],
+                        runs: int) -> None:
+  """The mask branch alone's table; adds each variant's "own_mb"."""
+  # Every variant returns the gradient of the six P2-grid mask features;
+  # the "features" branch (no masks, the same feature gradients, each
+  # summed and freed at once) is the floor under what the masks cost.
+  floor = branch["features"].get("peak_mb")
+  for b in branches:
+    if branch[b] and floor is not None:
+      branch[b]["own_mb"] = branch[b]["peak_mb"] - floor
+  print("\nThe mask branch alone (from fixed mask features: projection, "
+        "masks, mask loss, gradients; \"own\" = above the features-only "
+        "branch, which holds the features' gradient every variant returns):")
+  print(f"| mask branch | s | peak MB above its inputs (median of "
+        f"{runs}; min-max) | own MB | mask loss |")
+  print("| --- | --- | --- | --- | --- |")
+  for b in tuple(branches) + ("features",):
+    r = branch[b]
+    spread = (f" ({r['peak_min_mb']:.0f}-{r['peak_max_mb']:.0f})"
+              if r else "")
+    print(f"| {b} | {_fmt(r.get('seconds'), digits=3)} | "
+          f"{_fmt(r.get('peak_mb'), digits=1)}{spread} | "
+          f"{_fmt(r.get('own_mb'), digits=1)} | "
+          f"{_fmt(r.get('mask_loss'), digits=6)} |")
 
 
 def main():
@@ -476,6 +531,10 @@ def main():
                       help="child processes per mask branch measured alone")
   parser.add_argument("--train_runs", type=int, default=1,
                       help="child processes per training step variant")
+  parser.add_argument("--variants", default=",".join(TRAIN_VARIANTS),
+                      help="mask branches of the train section, from "
+                      f"{','.join(TRAIN_VARIANTS)} (\"features\", the "
+                      "floor, is always measured)")
   parser.add_argument("--sections", default="train,inference,memory,input")
   parser.add_argument("--precision", default="float32",
                       choices=("float32", "bfloat16", "float16"),
@@ -485,17 +544,25 @@ def main():
   if args.child:
     print(json.dumps(_child(args)))
     return
+  variants = tuple(v for v in args.variants.split(",") if v)
+  variants = ("gathered",) + tuple(v for v in variants if v != "gathered"
+                                   ) if "gathered" in variants else variants
+  unknown = sorted(set(variants) - set(TRAIN_VARIANTS))
+  if unknown or "gathered" not in variants:
+    parser.error(f"--variants: {','.join(unknown) or 'gathered missing'}: "
+                 f"give gathered and any of {','.join(TRAIN_VARIANTS[1:])}")
   sections = args.sections.split(",")
   height, width = _input_size(args.size)
   print(f"# bench_model: R50-FPN, batch 1, input {height}x{width}, "
         f"{args.precision}, {os.cpu_count()} CPUs, median of {args.repeats}")
   train = {}
   if "train" in sections:
-    branches = ("gathered", "gathered_per_pair", "dense", "dense_held")
+    branches = variants
     # Whole-step peaks move by ~250 MB with the executor's order: the
     # median of --train_runs children.
-    train = {b: _median_child(f"train:{b}", args, args.train_runs)
-             for b in branches + ("features",)}
+    medians = _median_children([f"train:{b}" for b in branches + ("features",)],
+                               args, args.train_runs)
+    train = {b: medians[f"train:{b}"] for b in branches + ("features",)}
     base = train["features"].get("peak_mb")
     print("\n## 1. Training step (SGD, one image)")
     print(f"| mask branch | step s | peak MB (median of {args.train_runs}; "
@@ -512,48 +579,33 @@ def main():
             f"{_fmt(own, digits=0)} | "
             f"{_fmt(r.get('natural_mb'), digits=1)} | "
             f"{_fmt(r.get('loss'), digits=6)} |")
-    # The branch's peak moves by up to ~100 MB from run to run (the order in
-    # which TensorFlow runs its gradient ops): median of --branch_runs.
-    branch = {b: _median_child(f"mask_branch:{b}", args, args.branch_runs)
-              for b in branches + ("features",)}
-    # Every variant returns the gradient of the six P2-grid mask features;
-    # the "features" branch (no masks, the same feature gradients, each
-    # summed and freed at once) is the floor under what the masks cost.
-    floor = branch["features"].get("peak_mb")
-    for b in branches:
-      if branch[b] and floor is not None:
-        branch[b]["own_mb"] = branch[b]["peak_mb"] - floor
-    print("\nThe mask branch alone (from fixed mask features: projection, "
-          "masks, mask loss, gradients; \"own\" = above the features-only "
-          "branch, which holds the features' gradient every variant returns):")
-    print(f"| mask branch | s | peak MB above its inputs (median of "
-          f"{args.branch_runs}; min-max) | own MB | mask loss |")
-    print("| --- | --- | --- | --- | --- |")
-    for b in branches + ("features",):
-      r = branch[b]
-      spread = (f" ({r['peak_min_mb']:.0f}-{r['peak_max_mb']:.0f})"
-                if r else "")
-      print(f"| {b} | {_fmt(r.get('seconds'), digits=3)} | "
-            f"{_fmt(r.get('peak_mb'), digits=1)}{spread} | "
-            f"{_fmt(r.get('own_mb'), digits=1)} | "
-            f"{_fmt(r.get('mask_loss'), digits=6)} |")
+    branch = {b: {} for b in branches + ("features",)}
+    if args.branch_runs:
+      # The branch's peak moves by up to ~100 MB from run to run (the order
+      # in which TensorFlow runs its gradient ops): median of --branch_runs.
+      medians = _median_children(
+          [f"mask_branch:{b}" for b in branches + ("features",)], args,
+          args.branch_runs)
+      branch = {b: medians[f"mask_branch:{b}"]
+                for b in branches + ("features",)}
+      _print_branch_alone(branch, branches, args.branch_runs)
     g = train["gathered"]
-    for b in ("gathered_per_pair", "dense", "dense_held"):
-      if not (g and train[b] and branch[b] and branch["gathered"]):
-        continue
+    for b in branches[1:]:
       d = train[b]
-      # Over the whole step the allocator's free order moves the peak by
-      # up to ~250 MB (the "features" run can peak above "gathered"), so
-      # the branch's own ratios come from the branch-alone runs.
-      alone, alone_g = branch[b], branch["gathered"]
+      if not (g and d):
+        continue
       print(f"\n{b}/gathered: step time {d['seconds'] / g['seconds']:.2f}x, "
-            f"peak {d['peak_mb'] / g['peak_mb']:.2f}x, mask branch alone: time "
-            f"{alone['seconds'] / alone_g['seconds']:.1f}x, "
-            f"memory {alone['peak_mb'] / alone_g['peak_mb']:.1f}x "
-            f"(own {alone.get('own_mb', 0) / alone_g.get('own_mb', 1):.1f}x), "
-            f"natural masks {d['natural_mb'] / g['natural_mb']:.0f}x; "
-            f"|loss difference| {abs(d['loss'] - g['loss']):.2e} "
-            f"({g['mask_windows']} positive windows with masks)")
+            f"peak {d['peak_mb'] / g['peak_mb']:.2f}x (" +
+            _step_mask_memory(d, g, base) + "), natural masks "
+            f"{d['natural_mb'] / g['natural_mb']:.0f}x; |loss difference| "
+            f"{abs(d['loss'] - g['loss']):.2e} ({g['mask_windows']} positive "
+            "windows with masks)")
+      alone, alone_g = branch[b], branch["gathered"]
+      if alone and alone_g:
+        print(f"  mask branch alone: time "
+              f"{alone['seconds'] / alone_g['seconds']:.1f}x, memory "
+              f"{alone['peak_mb'] / alone_g['peak_mb']:.1f}x (own "
+              f"{alone.get('own_mb', 0) / alone_g.get('own_mb', 1):.1f}x)")
   if "inference" in sections:
     models = ("tensormask_custom", "tensormask_custom_direct",
               "tensormask_tf", "maskrcnn", "retinanet")
