@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_model.py [--size 512] [--repeats 3]
         [--sections train,inference,memory,profile,input]
-        [--train_runs 3] [--branch_runs 3]
+        [--train_runs 3] [--branch_runs 3] [--variants gathered,dense_held]
 
 All in one run on this machine, random-initialised weights, R50-FPN, batch 1,
 an input of --size x --size (800 means 896x1408: an 800x1333 image padded
@@ -25,12 +25,15 @@ the measured calls.
    masks once its positives are picked) and held as the original
    implementation holds it ("dense_held": every level's masks exist before
    any positive is picked); and the same step with the mask features but no
-   masks. Whole-step peaks move by ~250 MB with the executor's order (the
-   median of --train_runs child processes is reported), so each branch is
+   masks ("features", always measured; --variants picks the others).
+   Whole-step peaks move by ~250 MB with the executor's order (the median
+   of --train_runs child processes is reported, the variants' runs taking
+   turns; "mask branch MB" is a step's peak above the features step's),
+   so each branch is
    also measured alone, from fixed mask features
    (projection, masks, mask loss, their gradients; median peak of
-   --branch_runs child processes), and "own" memory is that above the
-   features-only branch. The variants' losses must agree to 1e-5.
+   --branch_runs child processes; 0 skips it), and "own" memory is that
+   above the features-only branch. The variants' losses must agree to 1e-5.
 2. inference: latency of this project's TensorMask (custom-op backend;
    the same with direct convolutions instead of the head's Winograd ones,
    "_direct"; pure-TF backend, as exported) vs Model Garden's
