@@ -20,7 +20,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from tensormask_tf.serving import client  # noqa: E402
 from tensormask_tf.serving import predictor  # noqa: E402
@@ -66,12 +65,7 @@ def main(_):
     for image_id in range(start, min(start + _BATCH.value, len(paths))):
       path = paths[image_id]
       try:
-        image = predictor.load_image(path)
-        with Image.open(path) as opened:
-          if opened.format not in client.DECODABLE_FORMATS:
-            raise predictor.ImageError(
-                f"{path}: {opened.format} images are not decoded by the "
-                f"server ({', '.join(client.DECODABLE_FORMATS)} are)")
+        image = predictor.load_image(path, client.DECODABLE_FORMATS)
       except predictor.ImageError as e:
         skip([path], str(e).removeprefix(f"{path}: "))
         continue

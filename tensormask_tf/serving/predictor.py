@@ -7,6 +7,7 @@ the evaluation preprocessing and returns detections in original pixels.
 """
 
 import collections
+from collections.abc import Sequence
 import json
 import os
 
@@ -30,8 +31,13 @@ class ImageError(ValueError):
   """An input file is not a usable image."""
 
 
-def load_image(path: str) -> np.ndarray:
-  """[H, W, 3] uint8 RGB of an image file, or ImageError saying why not."""
+def load_image(path: str, formats: Sequence[str] | None = None
+               ) -> np.ndarray:
+  """[H, W, 3] uint8 RGB of an image file, or ImageError saying why not.
+
+  formats: the PIL format names a server decodes (others are refused);
+  None accepts any image PIL reads, as predict.py decodes with PIL.
+  """
   if not os.path.isfile(path):
     raise ImageError(f"{path}: no such file")
   if os.path.getsize(path) == 0:
@@ -42,6 +48,9 @@ def load_image(path: str) -> np.ndarray:
         raise ImageError(
             f"{path}: {image.width}x{image.height} is larger than "
             f"{MAX_IMAGE_PIXELS} pixels; downscale it first")
+      if formats is not None and image.format not in formats:
+        raise ImageError(f"{path}: {image.format} images are not decoded by "
+                         f"the server ({', '.join(formats)} are)")
       image.load()
       if image.mode.startswith("I"):  # 16/32-bit grayscale: 16-bit range.
         gray = np.clip(np.asarray(image, np.float64) / 257.0, 0, 255)
