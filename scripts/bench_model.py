@@ -460,7 +460,7 @@ def _run_child(kind: str, args) -> dict:
 
 def _median_children(kinds: Sequence[str], args, runs: int) -> dict:
   """{kind: the run with the median peak of `runs` children, with the
-  peaks' range and every run's peak}.
+  peaks' range}.
 
   The kinds take turns (run 1 of each, then run 2 of each, ...), so a drift
   of the machine's speed or of its memory state is spread over all of them.
@@ -547,13 +547,14 @@ def main():
   if args.child:
     print(json.dumps(_child(args)))
     return
-  variants = tuple(v for v in args.variants.split(",") if v)
-  variants = ("gathered",) + tuple(v for v in variants if v != "gathered"
-                                   ) if "gathered" in variants else variants
-  unknown = sorted(set(variants) - set(TRAIN_VARIANTS))
-  if unknown or "gathered" not in variants:
+  asked = set(v for v in args.variants.split(",") if v)
+  unknown = sorted(asked - set(TRAIN_VARIANTS))
+  if unknown or "gathered" not in asked:
     parser.error(f"--variants: {','.join(unknown) or 'gathered missing'}: "
                  f"give gathered and any of {','.join(TRAIN_VARIANTS[1:])}")
+  # In TRAIN_VARIANTS' order: gathered, the one the others are compared to,
+  # first.
+  variants = tuple(v for v in TRAIN_VARIANTS if v in asked)
   sections = args.sections.split(",")
   height, width = _input_size(args.size)
   print(f"# bench_model: R50-FPN, batch 1, input {height}x{width}, "
@@ -561,17 +562,18 @@ def main():
   train = {}
   if "train" in sections:
     branches = variants
+    measured = branches + ("features",)
     # Whole-step peaks move by ~250 MB with the executor's order: the
     # median of --train_runs children.
-    medians = _median_children([f"train:{b}" for b in branches + ("features",)],
-                               args, args.train_runs)
-    train = {b: medians[f"train:{b}"] for b in branches + ("features",)}
+    medians = _median_children([f"train:{b}" for b in measured], args,
+                               args.train_runs)
+    train = {b: medians[f"train:{b}"] for b in measured}
     base = train["features"].get("peak_mb")
     print("\n## 1. Training step (SGD, one image)")
     print(f"| mask branch | step s | peak MB (median of {args.train_runs}; "
           "min-max) | mask branch MB | natural masks MB | total loss |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for b in branches + ("features",):
+    for b in measured:
       r = train[b]
       own = (r["peak_mb"] - base) if r and base is not None and (
           b != "features") else None
@@ -582,15 +584,13 @@ def main():
             f"{_fmt(own, digits=0)} | "
             f"{_fmt(r.get('natural_mb'), digits=1)} | "
             f"{_fmt(r.get('loss'), digits=6)} |")
-    branch = {b: {} for b in branches + ("features",)}
+    branch = {b: {} for b in measured}
     if args.branch_runs:
       # The branch's peak moves by up to ~100 MB from run to run (the order
       # in which TensorFlow runs its gradient ops): median of --branch_runs.
-      medians = _median_children(
-          [f"mask_branch:{b}" for b in branches + ("features",)], args,
-          args.branch_runs)
-      branch = {b: medians[f"mask_branch:{b}"]
-                for b in branches + ("features",)}
+      medians = _median_children([f"mask_branch:{b}" for b in measured],
+                                 args, args.branch_runs)
+      branch = {b: medians[f"mask_branch:{b}"] for b in measured}
       _print_branch_alone(branch, branches, args.branch_runs)
     g = train["gathered"]
     for b in branches[1:]:
