@@ -59,7 +59,13 @@ def _coco(depth: int, schedule: int) -> cfg.ExperimentConfig:
   # Garden's COCO detectors likewise have 91, with background), the 10
   # unused ones only ever negatives.
   model = tm_cfg.TensorMaskModel(num_classes=90, input_size=[1408, 1408, 3])
-  model.backbone.resnet.model_id = depth
+  # The release's network (its weights convert one to one,
+  # scripts/convert_detectron2_checkpoint.py): MSRA ResNet with frozen BN,
+  # stem and res2 untrained; FPN averaging lateral and top-down features.
+  model.backbone = tm_cfg.Backbone(
+      type="msra_resnet", msra_resnet=tm_cfg.MsraResNet(model_id=depth))
+  model.decoder = tm_cfg.Decoder(
+      type="detectron2_fpn", detectron2_fpn=tm_cfg.Detectron2FPN())
   train_parser = tm_cfg.Parser(short_side=800, long_side=1333,
                                aug_rand_hflip=True)
   if schedule > 1:  # Short side jittered over 640..800.

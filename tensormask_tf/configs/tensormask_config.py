@@ -13,6 +13,37 @@ from official.vision.configs import common
 from official.vision.configs import decoders
 
 @dataclasses.dataclass
+class MsraResNet(hyperparams.Config):
+  """The release's ResNet (modeling/backbones/msra_resnet.py): stride in the
+  first 1x1 conv, explicit padding, frozen BN; `freeze_at` 2 leaves the stem
+  and res2 untrained (the release's FREEZE_AT)."""
+  model_id: int = 50
+  freeze_at: int = 2
+
+
+@dataclasses.dataclass
+class Backbone(backbones.Backbone):
+  """Model Garden's backbones plus `msra_resnet`."""
+  msra_resnet: MsraResNet = dataclasses.field(default_factory=MsraResNet)
+
+
+@dataclasses.dataclass
+class Detectron2FPN(hyperparams.Config):
+  """The release's FPN (modeling/decoders/detectron2_fpn.py): lateral and
+  top-down features averaged ("avg") or summed ("sum"), no norm, P6 from C5,
+  P7 from relu(P6)."""
+  num_filters: int = 256
+  fuse_type: str = "avg"
+
+
+@dataclasses.dataclass
+class Decoder(decoders.Decoder):
+  """Model Garden's decoders plus `detectron2_fpn`."""
+  detectron2_fpn: Detectron2FPN = dataclasses.field(
+      default_factory=Detectron2FPN)
+
+
+@dataclasses.dataclass
 class Windows(hyperparams.Config):
   """Window sides in pixels at min_level, one per window size (SPEC: 44,
   60); each level doubles them. Sides must be multiples of the min_level
@@ -67,11 +98,11 @@ class TensorMaskModel(hyperparams.Config):
   min_level: int = 2
   max_level: int = 7
   windows: Windows = dataclasses.field(default_factory=Windows)
-  backbone: backbones.Backbone = dataclasses.field(
-      default_factory=lambda: backbones.Backbone(
+  backbone: Backbone = dataclasses.field(
+      default_factory=lambda: Backbone(
           type="resnet", resnet=backbones.ResNet(model_id=50)))
-  decoder: decoders.Decoder = dataclasses.field(
-      default_factory=lambda: decoders.Decoder(
+  decoder: Decoder = dataclasses.field(
+      default_factory=lambda: Decoder(
           type="fpn", fpn=decoders.FPN(num_filters=256)))
   head: TensorMaskHead = dataclasses.field(default_factory=TensorMaskHead)
   detection_generator: DetectionGenerator = dataclasses.field(

@@ -7,6 +7,9 @@ from official.vision.modeling.decoders import factory as decoder_factory
 from tensormask_tf.configs import tensormask_config
 from tensormask_tf.modeling import detection_generator
 from tensormask_tf.modeling import tensormask_model
+# Registers backbone type "msra_resnet" and decoder type "detectron2_fpn".
+from tensormask_tf.modeling.backbones import msra_resnet  # noqa: F401
+from tensormask_tf.modeling.decoders import detectron2_fpn  # noqa: F401
 from tensormask_tf.modeling.heads import tensormask_head
 from tensormask_tf.ops import windows as windows_lib
 

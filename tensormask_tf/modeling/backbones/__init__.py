@@ -1,0 +1,1 @@
+"""Backbones registered with Model Garden's backbone factory."""

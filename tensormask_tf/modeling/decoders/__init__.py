@@ -1,0 +1,1 @@
+"""Decoders registered with Model Garden's decoder factory."""
