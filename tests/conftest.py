@@ -22,3 +22,12 @@ def shapes_records(tmp_path_factory):
     out[split] = str(root / "tfrecords" / f"{split}*")
     out[f"{split}_json"] = json_path
   return out
+
+
+@pytest.fixture(scope="session")
+def release_checkpoint_seed38():
+  """The release reference checkpoint (tests/release_checkpoint.py, seed
+  38: the one behind tests/data/detectron2_reference/), generated once per
+  session: {detectron2 key: float32 array}, 36.6M values. Do not modify."""
+  from tests import release_checkpoint  # pylint: disable=g-import-not-at-top
+  return release_checkpoint.build(38)

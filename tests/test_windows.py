@@ -164,10 +164,14 @@ def test_box_deltas_use_the_spec_weights_and_round_trip():
 
 
 def _mask_targets_reference(mask, box, side, cell):
-  """Average of each cell's cell x cell pixels (outside the image: 0)."""
+  """Average of each cell's cell x cell pixels, thresholded at 0.5.
+
+  Outside the image the release's ROIAlign reads the edge pixel one pixel
+  beyond the border (a replicated ring) and 0 further out.
+  """
   y0, x0 = int(box[0]), int(box[1])
   pad = side * cell  # Enough for any window that overlaps the image.
-  padded = np.pad(mask, pad)
+  padded = np.pad(np.pad(mask, 1, mode="edge"), pad - 1)
   crop = padded[y0 + pad:y0 + pad + side * cell, x0 + pad:x0 + pad + side * cell]
   means = crop.reshape(side, cell, side, cell).mean(axis=(1, 3))
   return (means >= 0.5).astype(np.float32)
@@ -241,14 +245,26 @@ def test_mask_targets_are_exact_on_tiny_images(size):
             _mask_targets_reference(masks[instance], box[0], 2, 4))
 
 
-@pytest.mark.parametrize("box,mask_size,message", [
-    ([0.5, 0.0, 44.5, 44.0], (40, 52), "whole pixels"),
-    ([0.0, 0.0, 44.0, 48.0], (40, 52), "= 44 pixels"),
-    ([0.0, 0.0, 44.0, 44.0], (1, 52), "at least 2 x 2"),
+@pytest.mark.parametrize("box,extent,message", [
+    ([0.5, 0.0, 44.5, 44.0], None, "whole pixels"),
+    ([0.0, 0.0, 44.0, 48.0], None, "= 44 pixels"),
+    ([0.0, 0.0, 44.0, 44.0], (0, 52), "at least 1 x 1"),
+    ([0.0, 0.0, 44.0, 44.0], (40, 53), "must not exceed the masks"),
 ])
-def test_mask_targets_refuse_windows_off_the_pixel_grid(box, mask_size,
-                                                        message):
-  masks = np.ones((1,) + mask_size, np.float32)
+def test_mask_targets_refuse_windows_off_the_pixel_grid(box, extent, message):
+  masks = np.ones((1, 40, 52), np.float32)
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
     window_targets.window_mask_targets(masks, [0], np.array([box], np.float32),
-                                       11, 4)
+                                       11, 4, image_extent=extent)
+
+
+def test_mask_targets_of_a_one_pixel_image_read_its_ring():
+  # The ring makes a 1 x 1 image a 3 x 3 block of its pixel. A window of
+  # 3 x 3 cells of 2 px from (-3, -3): per axis, the cells' pixels -3..-2,
+  # -1..0 and 1..2 hold 0, 2 and 1 ones (pixels -1 and 1 are the ring), so
+  # the cells hold 0, 4, 2 (mean 1/2 counts) or 1 of their 4 samples.
+  got = window_targets.window_mask_targets(
+      np.ones((1, 1, 1), np.float32), [0],
+      np.array([[-3.0, -3.0, 3.0, 3.0]], np.float32), 3, 2)
+  np.testing.assert_array_equal(got.numpy()[0],
+                                [[0, 0, 0], [0, 1, 1], [0, 1, 0]])

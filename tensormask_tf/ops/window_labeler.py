@@ -31,8 +31,8 @@ def mask_label_key(level: int, size_index: int, what: str) -> str:
 
 def label_windows(spec: windows_lib.WindowSpec, image_size: tuple[int, int],
                   gt_boxes, gt_classes, gt_masks, mask_caps: dict[int, int],
-                  gt_is_crowd=None, seed: int | None = None
-                  ) -> dict[str, tf.Tensor]:
+                  gt_is_crowd=None, seed: int | None = None,
+                  image_extent=None) -> dict[str, tf.Tensor]:
   """Labels every window of one image.
 
   Args:
@@ -45,6 +45,10 @@ def label_windows(spec: windows_lib.WindowSpec, image_size: tuple[int, int],
       masks are learned}.
     gt_is_crowd: optional [G] bool; crowd regions are never positives.
     seed: optional seed of the sampling when a cap binds.
+    image_extent: optional [2] int (height, width) of the image itself
+      inside the padded input (before padding); the mask targets' replicated
+      one-pixel ring sits there (window_targets.window_mask_targets).
+      Default: the masks' full size.
 
   Returns:
     {"class_targets_{k}": [H_k, W_k, A] int32, "box_targets_{k}":
@@ -112,7 +116,7 @@ def label_windows(spec: windows_lib.WindowSpec, image_size: tuple[int, int],
       targets = window_targets.window_mask_targets(
           safe_masks, tf.gather(level_matched[:, a], cells),
           tf.gather(level_windows[:, a], cells), side,
-          samples_per_cell=spec.min_level_stride)
+          samples_per_cell=spec.min_level_stride, image_extent=image_extent)
       # ensure_shape: batches must have static shapes for XLA.
       labels[mask_label_key(level, a, "targets")] = tf.ensure_shape(
           tf.pad(targets, [[0, padding], [0, 0], [0, 0]]), [cap, side, side])
