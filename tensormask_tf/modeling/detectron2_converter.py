@@ -250,6 +250,16 @@ def _suffixes(layer) -> list[str]:
   return [table[name] for name in names]
 
 
+def release_variables(model: tensormask_model.TensorMaskModel
+                      ) -> dict[str, tf.Variable]:
+  """{release parameter name: the model's variable holding it} (in this
+  project's layout: HWIO kernels, box-delta channels permuted, the stem's
+  input channels reordered and scaled)."""
+  return {f"{module}.{suffix}": weight
+          for layer, module, _ in _layer_sources(model)
+          for suffix, weight in zip(_suffixes(layer), layer.weights)}
+
+
 def assign_release_weights(model: tensormask_model.TensorMaskModel | None,
                            backbone: tf_keras.Model | None,
                            params: dict[str, np.ndarray],
