@@ -8,8 +8,8 @@ A TensorMask model (the release's model zoo `.pkl`, or a detectron2 run's
 COCO experiment of its depth, with the file's classes and window sizes) and a
 TF checkpoint, which `scripts/predict.py --model_dir`,
 `scripts/export_saved_model.py --model_dir` and `scripts/train.py` (to
-fine-tune: `--params_override=task.init_checkpoint=<output_dir>`) take as
-they are. An MSRA ImageNet backbone (`R-50.pkl`, `R-101.pkl`) becomes a
+fine-tune: `--params_override=task.init_checkpoint=<output_dir>,
+task.init_checkpoint_modules=all`) take as they are. An MSRA ImageNet backbone (`R-50.pkl`, `R-101.pkl`) becomes a
 backbone checkpoint for the COCO experiments' `task.init_checkpoint`.
 A file that is not exactly the model (missing, unexpected or misshapen
 keys) is refused with the keys named, and nothing is written.

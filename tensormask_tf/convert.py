@@ -78,4 +78,7 @@ def convert(checkpoint: str, output_dir: str, experiment: str | None = None,
   path = tf.train.Checkpoint(model=model, **model.checkpoint_items).save(
       os.path.join(output_dir, "ckpt"))
   return (f"wrote {output_dir}/params.yaml and {path} (ResNet-{layout.depth}, "
-          f"{layout.num_classes} classes, mask sides {layout.mask_sides})")
+          f"{layout.num_classes} classes, mask sides {layout.mask_sides}); "
+          f"predict.py and export_saved_model.py take --model_dir={output_dir}"
+          f"; fine-tune with --params_override=task.init_checkpoint="
+          f"{output_dir},task.init_checkpoint_modules=all")

@@ -56,6 +56,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
   _ALLOWED = {
       ("collections", "OrderedDict"),
+      ("_codecs", "encode"),  # bytes in protocol-2 pickles
       ("numpy", "ndarray"), ("numpy", "dtype"),
       ("numpy.core.multiarray", "_reconstruct"),
       ("numpy.core.multiarray", "scalar"),
