@@ -85,7 +85,8 @@ def main(_):
       continue
     entries, picture = predictor_lib.save_prediction(
         path, image, detections, image_id, predictor.class_names,
-        _OUTPUT_DIR.value, _MIN_SCORE.value, pictures[image_id])
+        _OUTPUT_DIR.value, _MIN_SCORE.value, pictures[image_id],
+        category_ids=predictor.category_ids)
     results += entries
     print(f"{path}: {len(entries)} detections -> {picture}")
   with open(os.path.join(_OUTPUT_DIR.value, "detections.json"), "w") as f:

@@ -6,8 +6,9 @@
         --output_dir=/tmp/served
     python scripts/serving_client.py --grpc=localhost:8500 ...
 
---class_names reads names for the pictures (the export's
-assets.extra/class_names.json).
+--class_names reads names for the pictures and the model's category ids
+(the export's assets.extra/class_names.json); the served category ids are
+written as they are either way.
 """
 
 import glob
@@ -46,10 +47,10 @@ def main(_):
   paths = [p for pattern in _IMAGES.value for p in sorted(glob.glob(pattern))]
   if not paths:
     sys.exit("serving_client.py: error: --image matches no files")
-  names = {}
+  names, category_ids = {}, None
   if _CLASS_NAMES.value:
-    with open(_CLASS_NAMES.value) as f:
-      names = {int(k): v for k, v in json.load(f).items()}
+    names = predictor.read_class_names(_CLASS_NAMES.value)
+    category_ids = list(names)
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
   results, failures = [], 0
   pictures = predictor.picture_names(paths, _OUTPUT_DIR.value)
@@ -83,8 +84,10 @@ def main(_):
       continue
     for n, (image_id, path, image) in enumerate(batch):
       entries, _ = predictor.save_prediction(
-          path, image, client.detections_from_outputs(outputs, n), image_id,
-          names, _OUTPUT_DIR.value, _MIN_SCORE.value, pictures[image_id])
+          path, image,
+          client.detections_from_outputs(outputs, n, category_ids), image_id,
+          names, _OUTPUT_DIR.value, _MIN_SCORE.value, pictures[image_id],
+          category_ids=category_ids)
       results += entries
       print(f"{path}: {len(entries)} detections")
   with open(os.path.join(_OUTPUT_DIR.value, "detections.json"), "w") as f:

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from tensormask_tf.configs import tensormask_config
 from tensormask_tf.data import shapes_dataset
 from tensormask_tf.evaluation import coco_evaluator
 
@@ -36,6 +37,7 @@ def _predictions(coco, scale, shift=0.0):
       "detection_boxes": (n, d, 4), "detection_scores": (n, d),
       "detection_windows": (n, d, 4), "detection_masks": (n, d, R, R)}.items()}
   out["detection_classes"] = np.zeros((n, d), np.int32)
+  out["detection_mask_sides"] = np.zeros((n, d), np.int32)
   out["num_detections"] = np.zeros(n, np.int32)
   out["source_id"] = np.array([im["id"] for im in images])
   out["image_info"] = np.array([[[SIZE, SIZE], [SIZE * scale] * 2,
@@ -59,6 +61,7 @@ def _predictions(coco, scale, shift=0.0):
       sampled = mask[np.clip(rows_i, 0, SIZE - 1)][:, np.clip(cols_i, 0,
                                                               SIZE - 1)]
       out["detection_masks"][i, j] = np.where(inside, sampled, 0)
+      out["detection_mask_sides"][i, j] = R
       out["detection_windows"][i, j] = window * scale
       out["detection_boxes"][i, j] = np.array([y, x, y + h, x + w]) * scale
       out["detection_classes"][i, j] = a["category_id"] - 1
@@ -145,6 +148,7 @@ def test_mask_ap_sizes_come_from_the_masks_not_the_boxes(ground_truth,
   out["detection_boxes"][0, n] = [0, 0, SIZE, SIZE]
   out["detection_windows"][0, n] = [0, 0, 8, 8]
   out["detection_masks"][0, n, :R // 4, :R // 4] = 1.0
+  out["detection_mask_sides"][0, n] = R
   out["detection_classes"][0, n] = out["detection_classes"][0, 0]
   out["detection_scores"][0, n] = 0.95
   evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
@@ -157,3 +161,31 @@ def test_mask_ap_sizes_come_from_the_masks_not_the_boxes(ground_truth,
   evaluator.write_results(str(tmp_path / "r.json"))
   with open(tmp_path / "r.json") as f:
     assert all("area" not in r and "id" not in r for r in json.load(f))
+
+
+def test_results_carry_the_models_category_ids(ground_truth, tmp_path):
+  # A model whose classes 0..3 are category ids 3, 1, 4, 2: detections of
+  # class k are written as (and matched with) annotations of that id.
+  json_path, coco = ground_truth
+  ids = [3, 1, 4, 2]
+  out = _predictions(coco, 1.0)
+  out["detection_classes"] = np.vectorize(
+      lambda c: ids.index(c + 1))(out["detection_classes"]).astype(np.int32)
+  evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path,
+                                                     category_ids=ids)
+  evaluator.update_state(out)
+  assert evaluator.result()["mask_AP"] == pytest.approx(1.0)
+  evaluator.write_results(str(tmp_path / "r.json"))
+  with open(tmp_path / "r.json") as f:
+    written = sorted(r["category_id"] for r in json.load(f))
+  assert written == sorted(a["category_id"] for a in coco["annotations"])
+  # The same classes read as ids k + 1 miss most objects.
+  plain = coco_evaluator.WindowMaskCocoEvaluator(json_path)
+  plain.update_state(out)
+  assert plain.result()["mask_AP"] < 0.9
+  # COCO's 80 ids: class 11 is id 13, class 79 is id 90.
+  found = {"boxes": np.zeros((2, 4)), "classes": np.array([11, 79]),
+           "scores": np.ones(2), "masks": None}
+  entries = coco_evaluator.coco_results(7, found,
+                                        tensormask_config.COCO_CATEGORY_IDS)
+  assert [e["category_id"] for e in entries] == [13, 90]

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tensormask_tf.modeling import detection_generator
@@ -14,22 +15,22 @@ K = 2  # classes
 
 
 def _paste_reference(mask, box, height, width):
-  """Per pixel centre inside the box: bilinear, edge-clamped sample."""
+  """Per pixel centre: bilinear sample of the mask laid over the box, 0
+  outside its cells (the release's grid_sample with zero padding)."""
   side = mask.shape[0]
   out = np.zeros((height, width))
+  value = lambda r, c: (mask[r, c] if 0 <= r < side and 0 <= c < side
+                        else 0.0)
   for i in range(height):
     for j in range(width):
       cy, cx = i + 0.5, j + 0.5
-      if not (box[0] <= cy <= box[2] and box[1] <= cx <= box[3]):
-        continue
-      u = np.clip((cy - box[0]) / (box[2] - box[0]) * side - 0.5, 0, side - 1)
-      v = np.clip((cx - box[1]) / (box[3] - box[1]) * side - 0.5, 0, side - 1)
+      u = (cy - box[0]) / (box[2] - box[0]) * side - 0.5
+      v = (cx - box[1]) / (box[3] - box[1]) * side - 0.5
       u0, v0 = int(np.floor(u)), int(np.floor(v))
-      u1, v1 = min(u0 + 1, side - 1), min(v0 + 1, side - 1)
       fu, fv = u - u0, v - v0
-      out[i, j] = ((1 - fu) * (1 - fv) * mask[u0, v0] + (1 - fu) * fv *
-                   mask[u0, v1] + fu * (1 - fv) * mask[u1, v0] +
-                   fu * fv * mask[u1, v1])
+      out[i, j] = ((1 - fu) * (1 - fv) * value(u0, v0) + (1 - fu) * fv *
+                   value(u0, v0 + 1) + fu * (1 - fv) * value(u0 + 1, v0) +
+                   fu * fv * value(u0 + 1, v0 + 1))
   return out >= 0.5
 
 
@@ -38,7 +39,8 @@ def test_paste_window_masks_matches_reference():
   masks = rng.uniform(size=(3, 8, 8))
   boxes = np.array([[4, 6, 28, 30], [-10, 40, 30, 80], [10, 10, 15, 13]],
                    np.float32)
-  got = detection_generator.paste_window_masks(masks, boxes, (36, 52)).numpy()
+  got = detection_generator.paste_window_masks(masks, [8, 8, 8], boxes,
+                                               (36, 52)).numpy()
   for d in range(3):
     np.testing.assert_array_equal(got[d], _paste_reference(masks[d], boxes[d],
                                                            36, 52))
@@ -50,7 +52,8 @@ def test_paste_window_masks_empty_windows_paste_nothing():
   rng = np.random.RandomState(1)
   masks = rng.uniform(size=(3, 8, 8))
   boxes = np.array([[4, 6, 28, 30], [0, 0, 0, 0], [5, 5, 5, 9]], np.float32)
-  got = detection_generator.paste_window_masks(masks, boxes, (36, 52)).numpy()
+  got = detection_generator.paste_window_masks(masks, [8, 0, 8], boxes,
+                                               (36, 52)).numpy()
   np.testing.assert_array_equal(got[0], _paste_reference(masks[0], boxes[0],
                                                          36, 52))
   assert not got[1:].any()
@@ -123,6 +126,8 @@ def test_detections_threshold_decode_suppress_per_class_and_route_masks():
                                np.full((8, 8), sig((y * 10 + x) / 100)),
                                rtol=1e-5)
   assert not np.any(det["detection_masks"][0, 3:])
+  np.testing.assert_array_equal(det["detection_mask_sides"][0], [8] * 3 +
+                                [0] * 2)
   assert not np.any(det["detection_scores"][0, 3:])
 
 
@@ -147,3 +152,20 @@ def test_nms_keeps_a_same_class_box_at_iou_exactly_one_half():
   np.testing.assert_allclose(kept["detection_boxes"][0, 1], [14, 18, 26, 30],
                              atol=1e-5)
   assert int(detect(8.5)["num_detections"][0]) == 1
+
+
+def test_category_ids_of_classes_and_back():
+  ids = [7, 3, 12]
+  np.testing.assert_array_equal(
+      detection_generator.category_ids_of([[2, 0], [1, 1]], ids),
+      [[12, 7], [3, 3]])
+  np.testing.assert_array_equal(
+      detection_generator.classes_of([12, 7, 3], ids), [2, 0, 1])
+  np.testing.assert_array_equal(detection_generator.category_ids_of([0, 4],
+                                                                    None),
+                                [1, 5])
+  np.testing.assert_array_equal(detection_generator.classes_of([1, 5], None),
+                                [0, 4])
+  assert detection_generator.classes_of(np.zeros(0), ids).shape == (0,)
+  with pytest.raises(ValueError, match=r"category ids \[4, 13\] are not"):
+    detection_generator.classes_of([7, 4, 13], ids)

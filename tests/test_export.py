@@ -21,6 +21,9 @@ from tests import serving_fixtures
 from tests import tiny_experiment
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
+# The tiny model's category ids (its 4 classes), not 1..4: every output
+# must carry them.
+CATEGORY_IDS = [2, 5, 7, 9]
 
 # Runs in a fresh interpreter that imports TensorFlow only.
 _LOADER = r"""
@@ -67,6 +70,7 @@ def exported(shapes_records, tmp_path_factory):
   """A tiny model's checkpoint, its export, and the fresh process' run."""
   root = tmp_path_factory.mktemp("export")
   params = tiny_experiment.tiny_shapes_experiment(shapes_records)
+  params.task.model.category_ids = CATEGORY_IDS
   # Every window scores: D detections per image, masks and all.
   params.task.model.detection_generator.override(
       {"score_threshold": 0.0, "max_detections": 12, "mask_size": 32})
@@ -111,8 +115,9 @@ def test_saved_model_uses_only_stock_tensorflow_ops(exported):
   assert report["unregistered"] == []
   assert set(report["signatures"]) == {"serving_default", "image_tensor",
                                        "tf_example"}
-  assert os.path.isfile(os.path.join(exported["path"], "assets.extra",
-                                     "class_names.json"))
+  names = predictor.read_class_names(os.path.join(
+      exported["path"], "assets.extra", "class_names.json"))
+  assert list(names) == CATEGORY_IDS
 
 
 # How far from the 0.5 threshold a pixel's probability may be and still be
@@ -138,12 +143,15 @@ def test_fresh_process_outputs_equal_the_in_process_model(exported):
     np.testing.assert_allclose(out["serving_default/detection_boxes"][n],
                                want["boxes"], atol=1e-4)
     np.testing.assert_array_equal(out["serving_default/detection_classes"][n],
-                                  want["classes"] + 1)
+                                  np.array(CATEGORY_IDS)[want["classes"]])
+    np.testing.assert_array_equal(
+        out["serving_default/detection_mask_sides"][n], [32] * count)
     height, width = image.shape[:2]
     np.testing.assert_allclose(out["serving_default/image_info"][n][0],
                                [height, width])
     paste = lambda threshold: detection_generator.paste_window_masks(
         out["serving_default/detection_masks"][n],
+        out["serving_default/detection_mask_sides"][n],
         out["serving_default/detection_windows"][n], (height, width),
         threshold=threshold).numpy()
     pasted = paste(0.5)
@@ -159,6 +167,37 @@ def test_fresh_process_outputs_equal_the_in_process_model(exported):
       assert got[surely_on[d]].all() and not got[~maybe_on[d]].any()
       assert not image_masks[d, height:].any()
       assert not image_masks[d, :, width:].any()
+
+
+def test_natural_masks_through_the_export_and_the_predictor(exported):
+  # mask_size 0: every detection's natural mask (S = 6 or 10 at P2 for the
+  # tiny model, doubled per level) in the top-left of R x R, R the batch's
+  # largest; the export's pasted masks are the checkpoint predictor's.
+  params = exported["params"].replace()
+  params.task.model.detection_generator.mask_size = 0
+  module = export_module.TensorMaskExportModule(
+      params, exported["checkpoint"], image_masks=True)
+  images = exported["images"][:2]
+  out = {k: v.numpy() for k, v in module.serve_image_tensors(
+      tf.constant(np.stack(images))).items()}
+  reference = predictor.CheckpointPredictor(params, exported["checkpoint"])
+  natural = {side * 2**k for side in (6, 10) for k in range(4)}
+  sides = out["detection_mask_sides"]
+  assert out["detection_masks"].shape[2:] == (sides.max(),) * 2
+  for n, image in enumerate(images):
+    want = reference(image)
+    count = int(out["num_detections"][n])
+    assert count == len(want["scores"]) == 12
+    assert set(sides[n]) <= natural and len(set(sides[n])) > 1
+    for d, side in enumerate(sides[n]):
+      assert not out["detection_masks"][n, d, side:].any()
+      assert not out["detection_masks"][n, d, :, side:].any()
+    np.testing.assert_array_equal(out["detection_classes"][n],
+                                  np.array(CATEGORY_IDS)[want["classes"]])
+    height, width = image.shape[:2]
+    for d in range(count):
+      assert _iou(out["detection_image_masks"][n, d, :height, :width] > 0,
+                  want["masks"][d]) >= 0.99
 
 
 def test_image_masks_of_padded_detection_rows_are_empty(shapes_records):
@@ -206,13 +245,13 @@ def _expected(exported, n):
 def _check_reply(exported, outputs, count):
   assert outputs["detection_boxes"].shape[0] == count
   for n in range(count):
-    found = client.detections_from_outputs(outputs, n)
+    found = client.detections_from_outputs(outputs, n, CATEGORY_IDS)
     want = _expected(exported, n)
     np.testing.assert_allclose(found["boxes"], want["detection_boxes"],
                                atol=1e-4)
     np.testing.assert_allclose(found["scores"], want["detection_scores"],
                                atol=1e-5)
-    np.testing.assert_array_equal(found["classes"] + 1,
+    np.testing.assert_array_equal(np.array(CATEGORY_IDS)[found["classes"]],
                                   want["detection_classes"])
     assert found["masks"].shape[1:] == exported["images"][n].shape[:2]
 
@@ -290,6 +329,9 @@ def test_serving_client_script_writes_coco_json_and_pictures(exported,
   assert len(results) == 3 * 12
   first = [r for r in results if r["file_name"] == "image0.png"]
   want = _expected(exported, 0)
+  # The served category ids, written as they are.
+  np.testing.assert_array_equal([r["category_id"] for r in first],
+                                want["detection_classes"])
   ymin, xmin, ymax, xmax = want["detection_boxes"][0]
   np.testing.assert_allclose(first[0]["bbox"],
                              [xmin, ymin, xmax - xmin, ymax - ymin], atol=1e-3)
@@ -323,4 +365,6 @@ def test_predict_script_with_the_saved_model_skips_bad_files(exported,
   want = _expected(exported, 0)
   np.testing.assert_allclose(sorted(r["score"] for r in results),
                              sorted(want["detection_scores"]), atol=1e-5)
+  assert sorted(r["category_id"] for r in results) == sorted(
+      want["detection_classes"])
   assert (tmp_path / "out" / "good.png").is_file()

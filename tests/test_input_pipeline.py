@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from official.vision.dataloaders import tf_example_decoder
+from tensormask_tf.configs import tensormask_config
 from tensormask_tf.data import coco_tfrecord
 from tensormask_tf.data import shapes_dataset
 from tensormask_tf.dataloaders import tensormask_input
@@ -258,6 +259,34 @@ def test_inconsistent_records_name_the_record(shapes, key, value, message):
     parser._parse_eval_data(data)
 
 
+def test_category_ids_map_to_the_models_classes(shapes):
+  # COCO's 80 ids: the records' ids 1, 90, 6 and 13 are classes 0, 79, 5
+  # and 11; id 12 is not one of them and fails naming the record.
+  decoded, objects = shapes
+  coco_ids = tensormask_config.COCO_CATEGORY_IDS
+  classes = [0, 79, 5, 11]  # of the generator's categories 0..3
+  parser = tensormask_input.Parser((SIZE, SIZE), SPEC, CAPS, num_classes=80,
+                                   category_ids=coco_ids)
+  for data, objs in zip(decoded, objects):
+    data = dict(data)
+    data["groundtruth_classes"] = tf.constant(
+        [coco_ids[classes[c]] for c, _ in objs], tf.int64)
+    _, labels = parser._parse_eval_data(data)
+    _assert_same_labels(labels, _direct_labels(
+        [(classes[c], m) for c, m in objs]))
+  assert {1, 90} <= {coco_ids[classes[c]] for objs in objects for c, _ in objs}
+  data = dict(decoded[1])
+  data["groundtruth_classes"] = tf.constant(
+      [12] + [1] * (len(objects[1]) - 1), tf.int64)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="(?s)class ids are not in the model's category_ids"
+                     ".*source_id:.*2"):
+    parser._parse_eval_data(data)
+  with pytest.raises(ValueError, match="79 category_ids for num_classes 80"):
+    tensormask_input.Parser((SIZE, SIZE), SPEC, CAPS, num_classes=80,
+                            category_ids=coco_ids[1:])
+
+
 @pytest.mark.parametrize("short_side,height,width", [
     (64, 30, 41),  # 64 x 87; Model Garden's masks were 64 x 86
     (64, 31, 58),  # 64 x 120; were 64 x 119
@@ -296,3 +325,44 @@ def test_masks_of_an_image_without_objects_resize_to_none():
                                           (128, 128), 64, 128)
   got = tensormask_input.resize_masks(tf.zeros([0, 5, 5]), info, (128, 128))
   assert got.shape == (0, 128, 128)
+
+
+def test_mask_targets_ring_sits_at_the_image_not_the_padding(shapes):
+  # The release's mask targets read the edge pixel once more beyond the
+  # image (a replicated ring), then 0. A 64 x 64 image padded to 128 x 128
+  # with an 8 x 8 object in its bottom-right corner: its centred P2 window
+  # [54, 54, 66, 66] has cells on rows (and columns) 54..57, 58..61, 62..65
+  # holding 2, 4 and 2 object rows + 1 ring row: the corner cell has 4 object
+  # and 5 ring pixels of 16 (a 1), which the padding would make a 0.
+  from tests import test_training_targets  # pylint: disable=g-import-not-at-top
+  decoded, _ = shapes
+  data = dict(decoded[0])
+  mask = np.zeros((1, SIZE, SIZE), np.float32)
+  mask[0, SIZE - 8:, SIZE - 8:] = 1.0
+  data["groundtruth_instance_masks"] = tf.constant(mask)
+  data["groundtruth_boxes"] = tf.constant([[(SIZE - 8) / SIZE] * 2 + [1.0] * 2])
+  data["groundtruth_classes"] = tf.constant([1], tf.int64)
+  data["groundtruth_is_crowd"] = tf.constant([False])
+  parser = tensormask_input.Parser((2 * SIZE, 2 * SIZE), SPEC, CAPS,
+                                   short_side=SIZE, long_side=SIZE)
+  _, labels = parser._parse_eval_data(data)
+  np.testing.assert_array_equal(labels["image_info"][1], [SIZE, SIZE])
+  padded = np.pad(mask[0], [[0, SIZE], [0, SIZE]])
+  windows = windows_lib.generate_windows(SPEC, (2 * SIZE, 2 * SIZE))
+  checked = 0
+  for level in SPEC.levels:
+    grid_w = 2 * SIZE // SPEC.stride(level)
+    for a in range(SPEC.num_sizes):
+      key = lambda what: window_labeler.mask_label_key(level, a, what)
+      side = SPEC.mask_sides[a] * SPEC.upscale(level)
+      for j in np.flatnonzero(labels[key("valid")].numpy()):
+        y, x = labels[key("indices")].numpy()[j]
+        box = windows[level].reshape(-1, SPEC.num_sizes, 4)[y * grid_w + x, a]
+        want = test_training_targets._release_mask_target(
+            padded, (SIZE, SIZE), box, side)
+        np.testing.assert_array_equal(labels[key("targets")].numpy()[j], want)
+        if level == 2 and a == 0 and (y, x) == (15, 15):
+          np.testing.assert_array_equal(want, [[0, 1, 0], [1, 1, 1],
+                                               [0, 1, 1]])
+          checked += 1
+  assert checked == 1

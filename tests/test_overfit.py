@@ -94,8 +94,9 @@ def test_small_model_overfits_two_images():  # ~70 s on 2 cores.
   for n, (masks, _, classes) in enumerate(scenes):
     count = int(det["num_detections"][n])
     pasted = detection_generator.paste_window_masks(
-        det["detection_masks"][n, :count], det["detection_windows"][n, :count],
-        (SIZE, SIZE)).numpy()
+        det["detection_masks"][n, :count],
+        det["detection_mask_sides"][n, :count],
+        det["detection_windows"][n, :count], (SIZE, SIZE)).numpy()
     for gt_mask, gt_class in zip(masks > 0, classes):
       same_class = np.flatnonzero(
           det["detection_classes"][n, :count].numpy() == gt_class)

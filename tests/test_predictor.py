@@ -1,4 +1,7 @@
-"""Image loading for prediction: conversions and clear errors (issue 6)."""
+"""Image loading for prediction: conversions and clear errors (issue 6);
+the written detections' category ids."""
+
+import os
 
 import numpy as np
 from PIL import Image
@@ -84,3 +87,26 @@ def test_pictures_written_beside_their_images_do_not_replace_them(tmp_path):
       "a_2.png", "b.png", "a_1_1.png"]
   assert predictor.picture_names(paths, str(tmp_path / "out")) == [
       "a.png", "b.png", "a_1.png"]
+
+
+def test_save_prediction_writes_the_models_category_ids(tmp_path):
+  # Classes 0 and 2 of a model whose category ids are [7, 3, 12]: the
+  # entries carry ids 7 and 12, and the picture is drawn.
+  image = np.zeros((32, 40, 3), np.uint8)
+  masks = np.zeros((2, 32, 40), bool)
+  masks[0, 4:10, 5:12] = masks[1, 20:30, 30:38] = True
+  detections = {"boxes": np.array([[4, 5, 10, 12], [20, 30, 30, 38]],
+                                  np.float32),
+                "classes": np.array([0, 2]), "scores": np.array([0.9, 0.8]),
+                "masks": masks}
+  path = _save(tmp_path, "a.png", image)
+  entries, picture = predictor.save_prediction(
+      path, image, detections, 5, {7: "seven", 3: "three", 12: "twelve"},
+      str(tmp_path), 0.5, "out.png", category_ids=[7, 3, 12])
+  assert [e["category_id"] for e in entries] == [7, 12]
+  assert entries[0]["bbox"] == [5.0, 4.0, 7.0, 6.0]
+  assert os.path.isfile(picture)
+  # Without a list, class k is id k + 1.
+  entries, _ = predictor.save_prediction(path, image, detections, 5, {},
+                                         str(tmp_path), 0.5, "plain.png")
+  assert [e["category_id"] for e in entries] == [1, 3]

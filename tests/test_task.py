@@ -38,7 +38,10 @@ def test_coco_experiments_follow_the_spec_recipe(name, depth, steps,
   # warm-up, x0.1 steps; short side 800 (640..800 for 6x), long side 1333.
   params = exp_factory.get_exp_config(name)
   task, trainer = params.task, params.trainer
-  assert task.model.backbone.resnet.model_id == depth
+  # The release's network, so its weights convert (issue 20).
+  assert task.model.backbone.type == "msra_resnet"
+  assert task.model.backbone.msra_resnet.model_id == depth
+  assert task.model.decoder.type == "detectron2_fpn"
   assert (task.model.min_level, task.model.max_level) == (2, 7)
   assert task.model.windows.base_sides == [44, 60]
   assert task.losses.l2_weight_decay == 1e-4
@@ -60,8 +63,12 @@ def test_coco_experiments_follow_the_spec_recipe(name, depth, steps,
   np.testing.assert_allclose(optimizer.learning_rate.stepwise.values,
                              [0.02, 0.002, 0.0002])
   assert optimizer.warmup.type == "linear"
-  # COCO category ids run to 90 (class k is category k + 1).
-  assert task.model.num_classes == 90
+  # The release's 80 classes, class k being the k-th of COCO's category
+  # ids (1..90 without the 10 unused ones); natural masks.
+  assert task.model.num_classes == 80
+  assert task.model.category_ids == sorted(
+      set(range(1, 91)) - {12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
+  assert task.model.detection_generator.mask_size == 0
   # Evaluation covers the whole split at any batch size.
   assert trainer.validation_steps == -1
   assert not task.validation_data.drop_remainder
@@ -119,6 +126,35 @@ def test_mask_caps_repeat_the_last_value_and_reject_bad_ones():
   with pytest.raises(ValueError, match="mask_caps"):
     tensormask_task.mask_caps(tensormask_task.tm_cfg.Parser(mask_caps=[0]),
                               2, 3)
+
+
+def test_category_ids_default_to_one_to_k_and_reject_bad_lists():
+  tm_cfg = tensormask_task.tm_cfg
+  model = tm_cfg.TensorMaskModel(num_classes=3)
+  assert tm_cfg.category_ids(model) == [1, 2, 3]
+  model.category_ids = [4, 2, 9]
+  assert tm_cfg.category_ids(model) == [4, 2, 9]
+  for ids, message in (([1, 2], "has 2 ids but model.num_classes is 3"),
+                       ([1, 2, 2], r"repeats ids \[2\]"),
+                       ([0, 1, 2], "must be positive")):
+    model.category_ids = ids
+    with pytest.raises(ValueError, match=message):
+      tm_cfg.category_ids(model)
+  coco = tm_cfg.COCO_CATEGORY_IDS
+  assert len(coco) == 80 and coco[0] == 1 and coco[-1] == 90
+  assert not {12, 26, 29, 30, 45, 66, 68, 69, 71, 83} & set(coco)
+
+
+def test_replicas_natural_masks_are_padded_to_the_largest_side():
+  small = np.ones((1, 2, 3, 3), np.float32)
+  large = np.full((2, 2, 5, 5), 2.0, np.float32)
+  got = tensormask_task._concatenate_replicas([small, large])
+  assert got.shape == (3, 2, 5, 5)
+  np.testing.assert_array_equal(got[0, :, :3, :3], 1.0)
+  assert not got[0, :, 3:].any() and not got[0, :, :, 3:].any()
+  np.testing.assert_array_equal(got[1:], large)
+  np.testing.assert_array_equal(tensormask_task._concatenate_replicas(
+      [np.array([1, 2]), np.array([3])]), [1, 2, 3])
 
 
 def test_denormalize_image_inverts_model_garden_normalization():

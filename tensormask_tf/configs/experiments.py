@@ -54,11 +54,13 @@ def _coco(depth: int, schedule: int) -> cfg.ExperimentConfig:
   batch_size, eval_batch_size = 16, 8
   steps = 90_000 * schedule
   boundaries = [60_000, 80_000] if schedule == 1 else [480_000, 520_000]
-  # Class k is category id k + 1 everywhere (parser, evaluator, export);
-  # COCO's 80 categories have ids 1..90 with gaps, so 90 classes (Model
-  # Garden's COCO detectors likewise have 91, with background), the 10
-  # unused ones only ever negatives.
-  model = tm_cfg.TensorMaskModel(num_classes=90, input_size=[1408, 1408, 3])
+  # The release's 80 contiguous classes, class k being COCO category id
+  # COCO_CATEGORY_IDS[k] (parser, evaluator, export); natural masks.
+  model = tm_cfg.TensorMaskModel(
+      num_classes=len(tm_cfg.COCO_CATEGORY_IDS),
+      category_ids=list(tm_cfg.COCO_CATEGORY_IDS),
+      input_size=[1408, 1408, 3])
+  model.detection_generator.mask_size = 0
   # The release's network (its weights convert one to one,
   # scripts/convert_detectron2_checkpoint.py): MSRA ResNet with frozen BN,
   # stem and res2 untrained; FPN averaging lateral and top-down features.
@@ -115,6 +117,8 @@ def tensormask_shapes() -> cfg.ExperimentConfig:
   """ResNet-18 + small FPN and heads on 128-px shapes images, on CPU."""
   model = tm_cfg.TensorMaskModel(num_classes=4, input_size=[128, 128, 3],
                                  min_level=2, max_level=5)
+  # Masks resampled to 64 x 64: fixed output shapes.
+  model.detection_generator.mask_size = 64
   model.backbone.resnet.model_id = 18
   model.decoder.fpn.num_filters = 64
   model.windows.base_sides = [24, 40]

@@ -12,6 +12,12 @@ from official.vision.configs import backbones
 from official.vision.configs import common
 from official.vision.configs import decoders
 
+# COCO's 80 object categories: ids 1..90 without the 10 that no 2017
+# annotation uses. The release's contiguous class k is COCO_CATEGORY_IDS[k].
+COCO_CATEGORY_IDS = tuple(
+    i for i in range(1, 91)
+    if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+
 @dataclasses.dataclass
 class MsraResNet(hyperparams.Config):
   """The release's ResNet (modeling/backbones/msra_resnet.py): stride in the
@@ -79,19 +85,30 @@ class TensorMaskHead(hyperparams.Config):
 
 @dataclasses.dataclass
 class DetectionGenerator(hyperparams.Config):
-  """Inference post-processing (SPEC.md 3); masks are returned over each
-  detection's window at mask_size x mask_size."""
+  """Inference post-processing (SPEC.md 3, the release's; see
+  modeling/detection_generator.py).
+
+  mask_size: 0 returns each detection's natural M x M mask over its window
+    (M = S * 2**k: the release's masks, exactly); R > 0 resamples every
+    mask to R x R (fixed output shapes, coarser masks at high levels).
+  """
   score_threshold: float = 0.05
   pre_nms_top_k: int = 6000
   nms_iou_threshold: float = 0.5
   max_detections: int = 100
-  mask_size: int = 64
+  mask_size: int = 0
 
 
 @dataclasses.dataclass
 class TensorMaskModel(hyperparams.Config):
-  """One dataclass that describes the whole model."""
+  """One dataclass that describes the whole model.
+
+  category_ids: the dataset's category id of each class k = 0..K-1 (the
+    records' class ids, the evaluator's and exported detections' ids); the
+    empty list means k + 1. See `category_ids()`.
+  """
   num_classes: int = 80
+  category_ids: list[int] = dataclasses.field(default_factory=list)
   # Multiples of 2**max_level: an 800x1333 image padded to the P7 stride.
   input_size: list[int] = dataclasses.field(
       default_factory=lambda: [896, 1408, 3])
@@ -187,3 +204,28 @@ class TensorMaskTask(cfg.TaskConfig):
   use_coco_metrics: bool = True
   allow_image_summary: bool = True
   num_summary_images: int = 4
+
+
+def category_ids(model: TensorMaskModel) -> list[int]:
+  """The category id of each class 0..K-1: `model.category_ids`, or
+  1..K when it is empty.
+
+  Raises:
+    ValueError: a list whose length is not num_classes, or with repeated
+      or non-positive ids.
+  """
+  ids = [int(i) for i in model.category_ids]
+  if not ids:
+    return list(range(1, model.num_classes + 1))
+  if len(ids) != model.num_classes:
+    raise ValueError(
+        f"model.category_ids has {len(ids)} ids but model.num_classes is "
+        f"{model.num_classes}: give one category id per class (or none for "
+        "ids 1..num_classes)")
+  repeated = sorted({i for i in ids if ids.count(i) > 1})
+  if repeated:
+    raise ValueError(f"model.category_ids repeats ids {repeated}")
+  if min(ids) < 1:
+    raise ValueError("model.category_ids must be positive, got "
+                     f"{[i for i in ids if i < 1]}")
+  return ids

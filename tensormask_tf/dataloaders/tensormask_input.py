@@ -9,12 +9,16 @@ Resizing is Model Garden's: RetinaNet-style `resize_and_crop_image` to fit
 `output_size`, or Mask R-CNN-style `resize_and_crop_image_v2` (short side
 `short_side`, long side at most `long_side`) when `short_side` is set; the
 image is then padded to `output_size` rounded up to the coarsest stride. Ground-truth
-classes are COCO category ids 1..K and become 0..K-1; crowd regions and
-images without objects are allowed (they give no positives). Records whose
-classes, masks or crowd flags disagree with their boxes or image, or whose
-class ids are outside 1..K, fail with an error naming the record.
+classes are category ids, the model's `category_ids` (1..K by default),
+and become the classes 0..K-1; crowd regions and images without objects are
+allowed (they give no positives). Records whose classes, masks or crowd
+flags disagree with their boxes or image, or with a category id not in the
+model's, fail with an error naming the record.
 """
 
+from collections.abc import Sequence
+
+import numpy as np
 import tensorflow as tf
 
 from official.vision.dataloaders import parser
@@ -105,6 +109,8 @@ class Parser(parser.Parser):
                short_side: int = 0,
                long_side: int = 0,
                num_classes: int | None = None,
+               category_ids: Sequence[int] | None = None,
+               size_divisibility: int | None = None,
                dtype: str = "float32"):
     """Initializes the parser.
 
@@ -120,12 +126,18 @@ class Parser(parser.Parser):
         long_side (which must fit output_size).
       num_classes: K; when set, records with class ids outside 1..K fail
         (the task sets it).
+      category_ids: the category id of each class 0..K-1 (K = its length;
+        `tensormask_config.category_ids`); records' ids are mapped to their
+        classes and ids not in it fail. Without it, id c is class c - 1.
+      size_divisibility: the padded image's sides are multiples of it
+        (`factory.size_divisibility`; default the coarsest stride).
       dtype: image dtype ("float32", "bfloat16" or "float16").
     """
     self._output_size = tuple(output_size)
     self._spec = window_spec
     self._padded_size = tuple(preprocess_ops.compute_padded_size(
-        list(output_size), window_spec.stride(window_spec.max_level)))
+        list(output_size),
+        size_divisibility or window_spec.stride(window_spec.max_level)))
     self._mask_caps = dict(mask_caps)
     self._aug_rand_hflip = aug_rand_hflip
     self._aug_flip_prob = aug_flip_prob
@@ -141,7 +153,24 @@ class Parser(parser.Parser):
     self._long_side = long_side
     if num_classes is not None and num_classes < 1:
       raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-    self._num_classes = num_classes
+    if category_ids is None and num_classes is not None:
+      category_ids = range(1, num_classes + 1)
+    self._class_of_id = None  # [max id + 1] int32: class of each id, or -1
+    if category_ids is not None:
+      ids = [int(i) for i in category_ids]
+      if num_classes is not None and len(ids) != num_classes:
+        raise ValueError(f"{len(ids)} category_ids for num_classes "
+                         f"{num_classes}; give one id per class.")
+      if not ids or min(ids) < 1 or len(set(ids)) != len(ids):
+        raise ValueError("category_ids must be distinct positive ids, got "
+                         f"{ids}.")
+      table = np.full(max(ids) + 1, -1, np.int32)
+      table[ids] = np.arange(len(ids))
+      self._class_of_id = table
+      self._unknown_id_error = (
+          f"class ids are outside 1..{len(ids)} (num_classes)"
+          if ids == list(range(1, len(ids) + 1)) else
+          "class ids are not in the model's category_ids")
 
   @property
   def padded_size(self) -> tuple[int, int]:
@@ -176,10 +205,16 @@ class Parser(parser.Parser):
               "instance masks have values outside 0..1 (0/255 masks? set "
               "the decoder's mask_binarize_threshold)"),
     ]
-    if self._num_classes is not None:
-      checks.append(check(
-          tf.reduce_all((classes >= 1) & (classes <= self._num_classes)),
-          f"class ids are outside 1..{self._num_classes} (num_classes)"))
+    if self._class_of_id is None:
+      classes -= 1
+    else:
+      table = tf.constant(self._class_of_id)
+      known = (classes >= 0) & (classes < len(self._class_of_id))
+      classes = tf.where(known, tf.gather(
+          table, tf.clip_by_value(classes, 0, len(self._class_of_id) - 1)),
+                         -1)
+      checks.append(check(tf.reduce_all(classes >= 0),
+                          self._unknown_id_error))
     with tf.control_dependencies(checks):
       image = preprocess_ops.normalize_image(data["image"])
 
@@ -202,9 +237,12 @@ class Parser(parser.Parser):
     keep = box_ops.get_non_empty_box_indices(boxes)
     boxes = tf.gather(boxes, keep)
     labels = window_labeler.label_windows(
-        self._spec, self._padded_size, boxes, tf.gather(classes, keep) - 1,
+        self._spec, self._padded_size, boxes, tf.gather(classes, keep),
         tf.gather(masks, keep), self._mask_caps,
-        gt_is_crowd=tf.gather(is_crowd, keep))
+        gt_is_crowd=tf.gather(is_crowd, keep),
+        # The mask targets' edge ring sits at the image, not at the padding
+        # (resize_masks crops to the same int32 extent).
+        image_extent=tf.cast(image_info[1], tf.int32))
     labels["image_info"] = image_info
     labels["source_id"] = source_id
     image = tf.ensure_shape(image, [*self._padded_size, 3])

@@ -8,6 +8,7 @@ window (`paste_window_masks`) and encoded as RLE. The results are also
 written as COCO-format JSON on request.
 """
 
+from collections.abc import Sequence
 import contextlib
 import io
 import json
@@ -23,14 +24,18 @@ from tensormask_tf.modeling import detection_generator
 _METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def coco_results(image_id: int, detections: dict) -> list[dict]:
+def coco_results(image_id: int, detections: dict,
+                 category_ids: Sequence[int] | None = None) -> list[dict]:
   """COCO results entries of one image's `detections_in_original_image`:
-  category ids 1..K, [x, y, w, h] boxes, RLE masks when present."""
+  category ids (class k is category_ids[k], or k + 1 when None), [x, y, w,
+  h] boxes, RLE masks when present."""
+  ids = detection_generator.category_ids_of(detections["classes"],
+                                            category_ids)
   results = []
   for d, (ymin, xmin, ymax, xmax) in enumerate(detections["boxes"].tolist()):
     result = {
         "image_id": image_id,
-        "category_id": int(detections["classes"][d]) + 1,
+        "category_id": int(ids[d]),
         "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
         "score": float(detections["scores"][d]),
     }
@@ -46,17 +51,20 @@ def coco_results(image_id: int, detections: dict) -> list[dict]:
 class WindowMaskCocoEvaluator:
   """Accumulates detections of a dataset and computes COCO metrics."""
 
-  def __init__(self, annotation_file: str, include_mask: bool = True):
+  def __init__(self, annotation_file: str, include_mask: bool = True,
+               category_ids: Sequence[int] | None = None):
     """Initializes the evaluator.
 
     Args:
-      annotation_file: COCO instances JSON of the evaluated images; category
-        ids are 1..K and model classes 0..K-1.
+      annotation_file: COCO instances JSON of the evaluated images.
       include_mask: whether to compute mask AP as well as box AP.
+      category_ids: the category id of each model class 0..K-1
+        (`tensormask_config.category_ids`); None: class k is id k + 1.
     """
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools chatter
       self._coco = coco_api.COCO(annotation_file)
     self._include_mask = include_mask
+    self._category_ids = None if category_ids is None else list(category_ids)
     self._results = []
     self._image_ids = set()
 
@@ -69,7 +77,8 @@ class WindowMaskCocoEvaluator:
     over the images added, with or without detections.
 
     Args:
-      predictions: numpy or tensors; the detections plus "source_id" [N]
+      predictions: numpy or tensors; the detections (with
+        "detection_mask_sides" when masks are evaluated) plus "source_id" [N]
         (COCO image ids) and "image_info" [N, 4, 2] (Model Garden's:
         original size, scaled size, scale, offset).
     """
@@ -84,7 +93,8 @@ class WindowMaskCocoEvaluator:
       found = detection_generator.detections_in_original_image(
           {k: v[n] for k, v in p.items()}, p["image_info"][n],
           include_masks=self._include_mask)
-      self._results.extend(coco_results(int(image_id), found))
+      self._results.extend(coco_results(int(image_id), found,
+                                        self._category_ids))
 
   def write_results(self, path: str):
     """Writes the accumulated detections as COCO results JSON."""

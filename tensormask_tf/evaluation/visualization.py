@@ -1,29 +1,33 @@
 """Pictures of detections: translucent class-coloured masks, boxes, labels
 and scores, drawn with Model Garden's visualization utilities."""
 
+from collections.abc import Sequence
 import json
 import os
 
 import numpy as np
 
 from official.vision.utils.object_detection import visualization_utils
+from tensormask_tf.modeling import detection_generator
 
 
 def class_names(annotation_file: str | None,
-                num_classes: int) -> dict[int, str]:
-  """{1..K: name} from a COCO annotation file's categories, else
-  "class k"."""
+                category_ids: Sequence[int]) -> dict[int, str]:
+  """{category id: name} of the model's classes, in class order
+  (`tensormask_config.category_ids`), from a COCO annotation file's
+  categories, else "class <id>"."""
   names = {}
   if annotation_file and os.path.isfile(annotation_file):
     with open(annotation_file) as f:
       names = {c["id"]: c["name"] for c in json.load(f)["categories"]}
-  return {k: names.get(k, f"class {k}") for k in range(1, num_classes + 1)}
+  return {int(k): names.get(k, f"class {k}") for k in category_ids}
 
 
 def draw_detections(image: np.ndarray, detections: dict,
                     class_names: dict[int, str], min_score: float = 0.5,
                     max_detections: int = 100,
-                    min_side: int = 512) -> np.ndarray:
+                    min_side: int = 512,
+                    category_ids: Sequence[int] | None = None) -> np.ndarray:
   """Draws one image's detections on a copy of it.
 
   Args:
@@ -31,11 +35,12 @@ def draw_detections(image: np.ndarray, detections: dict,
     detections: {"boxes": [n, 4] pixels [ymin, xmin, ymax, xmax],
       "classes": [n] 0-based, "scores": [n], "masks": [n, H, W] bool or
       None} (as `detection_generator.detections_in_original_image`).
-    class_names: {class id 1..K: name}.
+    class_names: {category id: name}.
     min_score: detections below it are not drawn.
     max_detections: at most this many (the best) are drawn.
     min_side: smaller images are enlarged by a whole factor (nearest
       neighbour) so labels stay readable.
+    category_ids: the category id of each class 0..K-1; None: k + 1.
 
   Returns:
     [H * f, W * f, 3] uint8, f = ceil(min_side / min(H, W)) or 1.
@@ -49,7 +54,8 @@ def draw_detections(image: np.ndarray, detections: dict,
     masks = np.repeat(np.repeat(masks, factor, 1), factor, 2)
   visualization_utils.visualize_boxes_and_labels_on_image_array(
       picture, np.asarray(detections["boxes"], np.float32) * factor,
-      np.asarray(detections["classes"], np.int32) + 1,
+      detection_generator.category_ids_of(detections["classes"],
+                                          category_ids),
       np.asarray(detections["scores"], np.float32), category_index,
       instance_masks=None if masks is None else masks.astype(np.uint8),
       max_boxes_to_draw=max_detections, min_score_thresh=min_score,

@@ -1,16 +1,29 @@
 """TensorMask inference: detections and their window masks (SPEC.md 3).
 
-Sigmoid scores over every (window, class); scores above `score_threshold`;
-the `pre_nms_top_k` best over all levels; box deltas decoded against their
-windows and clipped to the image; class-aware NMS at `nms_iou_threshold`;
-the `max_detections` best kept. Masks are computed only for kept detections,
-with the head's gathered path, and returned *window-relative*: the natural
-mask (sigmoid) of each detection's window resampled to `mask_size` x
-`mask_size`, plus the window box. `paste_window_masks` turns them into
-image-size binary masks (inside the window box, thresholded at 0.5).
+The release's post-processing (detectron2 `projects/TensorMask`,
+`inference_single_image` and `_postprocess`), for every model:
+
+1. candidates: sigmoid scores of every (window, class) strictly above
+   `score_threshold`, pooled over the levels, the `pre_nms_top_k` best;
+   their box deltas decoded against their windows, *not* clipped;
+2. class-aware NMS on those unclipped boxes (suppressed when IoU > the
+   threshold);
+3. the `max_detections` best survivors; *then* their boxes clipped to the
+   image; *then* detections whose clipped box has no width or height
+   dropped (so an image may keep fewer than `max_detections`).
+
+Masks are computed only for the kept detections, with the head's gathered
+path, and returned *window-relative*: the sigmoid of each detection's
+natural M x M mask (M = S * 2**k for the bipyramid), or that mask resampled
+to `mask_size` x `mask_size` when `mask_size` > 0, plus the window box and
+the mask's side. `paste_window_masks` pastes them into an image as the
+release does: bilinear at pixel centres over the window box, zeros outside
+the mask, threshold 0.5.
 Runs in graph mode (the number of detections per window size varies); it is
 not meant for XLA.
 """
+
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -38,15 +51,50 @@ def _window_table(spec: windows_lib.WindowSpec, image_size):
           cat(y), cat(x))
 
 
+def _class_separated_boxes(boxes, classes, valid, num_classes: int):
+  """Boxes moved so that boxes of different classes never overlap.
+
+  One class-agnostic NMS over the moved boxes is then a per-class NMS. The
+  boxes are unclipped, so the shift is derived from the candidates' own
+  extent (not the image's). Classes are laid out on a G x G grid (G =
+  ceil(sqrt(K))), class c at grid cell (c // G, c % G), so the coordinates
+  grow to ~G times the extent rather than ~K times (less float32 rounding
+  in the IoUs). Every valid coordinate is >= 1: the padded NMS treats a
+  box whose coordinates are all <= 0 as removed.
+
+  Args:
+    boxes: [N, k, 4] float32 [ymin, xmin, ymax, xmax], any values.
+    classes: [N, k] int32 class of each box.
+    valid: [N, k] bool, the boxes that take part (the others become 0).
+    num_classes: K.
+
+  Returns:
+    [N, k, 4] float32.
+  """
+  grid = max(1, int(np.ceil(np.sqrt(num_classes))))
+  big = tf.constant(np.finfo(np.float32).max, tf.float32)
+  lowest = tf.reduce_min(tf.where(valid[..., None], boxes, big), axis=[1, 2])
+  highest = tf.reduce_max(tf.where(valid[..., None], boxes, -big),
+                          axis=[1, 2])
+  any_valid = tf.reduce_any(valid, axis=1)
+  lowest = tf.where(any_valid, lowest, 0.0)[:, None, None]  # [N, 1, 1]
+  span = tf.where(any_valid, highest, 0.0)[:, None, None] - lowest + 2.0
+  cell_y = tf.cast(classes // grid, tf.float32)[..., None]
+  cell_x = tf.cast(classes % grid, tf.float32)[..., None]
+  offset = tf.concat([cell_y, cell_x, cell_y, cell_x], axis=-1) * span
+  moved = boxes - lowest + 1.0 + offset
+  return tf.where(valid[..., None], moved, 0.0)
+
+
 def generate_detections(outputs: dict, mask_logits_fn,
                         spec: windows_lib.WindowSpec, image_size,
                         num_classes: int, score_threshold: float = 0.05,
                         pre_nms_top_k: int = 6000,
                         nms_iou_threshold: float = 0.5,
                         max_detections: int = 100,
-                        mask_size: int = 64,
+                        mask_size: int = 0,
                         image_sizes=None) -> dict[str, tf.Tensor]:
-  """Detections of a batch from the model's outputs.
+  """Detections of a batch from the model's outputs (module docstring).
 
   Args:
     outputs: the model's outputs (per-level "class_outputs", "box_outputs").
@@ -57,18 +105,30 @@ def generate_detections(outputs: dict, mask_logits_fn,
     num_classes: K.
     score_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: the
       post-processing of SPEC.md 3.
-    mask_size: side R of the returned window-relative masks.
+    mask_size: 0 returns each detection's natural M x M mask; R > 0
+      resamples every mask to R x R (bilinear, antialiased).
     image_sizes: optional [N, 2] (height, width) of each image inside the
-      padded input (Model Garden's image_info[:, 1]); boxes are clipped to
-      it before NMS, else to image_size.
+      padded input (Model Garden's image_info[:, 1]); the kept boxes are
+      clipped to it, else to image_size.
 
   Returns:
-    {"detection_boxes": [N, D, 4] (input pixels, [ymin, xmin, ymax, xmax]),
-     "detection_scores": [N, D], "detection_classes": [N, D] int32,
-     "num_detections": [N] int32, "detection_windows": [N, D, 4] window
-     boxes, "detection_masks": [N, D, R, R] mask probabilities over each
-     window}; entries past num_detections are zero.
+    {"detection_boxes": [N, D, 4] (input pixels, [ymin, xmin, ymax, xmax],
+     clipped), "detection_scores": [N, D], "detection_classes": [N, D]
+     int32 (0-based), "num_detections": [N] int32, "detection_windows":
+     [N, D, 4] window boxes (input pixels, unclipped), "detection_masks":
+     [N, D, R, R] mask probabilities over each window, the detection's
+     M x M mask in the top-left corner and zeros elsewhere,
+     "detection_mask_sides": [N, D] int32 M}; D = max_detections, entries
+     past num_detections are zero. With mask_size 0, R is the largest M of
+     the batch's detections (1 when there are none); else R = M =
+     mask_size.
+
+  Raises:
+    ValueError: a negative mask_size.
   """
+  if mask_size < 0:
+    raise ValueError(f"mask_size must be 0 (natural masks) or positive (the "
+                     f"side masks are resampled to), got {mask_size}")
   window_boxes, window_level, window_size, window_y, window_x = _window_table(
       spec, image_size)
   num_windows = window_boxes.shape[0]
@@ -84,32 +144,42 @@ def generate_detections(outputs: dict, mask_logits_fn,
   window = top_index // num_classes
   classes = top_index % num_classes
   windows = tf.gather(window_boxes, window)  # [N, k, 4]
+  # Not clipped: NMS compares the boxes as decoded.
   boxes = window_targets.decode_window_boxes(
       tf.gather(tf.cast(deltas, tf.float32), window, batch_dims=1), windows)
-  height, width = image_size
-  if image_sizes is None:
-    image_sizes = tf.constant([[height, width]], tf.float32)
-  # The image, not its padding: overlaps for NMS as on the image.
-  limits = tf.tile(tf.cast(image_sizes, tf.float32), [1, 2])[:, None, :]
-  boxes = tf.maximum(tf.minimum(boxes, limits), 0.0)
+  candidate = top_scores > score_threshold
 
-  # Class-aware NMS: boxes of different classes are moved apart so that they
-  # never overlap.
-  offset = tf.cast(classes, tf.float32)[..., None] * float(max(height, width) + 1)
   # This NMS suppresses at IoU >= its threshold; detectron2's (and TF's
   # unpadded one) only above it: the next float32 up keeps IoU == 0.5.
   iou_threshold = float(np.nextafter(np.float32(nms_iou_threshold),
                                      np.float32(np.inf)))
-  selected, num_detections = tf.image.non_max_suppression_padded(
-      boxes + offset, top_scores, max_output_size=max_detections,
+  selected, num_selected = tf.image.non_max_suppression_padded(
+      _class_separated_boxes(boxes, classes, candidate, num_classes),
+      tf.where(candidate, top_scores, 0.0), max_output_size=max_detections,
       iou_threshold=iou_threshold, score_threshold=score_threshold,
-      pad_to_max_output_size=True)
-  valid = tf.sequence_mask(num_detections, max_detections)  # [N, D]
+      pad_to_max_output_size=True, canonicalized_coordinates=True)
+
+  # The cap came first; now clip to the image and drop the boxes left
+  # without area, moving the others to the front (in score order).
+  height, width = image_size
+  if image_sizes is None:
+    image_sizes = tf.constant([[height, width]], tf.float32)
+  limits = tf.tile(tf.cast(image_sizes, tf.float32), [1, 2])[:, None, :]
+  clipped = tf.maximum(tf.minimum(
+      tf.gather(boxes, selected, batch_dims=1), limits), 0.0)
+  kept = (tf.sequence_mask(num_selected, max_detections) &
+          (clipped[..., 2] > clipped[..., 0]) &
+          (clipped[..., 3] > clipped[..., 1]))
+  order = tf.argsort(tf.cast(~kept, tf.int32), axis=1, stable=True)
+  selected = tf.gather(selected, order, batch_dims=1)
+  valid = tf.gather(kept, order, batch_dims=1)  # [N, D]
+  num_detections = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
   valid_f = tf.cast(valid, tf.float32)
   pick = lambda t: tf.gather(t, selected, batch_dims=1)
   det_window = pick(window)
   detections = {
-      "detection_boxes": pick(boxes) * valid_f[..., None],
+      "detection_boxes": tf.gather(clipped, order, batch_dims=1) *
+                         valid_f[..., None],
       "detection_scores": pick(top_scores) * valid_f,
       "detection_classes": pick(classes) * tf.cast(valid, tf.int32),
       "num_detections": num_detections,
@@ -117,76 +187,126 @@ def generate_detections(outputs: dict, mask_logits_fn,
   }
 
   # Masks of the kept detections only, one (level, window size) at a time.
-  masks = tf.zeros([batch, max_detections, mask_size, mask_size])
   det_level = tf.gather(tf.constant(window_level), det_window)
   det_size = tf.gather(tf.constant(window_size), det_window)
   det_y = tf.gather(tf.constant(window_y), det_window)
   det_x = tf.gather(tf.constant(window_x), det_window)
+  groups = []  # (where [P, 2] (n, d), probabilities [P, M, M], M)
+  sides = tf.zeros([batch, max_detections], tf.int32)
   for level in levels:
     for a in range(spec.num_sizes):
       where = tf.cast(tf.where(valid & (det_level == level) &
-                               (det_size == a)), tf.int32)  # [P, 2] (n, d)
+                               (det_size == a)), tf.int32)
       indices = tf.stack([where[:, 0], tf.gather_nd(det_y, where),
                           tf.gather_nd(det_x, where)], axis=1)
       probs = tf.sigmoid(tf.cast(mask_logits_fn(level, a, indices),
                                  tf.float32))
-      resized = tf.image.resize(probs[..., None], [mask_size, mask_size],
+      if mask_size:
+        probs = tf.image.resize(probs[..., None], [mask_size, mask_size],
                                 method="bilinear", antialias=True)[..., 0]
-      masks = tf.tensor_scatter_nd_update(masks, where, resized)
+      side = tf.shape(probs)[1]
+      sides = tf.tensor_scatter_nd_update(
+          sides, where, tf.fill(tf.shape(where)[:1], side))
+      groups.append((where, probs, side))
+  side = mask_size or tf.maximum(tf.reduce_max(sides), 1)
+  masks = tf.zeros([batch, max_detections, side, side])
+  for where, probs, group_side in groups:
+    # (A group without detections may be larger than R: cropped, empty.)
+    pad = tf.maximum(side - group_side, 0)
+    masks = tf.tensor_scatter_nd_update(masks, where, tf.pad(
+        probs[:, :side, :side], [[0, 0], [0, pad], [0, pad]]))
   detections["detection_masks"] = masks
+  detections["detection_mask_sides"] = sides
   return detections
 
 
-def paste_window_masks(window_masks, window_boxes, image_size,
-                       threshold: float = 0.5) -> tf.Tensor:
-  """Pastes window-relative masks into the image.
+def _sampling_taps(start, end, sides, size):
+  """Bilinear taps along one image axis, as `grid_sample` computes them.
 
-  Every image pixel centre inside a window samples the window's mask
-  bilinearly (pixel-centre aligned); pixels outside the window are 0.
-  A window without area (the zeroed rows after `num_detections` in padded
-  outputs) pastes an empty mask.
+  Pixel i (centre i + 0.5) of a window [start, end] with an M-cell mask
+  reads mask coordinate c = ((i + 0.5 - start) / (end - start) * 2 - 1 + 1)
+  * M / 2 - 0.5 (cell centres at 0..M-1), in float32 in this order.
+
+  Args:
+    start, end: [D] float32 window ends along the axis, end > start.
+    sides: [D] int32 mask sides M.
+    size: the image's length along the axis (int or scalar int tensor).
+
+  Returns:
+    (low [D, size] int32 cell index floor(c), far [D, size] float32 the
+    weight c - floor(c) of cell low + 1).
+  """
+  centres = tf.range(size, dtype=tf.float32)[None, :] + 0.5
+  grid = (centres - start[:, None]) / (end - start)[:, None] * 2.0 - 1.0
+  scale = tf.cast(sides, tf.float32)[:, None] / 2.0
+  position = (grid + 1.0) * scale - 0.5
+  low = tf.floor(position)
+  return tf.cast(low, tf.int32), position - low
+
+
+def paste_window_masks(window_masks, mask_sides, window_boxes, image_size,
+                       threshold: float | None = 0.5) -> tf.Tensor:
+  """Pastes window-relative masks into the image, as the release does.
+
+  Detection d's mask is the top-left M_d x M_d of window_masks[d], laid
+  over its window box: every image pixel centre samples it bilinearly
+  (detectron2's `paste_masks_in_image`: `grid_sample` with
+  align_corners=False) with zeros outside the M x M cells, so a mask
+  reaches half a mask cell past its outermost cell centres and no further.
+  A window without area or a side of 0 (the padded rows past
+  num_detections) pastes an empty mask.
 
   Args:
     window_masks: [D, R, R] mask probabilities over each window.
+    mask_sides: [D] int, the side M <= R of each mask.
     window_boxes: [D, 4] windows [ymin, xmin, ymax, xmax] in pixels.
     image_size: (height, width), ints or scalar int tensors.
-    threshold: masks are `probability >= threshold`.
+    threshold: masks are `probability >= threshold`; None returns the
+      probabilities.
 
   Returns:
-    [D, height, width] bool.
+    [D, height, width] bool, or float32 probabilities for threshold None.
   """
   masks = tf.cast(tf.convert_to_tensor(window_masks), tf.float32)
+  sides = tf.cast(tf.convert_to_tensor(mask_sides), tf.int32)
   boxes = tf.cast(tf.convert_to_tensor(window_boxes), tf.float32)
-  side = tf.cast(tf.shape(masks)[1], tf.float32)
   height, width = image_size
-  # One edge-replicated pixel around each mask, so samples in the window's
-  # outer half mask-pixel read the edge value, not 0.
-  padded = tf.pad(masks, [[0, 0], [1, 1], [1, 1]], mode="SYMMETRIC")
-  # Image row i (centre i + 0.5) sits at padded-mask coordinate
-  # (i + 0.5 - ymin) / (ymax - ymin) * R + 0.5; crop_and_resize samples
-  # y1 * (R+1) + i * (y2 - y1) * (R+1) / (height-1), hence these ends.
-  # crop_and_resize refuses the infinite scale of an empty window: sample
-  # those through a unit box and clear them below.
-  has_area = tf.reduce_all(boxes[:, 2:] > boxes[:, :2], axis=1)
+  side_limit = tf.shape(masks)[1]
+  tf.debugging.assert_less_equal(
+      sides, side_limit, message="mask_sides exceed the masks' side R")
+  has_area = (tf.reduce_all(boxes[:, 2:] > boxes[:, :2], axis=1) &
+              (sides > 0))
   boxes = tf.where(has_area[:, None], boxes, [0.0, 0.0, 1.0, 1.0])
-  scale = side / (boxes[:, 2:] - boxes[:, :2])  # mask pixels per image pixel
-  first = (0.5 - boxes[:, :2]) * scale + 0.5
-  last = (tf.cast(tf.stack([height, width]), tf.float32) - 0.5 -
-          boxes[:, :2]) * scale + 0.5
-  denominator = side + 1.0
-  normalized = tf.concat([first / denominator, last / denominator], axis=1)
-  pasted = tf.image.crop_and_resize(
-      padded[..., None], normalized, tf.range(tf.shape(masks)[0]),
-      [height, width], method="bilinear", extrapolation_value=0.0)[..., 0]
-  # Only pixels whose centres lie inside the window box.
-  rows = tf.range(height, dtype=tf.float32) + 0.5
-  cols = tf.range(width, dtype=tf.float32) + 0.5
-  inside_rows = (rows[None, :] >= boxes[:, 0:1]) & (rows[None, :] <= boxes[:, 2:3])
-  inside_cols = (cols[None, :] >= boxes[:, 1:2]) & (cols[None, :] <= boxes[:, 3:4])
-  inside = (inside_rows[:, :, None] & inside_cols[:, None, :] &
-            has_area[:, None, None])
-  pasted = tf.where(inside, pasted, 0.0)
-  return pasted >= threshold
+  # One zero row and column at index R: taps outside the M x M cells read
+  # them (zero padding).
+  padded = tf.pad(masks, [[0, 0], [0, 1], [0, 1]])
+
+  def inside(index):
+    return tf.where((index >= 0) & (index < sides[:, None]), index,
+                    side_limit)
+
+  row, south = _sampling_taps(boxes[:, 0], boxes[:, 2], sides, height)
+  col, east = _sampling_taps(boxes[:, 1], boxes[:, 3], sides, width)
+  north, west = 1.0 - south, 1.0 - east
+  # Computed as [D, width, height] (transposed at the end): both gathers
+  # then pick whole rows of contiguous values, several times faster than
+  # gathering single values along the last axis.
+  rows = [tf.transpose(tf.gather(padded, inside(row + k), axis=1,
+                                 batch_dims=1), [0, 2, 1])
+          for k in (0, 1)]  # [D, R + 1, height] each
+  value = lambda r, c: tf.gather(rows[r], inside(col + c), axis=1,
+                                 batch_dims=1)  # [D, width, height]
+  # (Float products commute exactly: this is grid_sample's wy * wx.)
+  weight = lambda wy, wx: wx[:, :, None] * wy[:, None, :]
+  # grid_sample's sum, in its order (north-west, north-east, south-west,
+  # south-east), for the same float32 rounding.
+  soft = (value(0, 0) * weight(north, west) + value(0, 1) * weight(north, east)
+          + value(1, 0) * weight(south, west)
+          + value(1, 1) * weight(south, east))
+  soft = tf.where(has_area[:, None, None], soft, 0.0)
+  if threshold is not None:
+    soft = soft >= threshold
+  return tf.transpose(soft, [0, 2, 1])
 
 
 def to_original_pixels(boxes, image_info) -> tf.Tensor:
@@ -213,9 +333,16 @@ def detections_in_original_image(detections: dict, image_info,
                                  include_masks: bool = True) -> dict:
   """One image's detections mapped back to its original pixels.
 
+  As the release's `_postprocess`: boxes scaled to the original image and
+  clipped to it, windows scaled likewise (not clipped), masks pasted at the
+  original size into the scaled windows. (Boxes without area were already
+  dropped, in input pixels, by `generate_detections`.)
+
   Args:
     detections: numpy `generate_detections` outputs of one image (no batch
-      dimension): num_detections, detection_boxes [D, 4], ...
+      dimension): num_detections, detection_boxes [D, 4], ...,
+      detection_masks [D, R, R] and detection_mask_sides [D] (only read
+      with include_masks).
     image_info: [4, 2] Model Garden's (original size, scaled size, scale,
       offset) of the image.
     include_masks: whether to paste the masks.
@@ -234,11 +361,41 @@ def detections_in_original_image(detections: dict, image_info,
   if include_masks:
     windows = to_original_pixels(detections["detection_windows"][:count],
                                  image_info)
-    masks = paste_window_masks(detections["detection_masks"][:count], windows,
-                               (height, width)).numpy()
+    masks = paste_window_masks(detections["detection_masks"][:count],
+                               detections["detection_mask_sides"][:count],
+                               windows, (height, width)).numpy()
   boxes = np.clip(boxes, 0, [height, width, height, width])
   return {"boxes": boxes,
           "classes": np.asarray(detections["detection_classes"][:count],
                                 np.int64),
           "scores": np.asarray(detections["detection_scores"][:count]),
           "masks": masks}
+
+
+def category_ids_of(classes, category_ids: Sequence[int] | None
+                    ) -> np.ndarray:
+  """[...] int64 category ids of 0-based classes: `category_ids[k]`
+  (`tensormask_config.category_ids`), or k + 1 when it is None."""
+  classes = np.asarray(classes, np.int64)
+  if category_ids is None:
+    return classes + 1
+  return np.asarray(category_ids, np.int64)[classes]
+
+
+def classes_of(ids, category_ids: Sequence[int] | None) -> np.ndarray:
+  """The inverse of `category_ids_of`: [...] int64 0-based classes.
+
+  Raises:
+    ValueError: an id that is not one of category_ids.
+  """
+  ids = np.asarray(ids, np.int64)
+  if category_ids is None:
+    return ids - 1
+  known = np.asarray(category_ids, np.int64)
+  order = np.argsort(known)
+  position = np.clip(np.searchsorted(known[order], ids), 0, len(known) - 1)
+  found = known[order][position] == ids
+  if not found.all():
+    raise ValueError(f"category ids {np.unique(ids[~found]).tolist()} are "
+                     f"not the model's ({known.tolist()})")
+  return order[position]

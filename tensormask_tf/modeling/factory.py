@@ -23,6 +23,27 @@ def window_spec(model_config: tensormask_config.TensorMaskModel
       min_level_stride=2**model_config.min_level)
 
 
+def size_divisibility(model_config: tensormask_config.TensorMaskModel) -> int:
+  """What the input's height and width must be multiples of.
+
+  32 (the C5 stride) for the release's `detectron2_fpn`: its padded stride-2
+  convolutions give P6 and P7 grids of ceil(H / 64) and ceil(H / 128), the
+  grids the windows assume, as the release pads images to multiples of 32.
+  2**max_level for Model Garden's FPN.
+  """
+  if model_config.decoder.type == "detectron2_fpn":
+    return 2**min(model_config.max_level, 5)
+  return 2**model_config.max_level
+
+
+def runs_at_any_size(model_config: tensormask_config.TensorMaskModel) -> bool:
+  """Whether the built model takes any input size (multiples of
+  `size_divisibility`), not only `input_size`: the release's backbone and
+  FPN do; Model Garden's are built for one size."""
+  return (model_config.backbone.type == "msra_resnet"
+          and model_config.decoder.type == "detectron2_fpn")
+
+
 def build_tensormask_model(
     input_specs: tf_keras.layers.InputSpec,
     model_config: tensormask_config.TensorMaskModel,
@@ -32,7 +53,7 @@ def build_tensormask_model(
 
   Args:
     input_specs: spec of the image batch, [N, H, W, 3] with H and W
-      multiples of 2**max_level.
+      multiples of `size_divisibility(model_config)`.
     model_config: the model config.
     l2_regularizer: optional kernel regularizer.
 
@@ -40,12 +61,13 @@ def build_tensormask_model(
     The (built) TensorMaskModel.
   """
   height, width = input_specs.shape[1:3]
-  stride = 2**model_config.max_level
-  if (height is not None and height % stride) or (
-      width is not None and width % stride):
+  divisor = size_divisibility(model_config)
+  if (height is not None and height % divisor) or (
+      width is not None and width % divisor):
     raise ValueError(
-        f"input size {height}x{width} must be a multiple of 2**max_level = "
-        f"{stride}, so every pyramid level has a whole grid.")
+        f"input size {height}x{width} must be a multiple of {divisor} for "
+        f"decoder {model_config.decoder.type!r} (factory.size_divisibility), "
+        "so every pyramid level has a whole grid.")
   spec = window_spec(model_config)  # Validates the window sides.
   backbone = backbone_factory.build_backbone(
       input_specs=input_specs, backbone_config=model_config.backbone,

@@ -16,11 +16,18 @@ zero):
 - `detection_boxes` float32 [B, D, 4]: `[ymin, xmin, ymax, xmax]` in pixels
   of the input image;
 - `detection_scores` float32 [B, D];
-- `detection_classes` int32 [B, D]: category ids 1..K;
+- `detection_classes` int32 [B, D]: category ids (the model's
+  `category_ids`, 1..K when it has none);
 - `detection_masks` float32 [B, D, R, R]: mask probabilities over each
-  detection's window (R = `mask_size`), to be pasted inside
-- `detection_windows` float32 [B, D, 4]: the window boxes, input pixels
-  (threshold at 0.5; `detection_generator.paste_window_masks` does it);
+  detection's window: its M x M mask in the top-left corner, zeros
+  elsewhere. With `mask_size` 0 these are the natural masks (M = S * 2**k)
+  and R is the largest M of the batch's detections; else R = M =
+  `mask_size`;
+- `detection_mask_sides` int32 [B, D]: each detection's M;
+- `detection_windows` float32 [B, D, 4]: the window boxes, pixels of the
+  input image, not clipped. A mask is pasted over its window, bilinear
+  at pixel centres with zeros outside its M x M cells, threshold 0.5
+  (`detection_generator.paste_window_masks(masks, sides, windows, size)`);
 - `image_info` float32 [B, 4, 2]: original size, scaled size, scale,
   offset of each image;
 - with `image_masks=True` also `detection_image_masks` uint8
@@ -35,6 +42,7 @@ import time
 import tensorflow as tf
 
 from official.core import config_definitions as cfg
+from tensormask_tf.configs import tensormask_config
 from tensormask_tf.modeling import detection_generator
 from tensormask_tf.modeling import factory
 from tensormask_tf.serving import predictor
@@ -97,13 +105,17 @@ class TensorMaskExportModule(tf.Module):
     valid = tf.cast(valid, tf.float32)[..., None]
     boxes = tf.clip_by_value(detection_generator.to_original_pixels(
         detections["detection_boxes"], image_info), 0.0, original)
+    category_ids = tf.constant(
+        tensormask_config.category_ids(model_config), tf.int32)
     result = {
         "num_detections": detections["num_detections"],
         "detection_boxes": boxes * valid,
         "detection_scores": detections["detection_scores"],
-        "detection_classes": detections["detection_classes"] + tf.cast(
-            valid[..., 0], tf.int32),
+        "detection_classes": tf.gather(
+            category_ids, detections["detection_classes"]) * tf.cast(
+                valid[..., 0], tf.int32),
         "detection_masks": detections["detection_masks"],
+        "detection_mask_sides": detections["detection_mask_sides"],
         "detection_windows": detection_generator.to_original_pixels(
             detections["detection_windows"], image_info) * valid,
         "image_info": image_info,
@@ -117,17 +129,17 @@ class TensorMaskExportModule(tf.Module):
     canvas = tf.reduce_max(sizes, axis=0)
 
     def paste(args):
-      masks, windows, size = args
+      masks, sides, windows, size = args
       pasted = detection_generator.paste_window_masks(
-          masks, windows, (canvas[0], canvas[1]))
+          masks, sides, windows, (canvas[0], canvas[1]))
       # Windows reach past the image: nothing outside the image itself.
       inside = (tf.range(canvas[0])[:, None] < size[0]) & (
           tf.range(canvas[1])[None, :] < size[1])
       return tf.cast(pasted & inside[None], tf.uint8)
 
     return tf.map_fn(
-        paste, (result["detection_masks"], result["detection_windows"],
-                sizes),
+        paste, (result["detection_masks"], result["detection_mask_sides"],
+                result["detection_windows"], sizes),
         fn_output_signature=tf.TensorSpec([None, None, None], tf.uint8))
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -165,7 +177,8 @@ def export_saved_model(params: cfg.ExperimentConfig, checkpoint: str | None,
   """Writes `<export_dir>/<version>/` (TF Serving's layout); returns it.
 
   The version defaults to the current Unix time. The class names go to
-  `assets.extra/class_names.json` ({"1": name, ...}) for clients.
+  `assets.extra/class_names.json` ({"<category id>": name, ...} in class
+  order, so its keys are the model's category ids) for clients.
   """
   version = int(time.time()) if version is None else version
   path = os.path.join(export_dir, str(version))

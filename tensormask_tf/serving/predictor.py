@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from official.core import config_definitions as cfg
 from official.vision.ops import preprocess_ops
+from tensormask_tf.configs import tensormask_config
 from tensormask_tf.dataloaders import tensormask_input
 from tensormask_tf.evaluation import coco_evaluator
 from tensormask_tf.evaluation import visualization
@@ -62,9 +63,11 @@ def load_image(path: str, formats: Sequence[str] | None = None
 
 
 def class_names(task_config) -> dict[int, str]:
-  """{1..K: name} of the task's annotation file (see visualization)."""
-  return visualization.class_names(task_config.annotation_file,
-                                   task_config.model.num_classes)
+  """{category id: name} of the model's classes, in class order, from the
+  task's annotation file (see visualization)."""
+  return visualization.class_names(
+      task_config.annotation_file,
+      tensormask_config.category_ids(task_config.model))
 
 
 def picture_names(paths: list[str], output_dir: str | None = None
@@ -95,7 +98,8 @@ def picture_names(paths: list[str], output_dir: str | None = None
 
 def save_prediction(path: str, image: np.ndarray, detections: dict,
                     image_id: int, names: dict[int, str], output_dir: str,
-                    min_score: float, picture_name: str | None = None
+                    min_score: float, picture_name: str | None = None,
+                    category_ids: Sequence[int] | None = None
                     ) -> tuple[list[dict], str]:
   """Writes `<output_dir>/<picture_name>` with the detections scoring at
   least min_score; returns their COCO results entries (with "file_name")
@@ -106,19 +110,22 @@ def save_prediction(path: str, image: np.ndarray, detections: dict,
     image: [H, W, 3] uint8.
     detections: `detections_in_original_image`-style dict of the image.
     image_id: the COCO image id of the entries.
-    names: {class id 1..K: name} for the picture.
+    names: {category id: name} for the picture.
     output_dir: an existing directory.
     min_score: detections below it are left out.
     picture_name: the picture's file name; by default `<image name>.png`
       (see `picture_names` for several images).
+    category_ids: the category id of each class 0..K-1 (the predictor's
+      `category_ids`); None: class k is id k + 1.
   """
   keep = detections["scores"] >= min_score
   found = {k: v[keep] for k, v in detections.items()}
-  entries = coco_evaluator.coco_results(image_id, found)
+  entries = coco_evaluator.coco_results(image_id, found, category_ids)
   for entry in entries:
     entry["file_name"] = os.path.basename(path)
   picture = visualization.draw_detections(image, found, names,
-                                          min_score=min_score)
+                                          min_score=min_score,
+                                          category_ids=category_ids)
   picture_path = os.path.join(
       output_dir, picture_name or picture_names([path], output_dir)[0])
   Image.fromarray(picture).save(picture_path)
@@ -126,10 +133,11 @@ def save_prediction(path: str, image: np.ndarray, detections: dict,
 
 
 def padded_input_size(model_config) -> tuple[int, int]:
-  """The model input's (height, width): input_size rounded up to the
-  coarsest stride."""
+  """The model input's (height, width): input_size rounded up to
+  `factory.size_divisibility`."""
   return tuple(int(v) for v in preprocess_ops.compute_padded_size(
-      list(model_config.input_size[:2]), 2**model_config.max_level))
+      list(model_config.input_size[:2]),
+      factory.size_divisibility(model_config)))
 
 
 def preprocess(image, model_config, parser_config):
@@ -156,7 +164,11 @@ def resolve_checkpoint(checkpoint: str) -> str:
 
 
 class CheckpointPredictor:
-  """Detections of one image at a time from a training checkpoint."""
+  """Detections of one image at a time from a training checkpoint.
+
+  `category_ids` (class k's category id) and `class_names` ({category id:
+  name}) are the model's.
+  """
 
   def __init__(self, params: cfg.ExperimentConfig, checkpoint: str):
     """Builds the experiment's model and restores `checkpoint` (a file
@@ -168,28 +180,56 @@ class CheckpointPredictor:
     tf.train.Checkpoint(model=self._model).read(
         checkpoint).expect_partial().assert_existing_objects_matched()
     self.class_names = class_names(params.task)
+    self.category_ids = tensormask_config.category_ids(params.task.model)
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-  def _detect(self, image):
-    model_config = self._params.task.model
-    inputs, image_info = preprocess(image, model_config,
-                                    self._params.task.validation_data.parser)
+  def _preprocess(self, image):
+    return preprocess(image, self._params.task.model,
+                      self._params.task.validation_data.parser)
+
+  @tf.function(reduce_retracing=False)  # One trace per padded size.
+  def _detect(self, inputs, image_info):
     outputs = self._model(inputs[None], training=False)
     detections = factory.postprocess(self._model, outputs,
-                                     inputs.shape[:2], model_config,
+                                     inputs.shape[:2],
+                                     self._params.task.model,
                                      image_info[None, 1, :])
-    return {k: v[0] for k, v in detections.items()}, image_info
+    return {k: v[0] for k, v in detections.items()}
 
   def __call__(self, image: np.ndarray) -> dict:
-    """`detections_in_original_image` of an [H, W, 3] uint8 image."""
-    detections, image_info = self._detect(tf.convert_to_tensor(image))
+    """`detections_in_original_image` of an [H, W, 3] uint8 image.
+
+    A model that `factory.runs_at_any_size` runs on the image padded to its
+    own size rounded up to `factory.size_divisibility`, as the release
+    pads each image (padding changes the values near the border, and costs
+    time); others on the padded `input_size`.
+    """
+    model_config = self._params.task.model
+    inputs, image_info = self._preprocess(tf.convert_to_tensor(image))
+    if factory.runs_at_any_size(model_config):
+      divisor = factory.size_divisibility(model_config)
+      height, width = (-(-int(round(v)) // divisor) * divisor
+                       for v in image_info[1].numpy())
+      inputs = inputs[:height, :width]
+    detections = self._detect(inputs, image_info)
     return detection_generator.detections_in_original_image(
         {k: v.numpy() for k, v in detections.items()}, image_info.numpy())
 
 
+def read_class_names(path: str) -> dict[int, str]:
+  """An export's class_names.json: {category id: name}, in class order (so
+  its keys are the model's category_ids)."""
+  with tf.io.gfile.GFile(path) as f:
+    return {int(k): v for k, v in json.load(f).items()}
+
+
 class SavedModelPredictor:
   """Detections of one image at a time from an exported SavedModel (its
-  `image_tensor` signature; see export_module.py)."""
+  `image_tensor` signature; see export_module.py).
+
+  `category_ids` come from the export's class_names.json (None without
+  it: category id k + 1 is class k).
+  """
 
   def __init__(self, path: str):
     if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
@@ -197,10 +237,10 @@ class SavedModelPredictor:
                               "saved_model.pb)")
     self._signature = tf.saved_model.load(path).signatures["image_tensor"]
     names_path = os.path.join(path, "assets.extra", "class_names.json")
-    self.class_names = {}
+    self.class_names, self.category_ids = {}, None
     if tf.io.gfile.exists(names_path):
-      with tf.io.gfile.GFile(names_path) as f:
-        self.class_names = {int(k): v for k, v in json.load(f).items()}
+      self.class_names = read_class_names(names_path)
+      self.category_ids = list(self.class_names)
 
   def __call__(self, image: np.ndarray) -> dict:
     """Like CheckpointPredictor.__call__."""
@@ -210,9 +250,11 @@ class SavedModelPredictor:
     height, width = image.shape[:2]
     return {
         "boxes": out["detection_boxes"][:count],
-        "classes": out["detection_classes"][:count].astype(np.int64) - 1,
+        "classes": detection_generator.classes_of(
+            out["detection_classes"][:count], self.category_ids),
         "scores": out["detection_scores"][:count],
         "masks": detection_generator.paste_window_masks(
-            out["detection_masks"][:count], out["detection_windows"][:count],
-            (height, width)).numpy(),
+            out["detection_masks"][:count],
+            out["detection_mask_sides"][:count],
+            out["detection_windows"][:count], (height, width)).numpy(),
     }

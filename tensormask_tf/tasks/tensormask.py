@@ -36,7 +36,7 @@ _COUNT_NAMES = ("num_positives", "num_mask_positives_dropped")
 _COCO_KEY = "coco_predictions"
 _DETECTION_KEYS = ("num_detections", "detection_boxes", "detection_scores",
                    "detection_classes", "detection_windows",
-                   "detection_masks")
+                   "detection_masks", "detection_mask_sides")
 
 
 def mask_caps(parser_config: tm_cfg.Parser, min_level: int,
@@ -47,6 +47,17 @@ def mask_caps(parser_config: tm_cfg.Parser, min_level: int,
     raise ValueError(f"parser.mask_caps must be positive integers, got {caps}")
   return {k: caps[min(i, len(caps) - 1)]
           for i, k in enumerate(range(min_level, max_level + 1))}
+
+
+def _concatenate_replicas(arrays: list[np.ndarray]) -> np.ndarray:
+  """Replicas' [n_i, ...] outputs as one [sum n_i, ...]; arrays that differ
+  after the first axis (the masks' [D, R, R]) are zero-padded at the end of
+  each axis to the largest."""
+  largest = np.max([a.shape for a in arrays], axis=0)
+  return np.concatenate([
+      np.pad(a, [(0, 0)] + [(0, int(m) - n)
+                            for m, n in zip(largest[1:], a.shape[1:])])
+      for a in arrays])
 
 
 def denormalize_image(image) -> np.ndarray:
@@ -67,6 +78,7 @@ class TensorMaskTask(base_task.Task):
 
   def build_model(self) -> tf_keras.Model:
     model_config = self.task_config.model
+    tm_cfg.category_ids(model_config)  # A bad list fails here, early.
     input_specs = tf_keras.layers.InputSpec(
         shape=[None] + list(model_config.input_size))
     decay = self.task_config.losses.l2_weight_decay
@@ -119,6 +131,8 @@ class TensorMaskTask(base_task.Task):
         short_side=parser_config.short_side,
         long_side=parser_config.long_side,
         num_classes=model_config.num_classes,
+        category_ids=tm_cfg.category_ids(model_config),
+        size_divisibility=factory.size_divisibility(model_config),
         dtype=params.dtype)
     reader = input_reader_factory.input_reader_generator(
         params, dataset_fn=dataset_fn.pick_dataset_fn(params.file_type),
@@ -162,7 +176,8 @@ class TensorMaskTask(base_task.Task):
     if not training:
       if self.task_config.use_coco_metrics and self.task_config.annotation_file:
         self.coco_metric = coco_evaluator.WindowMaskCocoEvaluator(
-            self.task_config.annotation_file)
+            self.task_config.annotation_file,
+            category_ids=tm_cfg.category_ids(self.task_config.model))
     return metrics
 
   def _logs(self, result: dict, metrics) -> dict:
@@ -236,8 +251,9 @@ class TensorMaskTask(base_task.Task):
         self.coco_metric.reset_states()
     if _COCO_KEY not in step_outputs:
       return state
-    # Under a strategy, one entry per local replica: concatenate them.
-    batch = {k: (np.concatenate([np.asarray(v) for v in values])
+    # Under a strategy, one entry per local replica: concatenate them (each
+    # replica's natural masks have their own side R: pad to the largest).
+    batch = {k: (_concatenate_replicas([np.asarray(v) for v in values])
                  if isinstance(values, (tuple, list)) else np.asarray(values))
              for k, values in step_outputs[_COCO_KEY].items()}
     if self.coco_metric is not None:
@@ -250,8 +266,9 @@ class TensorMaskTask(base_task.Task):
 
   def _pictures(self, batch: dict, count: int) -> list[np.ndarray]:
     """Input images with their detections' masks, boxes and scores."""
+    category_ids = tm_cfg.category_ids(self.task_config.model)
     class_names = visualization.class_names(
-        self.task_config.annotation_file, self.task_config.model.num_classes)
+        self.task_config.annotation_file, category_ids)
     pictures = []
     for n in range(min(count, len(batch["images"]))):
       image = denormalize_image(batch["images"][n])
@@ -260,8 +277,8 @@ class TensorMaskTask(base_task.Task):
       info = [[height, width], [height, width], [1.0, 1.0], [0.0, 0.0]]
       found = detection_generator.detections_in_original_image(
           {k: batch[k][n] for k in _DETECTION_KEYS}, info)
-      pictures.append(visualization.draw_detections(image, found,
-                                                    class_names))
+      pictures.append(visualization.draw_detections(
+          image, found, class_names, category_ids=category_ids))
     return pictures
 
   def reduce_aggregated_logs(self, aggregated_logs, global_step=None):

@@ -121,8 +121,8 @@ def msra_resnet(input_specs: tf_keras.layers.InputSpec, model_id: int = 50,
 
   Returns:
     A Keras model {"2": C2 [N, H/4, W/4, 256], "3": C3 (512 channels),
-    "4": C4 (1024), "5": C5 [N, H/32, W/32, 2048]}; its `output_specs` the
-    same shapes.
+    "4": C4 (1024), "5": C5 [N, H/32, W/32, 2048]} for any H and W; its
+    `output_specs` the same shapes with unknown H and W.
   """
   if model_id not in BLOCKS:
     raise ValueError(f"msra_resnet: model_id must be one of {sorted(BLOCKS)}, "
@@ -131,7 +131,9 @@ def msra_resnet(input_specs: tf_keras.layers.InputSpec, model_id: int = 50,
     raise ValueError(f"msra_resnet: freeze_at must be in 0..5, got "
                      f"{freeze_at}.")
   builder = _Builder(freeze_at, l2_regularizer)
-  inputs = tf_keras.Input(shape=input_specs.shape[1:],
+  # Any height and width (multiples of 32): the model runs at each image's
+  # own padded size, as the release does (serving.predictor).
+  inputs = tf_keras.Input(shape=[None, None, input_specs.shape[-1]],
                           batch_size=input_specs.shape[0])
   x = builder.conv_norm(inputs, 64, 7, 2, "stem_conv1", 1, relu=True)
   # Zero padding equals the release's -inf padding after a ReLU.

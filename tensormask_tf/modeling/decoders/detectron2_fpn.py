@@ -28,7 +28,8 @@ def detectron2_fpn(input_specs: dict[str, tf.TensorShape], min_level: int,
 
   Args:
     input_specs: {str(level): [N, H_k, W_k, C_k]} of the backbone, with
-      levels min_level..5 (H_k, W_k halving per level).
+      levels min_level..5 (H_k, W_k halving per level; the model takes any
+      H_k, W_k, so an input of any multiple of 32).
     min_level: finest output level (2 for TensorMask).
     max_level: coarsest output level; levels above 5 come from C5 (P6)
       and relu(P{k-1}) (P7 and up).
@@ -49,9 +50,9 @@ def detectron2_fpn(input_specs: dict[str, tf.TensorShape], min_level: int,
     raise ValueError(
         f"detectron2_fpn: levels {min_level}..{max_level} need backbone "
         f"levels {min_level}..5, got {backbone_levels}.")
-  inputs = {str(level): tf_keras.Input(shape=input_specs[str(level)][1:],
-                                       batch_size=input_specs[str(level)][0])
-            for level in range(min_level, 6)}
+  inputs = {str(level): tf_keras.Input(
+      shape=[None, None, input_specs[str(level)][-1]],
+      batch_size=input_specs[str(level)][0]) for level in range(min_level, 6)}
 
   def conv(filters, kernel_size, strides, name):
     return tf_keras.layers.Conv2D(
