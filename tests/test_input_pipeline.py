@@ -366,3 +366,36 @@ def test_mask_targets_ring_sits_at_the_image_not_the_padding(shapes):
                                                [0, 1, 1]])
           checked += 1
   assert checked == 1
+
+
+@pytest.mark.parametrize("size,short_side,long_side,expected", [
+    ((1024, 1536), 800, 1333, (800, 1200)),  # shrinking: PIL's wider filter
+    ((256, 384), 800, 1333, (800, 1200)),  # enlarging
+    ((480, 1600), 800, 1333, (400, 1333)),  # the long side binds
+])
+def test_short_side_resize_is_the_releases(size, short_side, long_side,
+                                           expected):
+  # The release resizes uint8 images with PIL's bilinear filter (detectron2's
+  # ResizeShortestEdge): ours within PIL's rounding to uint8, at the sizes
+  # detectron2 computes (int(side * scale + 0.5)).
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  # A smooth picture with edges, as photos have (noise would alias).
+  yy, xx = np.mgrid[0:size[0], 0:size[1]] / 37.0
+  base = 127 + 80 * np.sin(yy) * np.cos(xx * 1.3)
+  image = np.clip(base[..., None] + rng.normal(0, 3, (*size, 3)) +
+                  60 * ((yy + xx) % 4 > 2)[..., None], 0, 255).astype(np.uint8)
+  scale = short_side / min(size)
+  if max(size) * scale > long_side:
+    scale = long_side / max(size)
+  height, width = (int(v * scale + 0.5) for v in size)
+  assert (height, width) == expected
+  release = np.asarray(Image.fromarray(image).resize((width, height),
+                                                     Image.BILINEAR))
+  ours, info = tensormask_input.resize_short_side(
+      tf.constant(image, tf.float32), short_side, long_side, (1344, 1344))
+  np.testing.assert_array_equal(info.numpy()[1], expected)
+  assert np.all(ours.numpy()[height:] == 0) and np.all(
+      ours.numpy()[:, width:] == 0)
+  difference = np.abs(ours.numpy()[:height, :width] - release)
+  assert difference.max() <= 1.0 + 1e-3, difference.max()

@@ -5,10 +5,11 @@ produces the normalized, resized and padded image with the per-image window
 labels of `ops.label_windows` (static shapes, so examples batch). Training
 applies Model Garden's horizontal flip (image, boxes and masks together) and
 scale jitter; evaluation keeps the image's aspect ratio without jitter.
-Resizing is Model Garden's: RetinaNet-style `resize_and_crop_image` to fit
-`output_size`, or Mask R-CNN-style `resize_and_crop_image_v2` (short side
-`short_side`, long side at most `long_side`) when `short_side` is set; the
-image is then padded to `output_size` rounded up to the coarsest stride. Ground-truth
+Resizing is Model Garden's RetinaNet-style `resize_and_crop_image` to fit
+`output_size`, or, when `short_side` is set, the release's (short side
+`short_side`, long side at most `long_side`, antialiased as PIL's bilinear:
+`resize_short_side`); the image is then padded to `output_size` rounded up
+to the model's size divisibility. Ground-truth
 classes are category ids, the model's `category_ids` (1..K by default),
 and become the classes 0..K-1; crowd regions and images without objects are
 allowed (they give no positives). Records whose classes, masks or crowd
@@ -57,8 +58,8 @@ def resize_image(image, output_size: tuple[int, int],
     if aug_scale_min != 1.0 or aug_scale_max != 1.0:
       short_side = short_side * tf.random.uniform([], aug_scale_min,
                                                   aug_scale_max)
-    image, image_info = preprocess_ops.resize_and_crop_image_v2(
-        image, short_side, long_side, padded_size)
+    image, image_info = resize_short_side(image, short_side, long_side,
+                                          padded_size)
   else:
     image, image_info = preprocess_ops.resize_and_crop_image(
         image, output_size, padded_size=padded_size,
@@ -66,6 +67,34 @@ def resize_image(image, output_size: tuple[int, int],
   inside = tf.minimum(scaled_size(image_info) - image_info[3],
                       tf.constant(output_size, tf.float32))
   return image, tf.stack([image_info[0], inside, image_info[2], image_info[3]])
+
+
+def resize_short_side(image, short_side, long_side: int,
+                      padded_size: tuple[int, int]):
+  """Short side to `short_side`, long side at most `long_side`, zero-padded
+  to padded_size; returns (image, Model Garden's image_info [4, 2]).
+
+  The sizes of Model Garden's `resize_and_crop_image_v2`; the resampling is
+  the release's: detectron2 resizes with PIL's bilinear filter, which
+  widens with the scale when shrinking (antialiased; Model Garden's
+  `tf.image.resize` is not, up to 10 levels off at COCO's sizes), and
+  which `antialias=True` reproduces to within PIL's rounding to uint8.
+
+  Args:
+    image: [H, W, C] float.
+    short_side: the short side's length, a number or float32 scalar.
+    long_side: the long side's limit.
+    padded_size: (height, width) >= the resized image's.
+  """
+  size = tf.cast(tf.shape(image)[0:2], tf.float32)
+  by_short_side = tf.math.round(size * short_side / tf.reduce_min(size))
+  scaled = tf.where(
+      tf.reduce_max(by_short_side) > long_side,
+      tf.math.round(size * long_side / tf.reduce_max(size)), by_short_side)
+  resized = tf.image.resize(image, tf.cast(scaled, tf.int32),
+                            method="bilinear", antialias=True)
+  padded = tf.image.pad_to_bounding_box(resized, 0, 0, *padded_size)
+  return padded, tf.stack([size, scaled, scaled / size, tf.zeros([2])])
 
 
 def scaled_size(image_info) -> tf.Tensor:
