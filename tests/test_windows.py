@@ -268,3 +268,18 @@ def test_mask_targets_of_a_one_pixel_image_read_its_ring():
       np.array([[-3.0, -3.0, 3.0, 3.0]], np.float32), 3, 2)
   np.testing.assert_array_equal(got.numpy()[0],
                                 [[0, 0, 0], [0, 1, 1], [0, 1, 0]])
+
+
+def test_mask_sides_and_cells_of_the_bipyramid_and_feature_pyramid_heads():
+  # Windows 44 and 60 px at P2 (stride 4), doubling per level: the
+  # bipyramid's masks keep the 4-px cell (M = 11 * 2**k, 15 * 2**k), the
+  # feature-pyramid heads' take their level's stride (M = 11, 15).
+  bipyramid = windows_lib.WindowSpec()
+  pyramid = windows_lib.WindowSpec(masks_on_min_level_grid=False)
+  for level in range(2, 8):
+    k = level - 2
+    assert bipyramid.mask_cell(level) == 4
+    assert pyramid.mask_cell(level) == 4 * 2**k
+    assert [bipyramid.mask_side(level, a) for a in (0, 1)] == [11 * 2**k,
+                                                               15 * 2**k]
+    assert [pyramid.mask_side(level, a) for a in (0, 1)] == [11, 15]

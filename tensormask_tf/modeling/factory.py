@@ -20,7 +20,9 @@ def window_spec(model_config: tensormask_config.TensorMaskModel
   return windows_lib.WindowSpec(
       min_level=model_config.min_level, max_level=model_config.max_level,
       base_sides=tuple(model_config.windows.base_sides),
-      min_level_stride=2**model_config.min_level)
+      min_level_stride=2**model_config.min_level,
+      # The feature-pyramid heads predict S x S masks on each level's grid.
+      masks_on_min_level_grid=model_config.head.head_type == "bipyramid")
 
 
 def size_divisibility(model_config: tensormask_config.TensorMaskModel) -> int:

@@ -5,8 +5,9 @@ or -1 for negative windows) and box targets `[H_k, W_k, A*4]` (deltas, zero
 for negatives). Masks are learned only at positive windows, so for every
 level k and window size a the labels hold at most `cap = min(mask_caps[k],
 H_k * W_k)` of them: their grid positions `[cap, 2]` (y, x), a weight
-`[cap]` (0 for padding rows) and their mask targets `[cap, M, M]` (M = S_a *
-2**k). When an image has more positives of a (level, size) than the cap, a
+`[cap]` (0 for padding rows) and their mask targets `[cap, M, M]` (M =
+`spec.mask_side(k, a)`: S_a * 2**k for the bipyramid, S_a for the
+feature-pyramid heads). When an image has more positives of a (level, size) than the cap, a
 random subset is kept, each weighted (positives / kept), so the mask loss
 stays an unbiased estimate of its sum over every positive (SPEC.md 3 divides
 that sum by the number of positives); the number left out is counted in
@@ -111,12 +112,12 @@ def label_windows(spec: windows_lib.WindowSpec, image_size: tuple[int, int],
       dropped += tf.cast(tf.maximum(num - cap, 0), tf.float32)
       cells = tf.random.shuffle(cells, seed=seed)[:cap]
       padding = cap - tf.shape(cells)[0]
-      side = spec.mask_sides[a] * spec.upscale(level)
+      side = spec.mask_side(level, a)
       # Targets of the kept windows only; padding rows are zeros.
       targets = window_targets.window_mask_targets(
           safe_masks, tf.gather(level_matched[:, a], cells),
           tf.gather(level_windows[:, a], cells), side,
-          samples_per_cell=spec.min_level_stride, image_extent=image_extent)
+          samples_per_cell=spec.mask_cell(level), image_extent=image_extent)
       # ensure_shape: batches must have static shapes for XLA.
       labels[mask_label_key(level, a, "targets")] = tf.ensure_shape(
           tf.pad(targets, [[0, padding], [0, 0], [0, 0]]), [cap, side, side])

@@ -29,12 +29,18 @@ class WindowSpec:
     max_level: the coarsest (7 = P7).
     base_sides: window sides in pixels at min_level, one per window size.
     min_level_stride: the stride of min_level in pixels (4 for P2).
+    masks_on_min_level_grid: whether a window's natural mask has the
+      min-level stride as its cell at every level (the tensor bipyramid:
+      side S * 2**k at level k) or its own level's stride (the
+      feature-pyramid heads: side S everywhere), as the release's
+      BIPYRAMID_ON.
   """
 
   min_level: int = 2
   max_level: int = 7
   base_sides: tuple[int, ...] = (44, 60)
   min_level_stride: int = 4
+  masks_on_min_level_grid: bool = True
 
   def __post_init__(self):
     if self.min_level > self.max_level:
@@ -75,6 +81,16 @@ class WindowSpec:
   def upscale(self, level: int) -> int:
     """lam of swap_align2nat for this level: 2**k."""
     return 2**(level - self.min_level)
+
+  def mask_cell(self, level: int) -> int:
+    """Side in pixels of a natural-mask cell of the level's windows."""
+    return (self.min_level_stride if self.masks_on_min_level_grid
+            else self.stride(level))
+
+  def mask_side(self, level: int, size_index: int) -> int:
+    """Side M in cells of the natural masks of a window size at a level."""
+    return (self.base_sides[size_index] * self.upscale(level)
+            // self.mask_cell(level))
 
 
 def feature_sizes(spec: WindowSpec, image_size: tuple[int, int]
