@@ -180,3 +180,36 @@ def test_converted_model_is_an_init_checkpoint_for_fine_tuning(
       variables["head.mask_pred_15.weight"].numpy()[0, 0],
       release_checkpoint_seed38["head.mask_pred_15.weight"][:, :, 0, 0].T)
   assert tf.train.latest_checkpoint(model_dir)
+
+
+def test_pth_files_are_read_through_torch(monkeypatch, tmp_path):
+  # A detectron2 run's model_final.pth: torch.load's {"model": {name:
+  # tensor}}. torch is not a dependency: a stand-in module plays it here.
+  import sys  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "model_final.pth"
+  path.write_bytes(b"torch zip")
+  with pytest.raises(ValueError, match=r"\.pth file needs torch"):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import fails
+    converter.read_checkpoint(str(path))
+
+  class Tensor:  # torch.Tensor's float() and numpy()
+    def __init__(self, value):
+      self._value = np.asarray(value)
+
+    def float(self):
+      return Tensor(self._value.astype(np.float32))
+
+    def numpy(self):
+      return self._value
+
+  calls = []
+  def load(file, map_location=None, weights_only=False):
+    calls.append((file, map_location, weights_only))
+    return {"model": {"head.cls_score.bias": Tensor(np.arange(3.0))},
+            "iteration": 89999}
+  monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(load=load))
+  params = converter.read_checkpoint(str(path))
+  assert calls == [(str(path), "cpu", True)]  # no code run from the file
+  np.testing.assert_array_equal(params["head.cls_score.bias"], [0, 1, 2])
+  assert params["head.cls_score.bias"].dtype == np.float32

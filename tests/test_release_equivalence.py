@@ -21,6 +21,7 @@ import tensorflow as tf
 from official.vision.ops import preprocess_ops
 from tensormask_tf import convert
 from tensormask_tf.configs import experiments
+from tensormask_tf.modeling import detection_generator
 from tensormask_tf.modeling import detectron2_converter as converter
 from tensormask_tf.modeling import factory
 from tensormask_tf.ops import window_labeler
@@ -336,3 +337,31 @@ def test_readme_commands_on_a_converted_checkpoint(release_checkpoint_seed38,
       f"--export_dir={run_dir}/saved_model", "--version=1")
   assert os.path.isfile(os.path.join(run_dir, "saved_model", "1",
                                      "saved_model.pb"))
+
+
+def test_sides_not_multiples_of_32_are_padded_as_the_release_pads(model_dir):
+  # The release pads a 250 x 370 image with zeros (after normalization) to
+  # 256 x 384 and clips to 250 x 370: the same detections as image A with
+  # those rows and columns set to the mean colour, clipped there.
+  image = _image("A")[:250, :370]
+  params = experiments.load_experiment(
+      model_dir=model_dir,
+      params_override="task.model.input_size=[250,370,3],"
+      "task.validation_data.parser.short_side=250,"
+      "task.validation_data.parser.long_side=370")
+  found = predictor_lib.CheckpointPredictor(params, model_dir)(image)
+  _, model = _release_model(model_dir, "A")
+  padded = tf.pad(preprocess_ops.normalize_image(tf.constant(image)),
+                  [[0, 6], [0, 14], [0, 0]])[None]
+  outputs = model(padded, training=False)
+  detections = factory.postprocess(
+      model, outputs, (256, 384), params.task.model,
+      tf.constant([[250.0, 370.0]]))
+  info = np.array([[250, 370], [250, 370], [1, 1], [0, 0]], np.float32)
+  expected = detection_generator.detections_in_original_image(
+      {k: v[0].numpy() for k, v in detections.items()}, info)
+  assert 0 < len(found["scores"]) == len(expected["scores"])
+  np.testing.assert_allclose(found["scores"], expected["scores"], atol=1e-6)
+  np.testing.assert_allclose(found["boxes"], expected["boxes"], atol=1e-3)
+  assert found["masks"].shape[1:] == (250, 370)
+  assert (found["masks"] == expected["masks"]).mean() > 0.9999

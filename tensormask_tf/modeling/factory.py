@@ -38,6 +38,15 @@ def size_divisibility(model_config: tensormask_config.TensorMaskModel) -> int:
   return 2**model_config.max_level
 
 
+def padded_input_size(model_config: tensormask_config.TensorMaskModel
+                      ) -> tuple[int, int]:
+  """The model input's (height, width): `input_size` (what images are
+  resized to fit) rounded up to `size_divisibility`, as the parser pads."""
+  divisor = size_divisibility(model_config)
+  return tuple(-(-int(v) // divisor) * divisor
+               for v in model_config.input_size[:2])
+
+
 def runs_at_any_size(model_config: tensormask_config.TensorMaskModel) -> bool:
   """Whether the built model takes any input size (multiples of
   `size_divisibility`), not only `input_size`: the release's backbone and

@@ -87,7 +87,7 @@ class TensorMaskExportModule(tf.Module):
 
   def _preprocess_batch(self, images_fn, elements):
     """map_fn of decode + resize: images of any size batch together."""
-    image_size = predictor.padded_input_size(self._params.task.model)
+    image_size = factory.padded_input_size(self._params.task.model)
     return tf.map_fn(
         lambda element: self._preprocess(images_fn(element)), elements,
         fn_output_signature=(

@@ -132,20 +132,12 @@ def save_prediction(path: str, image: np.ndarray, detections: dict,
   return entries, picture_path
 
 
-def padded_input_size(model_config) -> tuple[int, int]:
-  """The model input's (height, width): input_size rounded up to
-  `factory.size_divisibility`."""
-  return tuple(int(v) for v in preprocess_ops.compute_padded_size(
-      list(model_config.input_size[:2]),
-      factory.size_divisibility(model_config)))
-
-
 def preprocess(image, model_config, parser_config):
   """uint8 [H, W, 3] -> (normalized model input [h, w, 3], image_info
   [4, 2]), the evaluation preprocessing."""
   image, image_info = tensormask_input.resize_image(
       preprocess_ops.normalize_image(image), model_config.input_size[:2],
-      padded_input_size(model_config), parser_config.short_side,
+      factory.padded_input_size(model_config), parser_config.short_side,
       parser_config.long_side)
   return tf.cast(image, tf.float32), tf.cast(image_info, tf.float32)
 

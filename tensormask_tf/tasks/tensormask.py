@@ -80,7 +80,8 @@ class TensorMaskTask(base_task.Task):
     model_config = self.task_config.model
     tm_cfg.category_ids(model_config)  # A bad list fails here, early.
     input_specs = tf_keras.layers.InputSpec(
-        shape=[None] + list(model_config.input_size))
+        shape=[None, *factory.padded_input_size(model_config),
+               model_config.input_size[2]])
     decay = self.task_config.losses.l2_weight_decay
     # Halved because tf_keras' l2 is decay * sum(w^2), SGD's is decay/2 * ...
     regularizer = tf_keras.regularizers.l2(decay / 2.0) if decay else None
