@@ -52,9 +52,11 @@ def window_mask_targets(instance_masks, instance_indices, window_boxes,
       aligned with the input image (pixel (i, j) covers [i, i+1) x [j, j+1)).
     instance_indices: [P] int32, which instance each window is assigned to.
     window_boxes: [P, 4] windows [ymin, xmin, ymax, xmax] in pixels.
-    mask_side: M, the natural mask side of these windows (S * 2**k).
-    samples_per_cell: pixels per mask cell and axis (side / M, the min-level
-      stride for TensorMask's windows).
+    mask_side: M, the natural mask side of these windows
+      (`WindowSpec.mask_side`: S * 2**k for the bipyramid, S for the
+      feature-pyramid heads).
+    samples_per_cell: pixels per mask cell and axis (side / M,
+      `WindowSpec.mask_cell`).
     image_extent: optional [2] int (h, w), the image's own size inside the
       masks (the resized image before padding), 1 <= h <= H, 1 <= w <= W;
       default (H, W).
