@@ -216,3 +216,16 @@ def test_a_runs_params_take_config_files_and_overrides(tmp_path):
                                 config_files=(str(tmp_path / "none.yaml"),))
   with pytest.raises(ValueError, match="only without a model_dir"):
     experiments.load_experiment(str(tmp_path), "tensormask_shapes")
+
+
+@pytest.mark.parametrize("steps_per_second,batch,text", [
+    (2.0, 8, "16.0 images/s"),
+    (1.0, 1, "1.0 images/s"),
+    (1 / 75.0, 1, "75.0 s/step"),  # a COCO step on a 2-core CPU
+    (1 / 40.0, 16, "40.0 s/step"),  # 0.4 images/s
+    (0.0, 8, "0.0 images/s"),  # no step yet
+])
+def test_progress_shows_seconds_per_step_below_one_image_a_second(
+    steps_per_second, batch, text):
+  from tensormask_tf import train  # pylint: disable=g-import-not-at-top
+  assert train.throughput(steps_per_second, batch) == text
