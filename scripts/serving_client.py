@@ -85,7 +85,7 @@ def main(_):
     for n, (image_id, path, image) in enumerate(batch):
       entries, _ = predictor.save_prediction(
           path, image,
-          client.detections_from_outputs(outputs, n, category_ids), image_id,
+          predictor.detections_from_outputs(outputs, n, category_ids), image_id,
           names, _OUTPUT_DIR.value, _MIN_SCORE.value, pictures[image_id],
           category_ids=category_ids)
       results += entries

@@ -248,7 +248,7 @@ def _expected(exported, n):
 def _check_reply(exported, outputs, count):
   assert outputs["detection_boxes"].shape[0] == count
   for n in range(count):
-    found = client.detections_from_outputs(outputs, n, CATEGORY_IDS)
+    found = predictor.detections_from_outputs(outputs, n, CATEGORY_IDS)
     want = _expected(exported, n)
     np.testing.assert_allclose(found["boxes"], want["detection_boxes"],
                                atol=1e-4)

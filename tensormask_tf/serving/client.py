@@ -4,12 +4,11 @@ Requests carry encoded images (the `serving_default` signature, input
 "inputs"): REST as `{"signature_name": ..., "instances": [{"b64": ...}]}`
 posted to `<url>/v1/models/<name>:predict`, gRPC as a `PredictRequest` to
 `PredictionService/Predict`. Replies become one detections dict per image
-(`detections_from_outputs`), ready for `coco_evaluator.coco_results` and
-`visualization.draw_detections`.
+with `predictor.detections_from_outputs`, ready for
+`coco_evaluator.coco_results` and `visualization.draw_detections`.
 """
 
 import base64
-from collections.abc import Sequence
 import json
 import urllib.error
 import urllib.request
@@ -20,7 +19,6 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from tensormask_tf.modeling import detection_generator
 
 SIGNATURE = "serving_default"
 INPUT_KEY = "inputs"
@@ -90,33 +88,3 @@ def grpc_predict(address: str, model_name: str, images: list[bytes],
     except grpc.RpcError as e:
       raise ServingError(f"{address}: {e.code().name}: {e.details()}") from e
   return {key: tf.make_ndarray(value) for key, value in reply.outputs.items()}
-
-
-def detections_from_outputs(outputs: dict[str, np.ndarray], index: int,
-                            category_ids: Sequence[int] | None = None
-                            ) -> dict:
-  """One image's detections (original pixels, 0-based classes, masks
-  pasted at the image's size) from the exported signature's outputs.
-
-  category_ids: the model's category id of each class (the keys of the
-  export's class_names.json, `predictor.read_class_names`), to map the
-  served category ids back to classes; None: id k + 1 is class k. Either
-  way `coco_results` and `draw_detections` given the same list write the
-  served ids.
-
-  Raises:
-    ValueError: a served category id not in category_ids.
-  """
-  count = int(outputs["num_detections"][index])
-  height, width = (int(round(v)) for v in outputs["image_info"][index][0])
-  pick = lambda key: np.asarray(outputs[key][index][:count])
-  return {
-      "boxes": pick("detection_boxes").astype(np.float32),
-      "classes": detection_generator.classes_of(pick("detection_classes"),
-                                                category_ids),
-      "scores": pick("detection_scores").astype(np.float32),
-      "masks": detection_generator.paste_window_masks(
-          pick("detection_masks").astype(np.float32),
-          pick("detection_mask_sides"), pick("detection_windows"),
-          (height, width)).numpy(),
-  }

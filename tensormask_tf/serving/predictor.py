@@ -236,17 +236,36 @@ class SavedModelPredictor:
 
   def __call__(self, image: np.ndarray) -> dict:
     """Like CheckpointPredictor.__call__."""
-    out = {k: v.numpy()[0] for k, v in self._signature(
+    outputs = {k: v.numpy() for k, v in self._signature(
         inputs=tf.convert_to_tensor(image[None])).items()}
-    count = int(out["num_detections"])
-    height, width = image.shape[:2]
-    return {
-        "boxes": out["detection_boxes"][:count],
-        "classes": detection_generator.classes_of(
-            out["detection_classes"][:count], self.category_ids),
-        "scores": out["detection_scores"][:count],
-        "masks": detection_generator.paste_window_masks(
-            out["detection_masks"][:count],
-            out["detection_mask_sides"][:count],
-            out["detection_windows"][:count], (height, width)).numpy(),
-    }
+    return detections_from_outputs(outputs, 0, self.category_ids)
+
+
+def detections_from_outputs(outputs: dict[str, np.ndarray], index: int,
+                            category_ids: Sequence[int] | None = None
+                            ) -> dict:
+  """One image's detections (original pixels, 0-based classes, masks
+  pasted at the image's size) from the exported signature's outputs.
+
+  category_ids: the model's category id of each class (the keys of the
+  export's class_names.json, `read_class_names`), to map the
+  served category ids back to classes; None: id k + 1 is class k. Either
+  way `coco_results` and `draw_detections` given the same list write the
+  served ids.
+
+  Raises:
+    ValueError: a served category id not in category_ids.
+  """
+  count = int(outputs["num_detections"][index])
+  height, width = (int(round(v)) for v in outputs["image_info"][index][0])
+  pick = lambda key: np.asarray(outputs[key][index][:count])
+  return {
+      "boxes": pick("detection_boxes").astype(np.float32),
+      "classes": detection_generator.classes_of(pick("detection_classes"),
+                                                category_ids),
+      "scores": pick("detection_scores").astype(np.float32),
+      "masks": detection_generator.paste_window_masks(
+          pick("detection_masks").astype(np.float32),
+          pick("detection_mask_sides"), pick("detection_windows"),
+          (height, width)).numpy(),
+  }
