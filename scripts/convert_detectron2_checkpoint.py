@@ -9,8 +9,9 @@ COCO experiment of its depth, with the file's classes and window sizes) and a
 TF checkpoint, which `scripts/predict.py --model_dir`,
 `scripts/export_saved_model.py --model_dir` and `scripts/train.py` (to
 fine-tune: `--params_override=task.init_checkpoint=<output_dir>,
-task.init_checkpoint_modules=all`) take as they are. An MSRA ImageNet backbone (`R-50.pkl`, `R-101.pkl`) becomes a
-backbone checkpoint for the COCO experiments' `task.init_checkpoint`.
+task.init_checkpoint_modules=all`) take as they are. An MSRA ImageNet
+backbone (`R-50.pkl`, `R-101.pkl`) becomes a backbone checkpoint for the
+COCO experiments' `task.init_checkpoint`.
 A file that is not exactly the model (missing, unexpected or misshapen
 keys) is refused with the keys named, and nothing is written.
 """
@@ -39,6 +40,7 @@ _EXPERIMENT = flags.DEFINE_string(
     "tensormask_r50_fpn_coco_1x or tensormask_r101_fpn_coco_6x by depth).")
 _PARAMS_OVERRIDE = flags.DEFINE_string(
     "params_override", "", "key=value overrides of that experiment.")
+
 
 def main(_):
   try:

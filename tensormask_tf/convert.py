@@ -43,9 +43,9 @@ def convert(checkpoint: str, output_dir: str, experiment: str | None = None,
     params = converter.caffe2_to_detectron2_names(params)
   layout = converter.release_layout(params, checkpoint)
   converter.output_is_free(output_dir)
-  config = experiments.load_experiment(
-      experiment=experiment or DEFAULT_EXPERIMENTS[layout.depth],
-      params_override=params_override)
+  experiment = experiment or DEFAULT_EXPERIMENTS[layout.depth]
+  config = experiments.load_experiment(experiment=experiment,
+                                       params_override=params_override)
   model_config = config.task.model
   if model_config.backbone.type != "msra_resnet":
     raise ValueError(f"experiment {experiment!r} has backbone "

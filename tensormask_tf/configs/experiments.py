@@ -55,12 +55,12 @@ def _coco(depth: int, schedule: int) -> cfg.ExperimentConfig:
   steps = 90_000 * schedule
   boundaries = [60_000, 80_000] if schedule == 1 else [480_000, 520_000]
   # The release's 80 contiguous classes, class k being COCO category id
-  # COCO_CATEGORY_IDS[k] (parser, evaluator, export); natural masks.
+  # COCO_CATEGORY_IDS[k] (parser, evaluator, export); natural masks (the
+  # default detection_generator.mask_size 0).
   model = tm_cfg.TensorMaskModel(
       num_classes=len(tm_cfg.COCO_CATEGORY_IDS),
       category_ids=list(tm_cfg.COCO_CATEGORY_IDS),
       input_size=[1408, 1408, 3])
-  model.detection_generator.mask_size = 0
   # The release's network (its weights convert one to one,
   # scripts/convert_detectron2_checkpoint.py): MSRA ResNet with frozen BN,
   # stem and res2 untrained; FPN averaging lateral and top-down features.

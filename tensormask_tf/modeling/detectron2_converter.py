@@ -27,7 +27,6 @@ named.
 """
 
 import dataclasses
-import os
 import pickle
 import re
 

@@ -7,11 +7,11 @@ level k and window size a the labels hold at most `cap = min(mask_caps[k],
 H_k * W_k)` of them: their grid positions `[cap, 2]` (y, x), a weight
 `[cap]` (0 for padding rows) and their mask targets `[cap, M, M]` (M =
 `spec.mask_side(k, a)`: S_a * 2**k for the bipyramid, S_a for the
-feature-pyramid heads). When an image has more positives of a (level, size) than the cap, a
-random subset is kept, each weighted (positives / kept), so the mask loss
-stays an unbiased estimate of its sum over every positive (SPEC.md 3 divides
-that sum by the number of positives); the number left out is counted in
-`num_mask_positives_dropped`.
+feature-pyramid heads). When an image has more positives of a (level, size)
+than the cap, a random subset is kept, each weighted (positives / kept), so
+the mask loss stays an unbiased estimate of its sum over every positive
+(SPEC.md 3 divides that sum by the number of positives); the number left
+out is counted in `num_mask_positives_dropped`.
 Crowd and padding ground truths (class < 0) never make a window positive.
 
 Run per image (e.g. in the tf.data pipeline); the batch dimension is added by
