@@ -22,6 +22,10 @@ _NUM_VAL = flags.DEFINE_integer("num_val", 50, "Validation images.")
 _SIZE = flags.DEFINE_integer("size", 128, "Image height and width.")
 _MAX_OBJECTS = flags.DEFINE_integer("max_objects", 4, "Objects per image.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (val uses seed + 1).")
+_VARIANT = flags.DEFINE_enum(
+    "variant", "shapes", list(shapes_dataset.VARIANTS),
+    "shapes: the quickstart's; shapes_large: the Table 2 ablations' "
+    "(docs/ablations.md).")
 _SHARDS = flags.DEFINE_integer("shards", 2, "TFRecord shards per split.",
                                lower_bound=1)
 
@@ -31,7 +35,8 @@ def main(_):
                              ("val", _NUM_VAL.value, _SEED.value + 1)):
     json_path = shapes_dataset.write_shapes_dataset(
         _OUTPUT_DIR.value, split, count, height=_SIZE.value,
-        width=_SIZE.value, max_objects=_MAX_OBJECTS.value, seed=seed)
+        width=_SIZE.value, max_objects=_MAX_OBJECTS.value, seed=seed,
+        variant=_VARIANT.value)
     paths = coco_tfrecord.write_coco_tfrecords(
         json_path, os.path.join(_OUTPUT_DIR.value, split),
         os.path.join(_OUTPUT_DIR.value, "tfrecords", split), _SHARDS.value)

@@ -18,7 +18,7 @@ from tests import tiny_experiment
 REPO = os.path.join(os.path.dirname(__file__), "..")
 EXPERIMENTS = ("tensormask", "tensormask_r50_fpn_coco_1x",
                "tensormask_r50_fpn_coco_6x", "tensormask_r101_fpn_coco_6x",
-               "tensormask_shapes")
+               "tensormask_shapes", "tensormask_shapes_large")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

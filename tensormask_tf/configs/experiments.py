@@ -5,8 +5,13 @@
   `tensormask_r101_fpn_coco_6x`: the COCO recipe of SPEC.md 4.
 - `tensormask_shapes`: ResNet-18 on the synthetic shapes dataset at 128 px,
   sized to train on a 2-core CPU in minutes (the quickstart).
+- `tensormask_shapes_large` and `tensormask_shapes_large_<head>`: the rows
+  of the paper's Table 2 (the mask representations' ablations) on the
+  `shapes_large` dataset at 192 px; `TABLE2_EXPERIMENTS` lists them and
+  `scripts/run_ablations.py` runs them (docs/ablations.md).
 
-Paths are relative to `COCO_DIR` / `SHAPES_DIR`; override them with
+Paths are relative to `COCO_DIR` / `SHAPES_DIR` / `SHAPES_LARGE_DIR`;
+override them with
 `--params_override` or a YAML file in `configs/`.
 """
 
@@ -21,6 +26,7 @@ from tensormask_tf.configs import tensormask_config as tm_cfg
 COCO_DIR = "coco"
 COCO_TRAIN_EXAMPLES = 118287
 SHAPES_DIR = "data/shapes"
+SHAPES_LARGE_DIR = "data/shapes_large"
 
 _RESTRICTIONS = ["task.train_data.is_training != None",
                  "task.validation_data.is_training != None"]
@@ -159,6 +165,66 @@ def tensormask_shapes() -> cfg.ExperimentConfig:
       restrictions=list(_RESTRICTIONS))
 
 
+def _shapes_large(head_type: str = "bipyramid",
+                  base_sides: tuple[int, ...] = (44, 60),
+                  upscale_factor: int = 1,
+                  interpolation: str = "bilinear") -> cfg.ExperimentConfig:
+  """One row of Table 2 on 192-px `shapes_large` images, P2..P4.
+
+  Window sides 60 px at P2 (stride 4) are the paper's V x U = 15 x 15 (44
+  px: 11 x 11); P4's 240-px windows hold the largest objects, so higher
+  levels would hold none. Sized for about 5 minutes of training on a
+  2-core CPU (docs/ablations.md).
+  """
+  params = tensormask_shapes()
+  model = params.task.model
+  model.input_size = [192, 192, 3]
+  model.max_level = 4
+  model.windows.base_sides = list(base_sides)
+  model.head.override({"head_type": head_type,
+                       "upscale_factor": upscale_factor,
+                       "upscale_interpolation": interpolation})
+  train_steps = 500
+  params.override({
+      "task": {
+          "annotation_file": os.path.join(SHAPES_LARGE_DIR, "val.json"),
+          "train_data": {
+              "input_path": os.path.join(SHAPES_LARGE_DIR, "tfrecords",
+                                         "train*"),
+              "parser": {"mask_caps": [32, 16, 8]}},
+          "validation_data": {
+              "input_path": os.path.join(SHAPES_LARGE_DIR, "tfrecords",
+                                         "val*"),
+              "parser": {"mask_caps": [32, 16, 8]}}},
+      "trainer": {
+          "train_steps": train_steps, "validation_interval": train_steps,
+          "checkpoint_interval": train_steps,
+          "optimizer_config": {
+              "learning_rate": {"cosine": {"decay_steps": train_steps}},
+              "warmup": {"linear": {"warmup_steps": 50}}}}},
+      is_strict=True)
+  return params
+
+
+# Table 2's rows (docs/ablations.md): the feature-pyramid heads predict one
+# window size, 15 x 15, as in the paper's 2a-2c; lam 3 and 5 divide 15.
+TABLE2_EXPERIMENTS = {
+    "tensormask_shapes_large": dict(),  # Bipyramid, 15 x 15 and 11 x 11.
+    "tensormask_shapes_large_bipyramid_15": dict(base_sides=(60,)),
+    **{f"tensormask_shapes_large_upscale_{representation}{suffix}_lam{lam}":
+       dict(head_type=f"upscale_{representation}", base_sides=(60,),
+            upscale_factor=lam, interpolation=interpolation)
+       for lam in (3, 5)
+       for representation, interpolation, suffix in (
+           ("natural", "bilinear", ""), ("aligned", "bilinear", ""),
+           ("aligned", "nearest", "_nearest"))},
+}
+
+for _name, _kwargs in TABLE2_EXPERIMENTS.items():
+  exp_factory.register_config_factory(_name)(
+      lambda kwargs=_kwargs: _shapes_large(**kwargs))
+
+
 def load_experiment(model_dir: str | None = None,
                     experiment: str | None = None,
                     config_files: tuple[str, ...] = (),
@@ -189,7 +255,7 @@ def load_experiment(model_dir: str | None = None,
   else:
     try:
       params = exp_factory.get_exp_config(experiment)
-    except KeyError as e:
+    except LookupError as e:  # Model Garden's registry raises LookupError.
       raise ValueError(f"unknown experiment {experiment!r}") from e
   for path in config_files:
     if not os.path.isfile(path):
