@@ -160,9 +160,13 @@ def test_report_means_seeds_and_takes_the_paper_differences(tmp_path):
   assert ("| 2a | aligned - natural, lam=5 | +19.0 | +20.0, +18.0 | "
           "+15.6 AP (natural 13.5, aligned 29.1) | yes |") in text
   # Bipyramid 39 - best feature pyramid 35: +4.0, AP_L 60 - 40.
-  assert "| 2c | tensor bipyramid - best feature-pyramid head | +4.0, " \
-         "AP_L +20.0 (best: aligned, bilinear, lam=3) |" in text
+  assert ("| 2c | tensor bipyramid - best feature-pyramid head | +4.0 "
+          "(AP_S +0.0, AP_M +0.0, AP_L +20.0; best: aligned, bilinear, "
+          "lam=3) |") in text
   assert "| 2a | aligned - natural, lam=3 | not run |" in text
+  assert ("| natural, bilinear, lam=5 | 12.0 | 50.0 | 50.0 | 50.0 | 50.0 | "
+          "20.0 | 2 | 10m00s | 13.5 |") in text
+  assert "on x: 8 runs, 40m00s of training and evaluation in all." in text
   rows = ablations.report_rows(results)
   row = next(r for r in rows if r["table"] == "2a"
              and r["experiment"] == aligned5)
