@@ -73,7 +73,8 @@ def main(_):
   start = time.time()
   ablations.run_table(_TABLE.value, _REPEATS.value, data_dir,
                       _OUTPUT_ROOT.value)
-  results = ablations.collect(_OUTPUT_ROOT.value, _REPEATS.value)
+  results = ablations.collect(_OUTPUT_ROOT.value, _REPEATS.value,
+                              os.path.join(data_dir, "val.json"))
   os.makedirs(_DOCS_DIR.value, exist_ok=True)
   natural, aligned = (
       ablations.run_dir(_OUTPUT_ROOT.value, ablations.ROWS[

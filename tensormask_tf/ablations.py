@@ -100,6 +100,7 @@ PAPER_AP = {_name("natural", 5): 13.5, _name("aligned", 5): 29.1}
 TABLES = ("2a", "2b", "2c", "2d")
 FIGURE_MIN_SCORE = 0.3
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+MASK_IOU = ("IoUs", "IoUm", "IoUl")  # matched_mask_iou's
 
 
 def table_rows(table: str) -> list[Row]:
@@ -140,11 +141,13 @@ def _train_and_evaluate(experiment: str, seed: int, data_dir: str,
   os.dup2(log, 1)
   os.dup2(log, 2)
   # pylint: disable=g-import-not-at-top
+  from absl import logging
   import tf_keras
   from tensormask_tf import registry_imports  # noqa: F401
   from tensormask_tf import train
   from tensormask_tf.configs import experiments
   # pylint: enable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)  # train.py's progress lines, ETA.
   tf_keras.utils.set_random_seed(seed)
   params = experiments.load_experiment(experiment=experiment)
   params.override({"task": {
@@ -216,9 +219,50 @@ def _duration(seconds: float) -> str:
 # ---------------------------------------------------------------------------
 # The report.
 # ---------------------------------------------------------------------------
-def collect(output_root: str, repeats: int) -> dict[str, dict]:
+def matched_mask_iou(annotation_file: str, detections_file: str
+                     ) -> dict[str, float]:
+  """The masks' quality apart from detection's: the mean mask IoU between
+  each ground truth and its best detection (same category, box IoU >= 0.5,
+  the highest score), by COCO area, in percent: {"IoUs": < 32**2 px,
+  "IoUm": < 96**2, "IoUl": the rest}; ground truths without a matching
+  detection do not count (NaN for an empty bucket)."""
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from pycocotools import coco
+  from pycocotools import mask as mask_api
+  # pylint: enable=g-import-not-at-top
+  ground_truth = coco.COCO(annotation_file)
+  with open(detections_file) as f:
+    detections = json.load(f)
+  by_image = {}
+  for d in detections:
+    by_image.setdefault(d["image_id"], []).append(d)
+  ious = {"IoUs": [], "IoUm": [], "IoUl": []}
+  for annotation in ground_truth.dataset["annotations"]:
+    candidates = [d for d in by_image.get(annotation["image_id"], [])
+                  if d["category_id"] == annotation["category_id"]]
+    if not candidates:
+      continue
+    box_ious = mask_api.iou([d["bbox"] for d in candidates],
+                            [annotation["bbox"]], [0])[:, 0]
+    matched = [d for d, iou in zip(candidates, box_ious) if iou >= 0.5]
+    if not matched:
+      continue
+    best = max(matched, key=lambda d: d["score"])
+    iou = mask_api.iou([best["segmentation"]],
+                       [ground_truth.annToRLE(annotation)], [0])[0, 0]
+    area = annotation["area"]
+    ious["IoUs" if area < 32**2 else "IoUm" if area < 96**2 else "IoUl"
+         ].append(100 * iou)
+  return {k: float(np.mean(v)) if v else float("nan") for k, v in
+          ious.items()}
+
+
+def collect(output_root: str, repeats: int,
+            annotation_file: str | None = None) -> dict[str, dict]:
   """{experiment: {metric: mean in percent, "seeds", "per_seed", "wall_s"}}
-  of the rows with at least one finished run among seeds 0..repeats-1."""
+  of the rows with at least one finished run among seeds 0..repeats-1;
+  with an annotation file, `matched_mask_iou`'s too (MASK_IOU)."""
   results = {}
   for row in ROWS.values():
     runs = [r for r in (read_run(run_dir(output_root, row, seed))
@@ -227,6 +271,11 @@ def collect(output_root: str, repeats: int) -> dict[str, dict]:
       continue
     per_seed = {m: [round(100 * r["metrics"][f"mask_{m}"], 2) for r in runs]
                 for m in METRICS}
+    if annotation_file:
+      ious = [matched_mask_iou(annotation_file, os.path.join(
+          run_dir(output_root, row, r["seed"]), "coco_detections.json"))
+              for r in runs]
+      per_seed.update({m: [round(i[m], 2) for i in ious] for m in MASK_IOU})
     results[row.experiment] = {
         **{m: round(sum(v) / len(v), 2) for m, v in per_seed.items()},
         "seeds": [r["seed"] for r in runs], "per_seed": per_seed,
@@ -293,6 +342,12 @@ def markdown(results: dict[str, dict], command: str, machine: str,
       "at level k. The paper's lam = 1.5 rows are left out: the upscale "
       "heads need an integer lam that divides 15.",
       "",
+      "Matched-mask IoU measures the masks apart from the detector: the "
+      "mean mask IoU between each ground truth and its best detection "
+      "(same class, box IoU >= 0.5, the highest score), by COCO size "
+      "(S: area < 32^2 px, M: < 96^2, L: the rest); AP mixes it with how "
+      "well each row detects.",
+      "",
       "## Differences (the paper's claims)",
       "",
       "| table | comparison | ours: delta AP | per seed | paper | same sign |",
@@ -308,6 +363,9 @@ def markdown(results: dict[str, dict], command: str, machine: str,
     if c.baseline == FEATURE_PYRAMID:
       by_size = ", ".join(f"AP_{m[-1].upper()} {_delta(results, c, m)[0]:+.1f}"
                           for m in ("APs", "APm", "APl"))
+      if all(m in results[baseline] for m in MASK_IOU):
+        by_size += "; matched-mask IoU S/M/L " + "/".join(
+            f"{_delta(results, c, m)[0]:+.1f}" for m in MASK_IOU)
       extra = f" ({by_size}; best: {ROWS[baseline].label})"
     lines.append(
         f"| {c.table} | {c.name} | {delta:+.1f}{extra} | "
@@ -315,18 +373,21 @@ def markdown(results: dict[str, dict], command: str, machine: str,
         f"{'yes' if delta * c.paper_ap_delta > 0 else 'NO'} |")
   for table in TABLES:
     lines += ["", f"## Table {table}", "",
-              "| row | AP | AP50 | AP75 | AP_S | AP_M | AP_L | seeds | "
-              "train + eval time | paper AP |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| row | AP | AP50 | AP75 | AP_S | AP_M | AP_L | matched-mask "
+              "IoU S / M / L | seeds | train + eval time | paper AP |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | "
+              "--- |"]
     for row in table_rows(table):
       r = results.get(row.experiment)
       paper = PAPER_AP.get(row.experiment, "")
       if r is None:
-        lines.append(f"| {row.label} | not run | | | | | | | | {paper} |")
+        lines.append(f"| {row.label} | not run | | | | | | | | | {paper} |")
         continue
+      ious = " / ".join(f"{r[m]:.1f}" for m in MASK_IOU if m in r)
       lines.append(
           f"| {row.label} | " + " | ".join(f"{r[m]:.1f}" for m in METRICS)
-          + f" | {len(r['seeds'])} | {_duration(r['wall_s'])} | {paper} |")
+          + f" | {ious} | {len(r['seeds'])} | {_duration(r['wall_s'])} | "
+          f"{paper} |")
   if figure:
     lines += ["", "## Natural vs aligned masks at lam = 5 (the paper's "
               "Fig. 9)", "",

@@ -5,16 +5,17 @@ import json
 import os
 
 import numpy as np
+from pycocotools import mask as mask_api
 import pytest
 from scipy import spatial
 
 from official.core import exp_factory
-from official.core import task_factory
 from tensormask_tf import ablations
 from tensormask_tf import registry_imports  # noqa: F401
 from tensormask_tf.configs import experiments
 from tensormask_tf.data import coco_tfrecord
 from tensormask_tf.data import shapes_dataset
+from tests import training_helpers
 
 
 def _solidity(mask: np.ndarray) -> float:
@@ -105,12 +106,8 @@ def test_every_ablation_experiment_trains_and_evaluates(
                                                      "val*"),
                           "global_batch_size": 2}}}, is_strict=True)
   row = ablations.ROWS[experiment]
-  task = task_factory.get_task(params.task)
-  model = task.build_model()
-  optimizer = task.create_optimizer(params.trainer.optimizer_config,
-                                    params.runtime)
-  inputs = task.build_inputs(params.task.train_data)
-  _, labels = next(iter(inputs))
+  task, model, optimizer = training_helpers.build_task(params)
+  _, labels = next(iter(task.build_inputs(params.task.train_data)))
   # The paper's mask sides: S x S on each level's grid for the feature
   # pyramid, S * 2**k on P2's for the bipyramid (sides in increasing order).
   for level in (2, 3, 4):
@@ -118,13 +115,9 @@ def test_every_ablation_experiment_trains_and_evaluates(
       expected = side * 2**(level - 2) if row.head == "bipyramid" else side
       assert labels[f"mask_targets_{level}_{a}"].shape[2:] == (expected,
                                                                expected)
-  for batch, _ in zip(inputs, range(2)):
-    logs = task.train_step(batch, model, optimizer)
-    assert np.isfinite(float(logs[task.loss]))
-  task.build_metrics(training=False)
-  batch = next(iter(task.build_inputs(params.task.validation_data)))
-  state = task.aggregate_logs(None, task.validation_step(batch, model))
-  assert 0.0 <= task.reduce_aggregated_logs(state)["mask_AP"] <= 1.0
+  result = training_helpers.train_then_evaluate(task, model, optimizer,
+                                                params)
+  assert 0.0 <= result["mask_AP"] <= 1.0
 
 
 def _write_run(root, experiment, seed, ap, apl):
@@ -165,7 +158,7 @@ def test_report_means_seeds_and_takes_the_paper_differences(tmp_path):
           "lam=3) |") in text
   assert "| 2a | aligned - natural, lam=3 | not run |" in text
   assert ("| natural, bilinear, lam=5 | 12.0 | 50.0 | 50.0 | 50.0 | 50.0 | "
-          "20.0 | 2 | 10m00s | 13.5 |") in text
+          "20.0 |  | 2 | 10m00s | 13.5 |") in text
   assert "on x: 8 runs, 40m00s of training and evaluation in all." in text
   rows = ablations.report_rows(results)
   row = next(r for r in rows if r["table"] == "2a"
@@ -174,6 +167,55 @@ def test_report_means_seeds_and_takes_the_paper_differences(tmp_path):
       "upscale_aligned", 5, 31.0, 30.0, [0, 1])
   # Only seeds 0..repeats-1 count.
   assert ablations.collect(root, repeats=1)[natural5]["AP"] == 10.0
+
+
+def test_matched_mask_iou_takes_each_ground_truths_best_detection(tmp_path):
+  def rle(mask):
+    encoded = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": encoded["size"], "counts": encoded["counts"].decode()}
+
+  small = np.zeros((200, 200), bool)
+  small[:10, :10] = True  # 100 px: COCO small.
+  large = np.zeros((200, 200), bool)
+  large[100:, :100] = True  # 10000 px: large.
+  annotations = [
+      {"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+       "area": int(m.sum()), "bbox": box,
+       "segmentation": shapes_dataset.uncompressed_rle(m)}
+      for i, (m, box) in enumerate([(small, [0, 0, 10, 10]),
+                                    (large, [0, 100, 100, 100])])]
+  annotation_file = tmp_path / "val.json"
+  annotation_file.write_text(json.dumps({
+      "images": [{"id": 1, "height": 200, "width": 200}],
+      "annotations": annotations,
+      "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+  half, three_quarters = small.copy(), large.copy()
+  half[:, 5:] = False  # IoU 50 / 100 with the small one.
+  three_quarters[175:] = False  # 7500 / 10000 with the large one.
+  detections = [
+      # The best-scoring match of the small object.
+      {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10],
+       "score": 0.9, "segmentation": rle(half)},
+      # Exact, but a lower score: not its best detection.
+      {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10],
+       "score": 0.5, "segmentation": rle(small)},
+      # Exact and the highest score, but another class.
+      {"image_id": 1, "category_id": 2, "bbox": [0, 0, 10, 10],
+       "score": 0.99, "segmentation": rle(small)},
+      # The large object's only detection with box IoU >= 0.5 (0.75).
+      {"image_id": 1, "category_id": 1, "bbox": [0, 100, 100, 75],
+       "score": 0.3, "segmentation": rle(three_quarters)},
+      # Exact mask and a higher score, but box IoU 0.25 < 0.5.
+      {"image_id": 1, "category_id": 1, "bbox": [0, 100, 50, 50],
+       "score": 0.8, "segmentation": rle(large)},
+  ]
+  detections_file = tmp_path / "detections.json"
+  detections_file.write_text(json.dumps(detections))
+  ious = ablations.matched_mask_iou(str(annotation_file),
+                                    str(detections_file))
+  assert ious["IoUs"] == pytest.approx(50.0)
+  assert np.isnan(ious["IoUm"])
+  assert ious["IoUl"] == pytest.approx(75.0)
 
 
 def test_run_reuses_a_finished_run_and_names_a_failed_ones_log(tmp_path):

@@ -14,6 +14,7 @@ from tensormask_tf import registry_imports  # noqa: F401
 from tensormask_tf.modeling.heads import tensormask_head
 from tensormask_tf.tasks import tensormask as tensormask_task
 from tests import tiny_experiment
+from tests import training_helpers
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 EXPERIMENTS = ("tensormask", "tensormask_r50_fpn_coco_1x",
@@ -253,24 +254,14 @@ def test_every_head_type_trains_and_evaluates_through_the_task(
   params = tiny_experiment.tiny_shapes_experiment(shapes_records)
   params.override({"task": {"model": {"head": {
       "head_type": head_type, "upscale_factor": 2}}}})
-  task = task_factory.get_task(params.task)
-  model = task.build_model()
-  optimizer = task.create_optimizer(params.trainer.optimizer_config,
-                                    params.runtime)
-  inputs = task.build_inputs(params.task.train_data)
-  _, labels = next(iter(inputs))
+  task, model, optimizer = training_helpers.build_task(params)
+  _, labels = next(iter(task.build_inputs(params.task.train_data)))
   sides = params.task.model.windows.base_sides  # [24, 40]: S = 6, 10
   bipyramid = head_type == "bipyramid"
   for level in (2, 5):
     for a, base in enumerate(sides):
       side = base // 4 * (2**(level - 2) if bipyramid else 1)
       assert labels[f"mask_targets_{level}_{a}"].shape[2:] == (side, side)
-  for batch, _ in zip(inputs, range(2)):
-    logs = task.train_step(batch, model, optimizer)
-    assert np.isfinite(float(logs[task.loss]))
-  task.build_metrics(training=False)
-  batch = next(iter(task.build_inputs(params.task.validation_data)))
-  outputs = task.validation_step(batch, model)
-  state = task.aggregate_logs(None, outputs)
-  result = task.reduce_aggregated_logs(state)
+  result = training_helpers.train_then_evaluate(task, model, optimizer,
+                                                params)
   assert 0.0 <= result["mask_AP"] <= 1.0

@@ -23,3 +23,28 @@ def make_train_step(model, spec, num_classes: int, optimizer,
     return result
 
   return step
+
+
+def build_task(params):
+  """(task, model, optimizer) of an experiment, as train_lib builds them."""
+  # pylint: disable=g-import-not-at-top
+  from official.core import task_factory
+  # pylint: enable=g-import-not-at-top
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  optimizer = task.create_optimizer(params.trainer.optimizer_config,
+                                    params.runtime)
+  return task, model, optimizer
+
+
+def train_then_evaluate(task, model, optimizer, params, steps: int = 2):
+  """`steps` training steps through the task (each loss asserted finite),
+  then one validation batch; returns the reduced metrics (COCO AP)."""
+  inputs = task.build_inputs(params.task.train_data)
+  for batch, _ in zip(inputs, range(steps)):
+    logs = task.train_step(batch, model, optimizer)
+    assert tf.math.is_finite(logs[task.loss]), logs
+  task.build_metrics(training=False)
+  batch = next(iter(task.build_inputs(params.task.validation_data)))
+  state = task.aggregate_logs(None, task.validation_step(batch, model))
+  return task.reduce_aggregated_logs(state)
