@@ -16,6 +16,10 @@ import os
 import time
 from typing import Callable, Sequence
 
+from official.core import exp_factory
+from tensormask_tf import train
+from tensormask_tf.configs import experiments
+
 # Sub-tables and what they compare, with the paper's numbers (COCO val2017,
 # R50-FPN, 72 epochs; AP in percent). lam = 1.5 is left out: the upscale
 # heads need an integer lam that divides S = 15.
@@ -51,52 +55,49 @@ class Comparison:
   paper: str  # the paper's numbers, as text
 
 
-def _upscale(representation: str, lam: int, interpolation: str) -> Row:
-  suffix = "_nearest" if interpolation == "nearest" else ""
-  return Row(f"tensormask_shapes_large_upscale_{representation}{suffix}"
-             f"_lam{lam}", f"upscale_{representation}", lam, interpolation,
-             (15,))
+def _row(experiment: str) -> Row:
+  """The row of a registered experiment, read from its config."""
+  model = exp_factory.get_exp_config(experiment).task.model
+  head = model.head
+  upscale = head.head_type.startswith("upscale")
+  stride = 2**model.min_level
+  return Row(experiment, head.head_type,
+             head.upscale_factor if upscale else None,
+             head.upscale_interpolation if upscale else None,
+             tuple(sorted(side // stride
+                          for side in model.windows.base_sides)))
 
 
-BIPYRAMID_15 = Row("tensormask_shapes_large_bipyramid_15", "bipyramid", None,
-                   None, (15,))
-BIPYRAMID_15_11 = Row("tensormask_shapes_large", "bipyramid", None, None,
-                      (11, 15))
-FEATURE_PYRAMID_ROWS = tuple(
-    _upscale(representation, lam, interpolation) for lam in (3, 5)
-    for representation, interpolation in (("natural", "bilinear"),
-                                          ("aligned", "bilinear"),
-                                          ("aligned", "nearest")))
-ROWS = {row.experiment: row
-        for row in FEATURE_PYRAMID_ROWS + (BIPYRAMID_15, BIPYRAMID_15_11)}
-
-
-def _name(representation, lam, interpolation="bilinear") -> str:
-  return _upscale(representation, lam, interpolation).experiment
-
+ROWS = {name: _row(name) for name in experiments.TABLE2_EXPERIMENTS}
+FEATURE_PYRAMID_ROWS = tuple(row for row in ROWS.values()
+                             if row.head != "bipyramid")
+_PREFIX = "tensormask_shapes_large"
+BIPYRAMID_15 = f"{_PREFIX}_bipyramid_15"
+BIPYRAMID_15_11 = _PREFIX
 
 COMPARISONS = (
-    Comparison("2a", "aligned - natural, lam=3", _name("natural", 3),
-               _name("aligned", 3), 4.1, "+4.1 AP"),
-    Comparison("2a", "aligned - natural, lam=5", _name("natural", 5),
-               _name("aligned", 5), 15.6,
+    Comparison("2a", "aligned - natural, lam=3",
+               f"{_PREFIX}_upscale_natural_lam3",
+               f"{_PREFIX}_upscale_aligned_lam3", 4.1, "+4.1 AP"),
+    Comparison("2a", "aligned - natural, lam=5",
+               f"{_PREFIX}_upscale_natural_lam5",
+               f"{_PREFIX}_upscale_aligned_lam5", 15.6,
                "+15.6 AP (natural 13.5, aligned 29.1)"),
     Comparison("2b", "bilinear - nearest (aligned), lam=3",
-               _name("aligned", 3, "nearest"), _name("aligned", 3), 1.0,
-               "+1.0 AP"),
+               f"{_PREFIX}_upscale_aligned_nearest_lam3",
+               f"{_PREFIX}_upscale_aligned_lam3", 1.0, "+1.0 AP"),
     Comparison("2b", "bilinear - nearest (aligned), lam=5",
-               _name("aligned", 5, "nearest"), _name("aligned", 5), 3.2,
-               "+3.2 AP"),
+               f"{_PREFIX}_upscale_aligned_nearest_lam5",
+               f"{_PREFIX}_upscale_aligned_lam5", 3.2, "+3.2 AP"),
     Comparison("2c", "tensor bipyramid - best feature-pyramid head",
-               FEATURE_PYRAMID, BIPYRAMID_15.experiment, 4.1,
-               "+4.1 AP, AP_L +7.0"),
+               FEATURE_PYRAMID, BIPYRAMID_15, 4.1, "+4.1 AP, AP_L +7.0"),
     Comparison("2d", "two window sizes (15, 11) - one (15)",
-               BIPYRAMID_15.experiment, BIPYRAMID_15_11.experiment, 1.6,
-               "+1.6 AP"),
+               BIPYRAMID_15, BIPYRAMID_15_11, 1.6, "+1.6 AP"),
 )
 # The paper's AP of rows whose absolute numbers it states for this layout
 # (2a at lam = 5); its other rows are compared by their differences.
-PAPER_AP = {_name("natural", 5): 13.5, _name("aligned", 5): 29.1}
+PAPER_AP = {f"{_PREFIX}_upscale_natural_lam5": 13.5,
+            f"{_PREFIX}_upscale_aligned_lam5": 29.1}
 TABLES = ("2a", "2b", "2c", "2d")
 FIGURE_MIN_SCORE = 0.3
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -144,8 +145,6 @@ def _train_and_evaluate(experiment: str, seed: int, data_dir: str,
   from absl import logging
   import tf_keras
   from tensormask_tf import registry_imports  # noqa: F401
-  from tensormask_tf import train
-  from tensormask_tf.configs import experiments
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)  # train.py's progress lines, ETA.
   tf_keras.utils.set_random_seed(seed)
@@ -207,13 +206,7 @@ def run_table(table: str, repeats: int, data_dir: str, output_root: str,
     eta = elapsed / i * (len(todo) - i)
     report(f"[ablations] {i}/{len(todo)} {row.experiment} seed {seed}: "
            f"mask AP {100 * result['metrics']['mask_AP']:.1f} "
-           f"({_duration(result['wall_s'])}); ETA {_duration(eta)}")
-
-
-def _duration(seconds: float) -> str:
-  minutes, seconds = divmod(int(round(seconds)), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+           f"({train.duration(result['wall_s'])}); ETA {train.duration(eta)}")
 
 
 # ---------------------------------------------------------------------------
@@ -333,7 +326,7 @@ def markdown(results: dict[str, dict], command: str, machine: str,
       "epochs, so only the signs and sizes of the differences compare.",
       "",
       f"Made by `{command}` on {machine}: {runs} runs, "
-      f"{_duration(wall)} of training and evaluation in all.",
+      f"{train.duration(wall)} of training and evaluation in all.",
       "",
       "Rows (registered experiments, `tensormask_tf/configs/experiments.py`"
       "): the feature-pyramid heads predict 15 x 15 masks (one window size, "
@@ -386,7 +379,7 @@ def markdown(results: dict[str, dict], command: str, machine: str,
       ious = " / ".join(f"{r[m]:.1f}" for m in MASK_IOU if m in r)
       lines.append(
           f"| {row.label} | " + " | ".join(f"{r[m]:.1f}" for m in METRICS)
-          + f" | {ious} | {len(r['seeds'])} | {_duration(r['wall_s'])} | "
+          + f" | {ious} | {len(r['seeds'])} | {train.duration(r['wall_s'])} | "
           f"{paper} |")
   if figure:
     lines += ["", "## Natural vs aligned masks at lam = 5 (the paper's "
@@ -417,7 +410,6 @@ def natural_vs_aligned_figure(natural_dir: str, aligned_dir: str,
   import numpy as np
   from PIL import Image
   from PIL import ImageDraw
-  from tensormask_tf.configs import experiments
   from tensormask_tf.evaluation import visualization
   from tensormask_tf.serving import predictor
   # pylint: enable=g-import-not-at-top

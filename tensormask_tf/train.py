@@ -62,7 +62,7 @@ class ProgressLogger:
     loss_text = f"loss {float(loss):.4f} | " if loss is not None else ""
     logging.info("step %d/%d (%.0f%%) | %s%s | ETA %s", step,
                  self._train_steps, 100.0 * step / self._train_steps,
-                 loss_text, throughput(rate, self._batch), _duration(eta))
+                 loss_text, throughput(rate, self._batch), duration(eta))
 
 
 class EvalRecorder:
@@ -85,7 +85,8 @@ def throughput(steps_per_second: float, batch_size: int) -> str:
   return f"{1.0 / steps_per_second:.1f} s/step"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """"5m07s" or "1h32m47s" ("?" for infinity)."""
   if seconds == float("inf"):
     return "?"
   minutes, seconds = divmod(int(seconds), 60)
