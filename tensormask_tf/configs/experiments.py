@@ -63,10 +63,14 @@ def _coco(depth: int, schedule: int) -> cfg.ExperimentConfig:
   # The release's 80 contiguous classes, class k being COCO category id
   # COCO_CATEGORY_IDS[k] (parser, evaluator, export); natural masks (the
   # default detection_generator.mask_size 0).
+  # Orientation buckets (parser.orientation_buckets): an 800x1333 image
+  # padded to 800x1344 (multiples of the release's size divisibility, 32),
+  # a 1333x800 one to 1344x800; a square input holding both would be
+  # 1344x1344, 1.7x the pixels of either bucket.
   model = tm_cfg.TensorMaskModel(
       num_classes=len(tm_cfg.COCO_CATEGORY_IDS),
       category_ids=list(tm_cfg.COCO_CATEGORY_IDS),
-      input_size=[1408, 1408, 3])
+      input_size=[800, 1344, 3])
   # The release's network (its weights convert one to one,
   # scripts/convert_detectron2_checkpoint.py): MSRA ResNet with frozen BN,
   # stem and res2 untrained; FPN averaging lateral and top-down features.
@@ -75,7 +79,7 @@ def _coco(depth: int, schedule: int) -> cfg.ExperimentConfig:
   model.decoder = tm_cfg.Decoder(
       type="detectron2_fpn", detectron2_fpn=tm_cfg.Detectron2FPN())
   train_parser = tm_cfg.Parser(short_side=800, long_side=1333,
-                               aug_rand_hflip=True)
+                               aug_rand_hflip=True, orientation_buckets=True)
   if schedule > 1:  # Short side jittered over 640..800.
     train_parser.aug_scale_min = 0.8
   return cfg.ExperimentConfig(
@@ -91,7 +95,8 @@ def _coco(depth: int, schedule: int) -> cfg.ExperimentConfig:
           validation_data=tm_cfg.DataConfig(
               input_path=os.path.join(COCO_DIR, "tfrecords", "val*"), is_training=False,
               global_batch_size=eval_batch_size, drop_remainder=False,
-              parser=tm_cfg.Parser(short_side=800, long_side=1333))),
+              parser=tm_cfg.Parser(short_side=800, long_side=1333,
+                                   orientation_buckets=True))),
       trainer=cfg.TrainerConfig(
           train_steps=steps,
           # The whole split, whatever the batch size (val2017's 5000

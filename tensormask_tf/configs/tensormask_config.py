@@ -142,9 +142,17 @@ class Parser(hyperparams.Config):
   `mask_caps[i]` is the most positive windows per window size and image
   whose masks are learned at level min_level + i (the last value repeats
   for higher levels).
+
+  `orientation_buckets` (needs `short_side` > 0 and a model that
+  `factory.runs_at_any_size`): images at least as wide as tall are padded
+  to `model.input_size` as (short, long) sides, taller ones to its
+  transpose, and each batch holds one orientation; every step still has
+  one of two static shapes, and no image is padded past its own bucket
+  (tensormask_tf/dataloaders/tensormask_input.py).
   """
   short_side: int = 0
   long_side: int = 0
+  orientation_buckets: bool = False
   aug_rand_hflip: bool = False
   aug_scale_min: float = 1.0
   aug_scale_max: float = 1.0

@@ -15,6 +15,19 @@ and become the classes 0..K-1; crowd regions and images without objects are
 allowed (they give no positives). Records whose classes, masks or crowd
 flags disagree with their boxes or image, or with a category id not in the
 model's, fail with an error naming the record.
+
+Orientation buckets (`orientation_buckets`): COCO's images are about three
+quarters landscape, and padding both orientations to one square input
+computes ~1.6x the pixels they need. With buckets, an image at least as
+wide as tall is padded to the landscape bucket (short, long) and a taller
+one to the portrait bucket (long, short), each labelled in its own
+orientation. So that every element of the dataset has one static shape, a
+portrait example is *stored* transposed (its image and its per-level grid
+labels, `class_targets_k` and `box_targets_k`; the mask labels have the
+same shapes in both orientations and are kept as they are) with
+`labels["portrait"]` true; `batch_by_orientation` makes every batch one
+orientation, and `run_in_orientation` transposes a portrait batch back
+inside a `tf.cond` branch of static shapes (XLA and TPUs compile both).
 """
 
 from collections.abc import Sequence
@@ -27,6 +40,63 @@ from official.vision.ops import box_ops
 from official.vision.ops import preprocess_ops
 from tensormask_tf.ops import window_labeler
 from tensormask_tf.ops import windows as windows_lib
+
+
+PORTRAIT_KEY = "portrait"
+# Labels on the pyramid levels' grids, [H_k, W_k, ...]: transposed in a
+# stored portrait example.
+_GRID_LABEL_PREFIXES = ("class_targets_", "box_targets_")
+
+
+def bucket_sizes(size: Sequence[int]) -> tuple[tuple[int, int],
+                                               tuple[int, int]]:
+  """(landscape, portrait) (height, width) buckets of a size's sides."""
+  short, long = sorted(int(v) for v in size[:2])
+  return (short, long), (long, short)
+
+
+def any_orientation_size(size: Sequence[int]) -> tuple[int, int]:
+  """The square that holds both buckets of `size` (what a batch of mixed
+  orientations is padded to at serving time)."""
+  side = max(int(v) for v in size[:2])
+  return side, side
+
+
+def _transpose_grids(image, labels: dict, batched: bool):
+  """The image and grid labels transposed; other labels as they are."""
+  perm = [1, 0, 2] if not batched else [0, 2, 1, 3]
+  return tf.transpose(image, perm), {
+      k: tf.transpose(v, perm) if k.startswith(_GRID_LABEL_PREFIXES) else v
+      for k, v in labels.items()}
+
+
+def batch_by_orientation(dataset: tf.data.Dataset, batch_size: int,
+                         drop_remainder: bool) -> tf.data.Dataset:
+  """Batches of `batch_size` examples of one orientation each (the last of
+  each orientation partial unless drop_remainder)."""
+  return dataset.group_by_window(
+      key_func=lambda image, labels: tf.cast(labels[PORTRAIT_KEY], tf.int64),
+      reduce_func=lambda key, examples: examples.batch(
+          batch_size, drop_remainder=drop_remainder),
+      window_size=batch_size)
+
+
+def run_in_orientation(fn, images, labels: dict):
+  """`fn(images, labels)` on a batch in its own orientation.
+
+  A batch of stored portrait examples (see the module docstring) is
+  transposed back first: `fn` sees [B, long, short, 3] images and grid
+  labels of their own grids, in a `tf.cond` branch whose shapes are static.
+  Batches without buckets go to `fn` as they are. Every example of a batch
+  must have one orientation (`batch_by_orientation`); an empty batch counts
+  as landscape. `fn`'s outputs must have one structure in both branches.
+  """
+  if PORTRAIT_KEY not in labels:
+    return fn(images, labels)
+  return tf.cond(
+      tf.reduce_any(labels[PORTRAIT_KEY]),
+      lambda: fn(*_transpose_grids(images, labels, batched=True)),
+      lambda: fn(images, labels))
 
 
 def resize_image(image, output_size: tuple[int, int],
@@ -140,6 +210,7 @@ class Parser(parser.Parser):
                num_classes: int | None = None,
                category_ids: Sequence[int] | None = None,
                size_divisibility: int | None = None,
+               orientation_buckets: bool = False,
                dtype: str = "float32"):
     """Initializes the parser.
 
@@ -160,6 +231,9 @@ class Parser(parser.Parser):
         classes and ids not in it fail. Without it, id c is class c - 1.
       size_divisibility: the padded image's sides are multiples of it
         (`factory.size_divisibility`; default the coarsest stride).
+      orientation_buckets: pad landscape images to output_size's (short,
+        long) bucket and portrait ones to its transpose, stored transposed
+        (see the module docstring); needs short_side > 0.
       dtype: image dtype ("float32", "bfloat16" or "float16").
     """
     self._output_size = tuple(output_size)
@@ -173,7 +247,25 @@ class Parser(parser.Parser):
     self._aug_scale_min = aug_scale_min
     self._aug_scale_max = aug_scale_max
     self._dtype = tf.dtypes.as_dtype(dtype)
-    if short_side > 0 and not 0 < short_side <= long_side <= min(output_size):
+    self._orientation_buckets = orientation_buckets
+    if orientation_buckets:
+      if short_side <= 0:
+        raise ValueError(
+            "orientation_buckets needs short_side > 0 (each image resized by "
+            "its own sides), got short_side 0.")
+      self._output_size, _ = bucket_sizes(output_size)
+      self._padded_size, self._portrait_padded_size = bucket_sizes(
+          self._padded_size)
+      if not (0 < short_side <= long_side and
+              short_side <= self._output_size[0] and
+              long_side <= self._output_size[1]):
+        raise ValueError(
+            f"short_side {short_side} and long_side {long_side} must satisfy "
+            f"0 < short_side <= long_side, short_side <= {min(output_size)} "
+            f"and long_side <= {max(output_size)} (output_size "
+            f"{output_size}), so every resized image fits its bucket.")
+    elif short_side > 0 and not (
+        0 < short_side <= long_side <= min(output_size)):
       raise ValueError(
           f"short_side {short_side} and long_side {long_side} must satisfy "
           f"0 < short_side <= long_side <= min(output_size {output_size}), "
@@ -203,6 +295,9 @@ class Parser(parser.Parser):
 
   @property
   def padded_size(self) -> tuple[int, int]:
+    """The (height, width) of every image the parser returns (with
+    orientation buckets: the landscape bucket, portraits stored
+    transposed)."""
     return self._padded_size
 
   def _parse(self, data: dict, training: bool):
@@ -253,29 +348,52 @@ class Parser(parser.Parser):
       image, boxes, masks = preprocess_ops.random_horizontal_flip(
           image, boxes, masks, seed=None, prob=self._aug_flip_prob)
     boxes = box_ops.denormalize_boxes(boxes, tf.shape(image)[0:2])
+    objects = (image, boxes, classes, masks, is_crowd, training)
+    if not self._orientation_buckets:
+      image, labels = self._resize_and_label(*objects, self._output_size,
+                                             self._padded_size)
+    else:
+      size = tf.shape(image)[0:2]
+      portrait = size[0] > size[1]
+      portrait_output = self._output_size[::-1]
+      image, labels = tf.cond(
+          portrait,
+          lambda: _transpose_grids(*self._resize_and_label(
+              *objects, portrait_output, self._portrait_padded_size),
+                                   batched=False),
+          lambda: self._resize_and_label(*objects, self._output_size,
+                                         self._padded_size))
+      labels[PORTRAIT_KEY] = portrait
+    labels["source_id"] = source_id
+    image = tf.ensure_shape(image, [*self._padded_size, 3])
+    return tf.cast(image, self._dtype), labels
+
+  def _resize_and_label(self, image, boxes, classes, masks, is_crowd,
+                        training: bool, output_size: tuple[int, int],
+                        padded_size: tuple[int, int]):
+    """(image [*padded_size, 3], labels with image_info) of an example
+    whose boxes are in the image's pixels."""
     image, image_info = resize_image(
-        image, self._output_size, self._padded_size, self._short_side,
+        image, output_size, padded_size, self._short_side,
         self._long_side,
         aug_scale_min=self._aug_scale_min if training else 1.0,
         aug_scale_max=self._aug_scale_max if training else 1.0)
     scale, offset = image_info[2, :], image_info[3, :]
     boxes = preprocess_ops.resize_and_crop_boxes(boxes, scale, image_info[1, :],
                                                  offset)
-    masks = resize_masks(masks, image_info, self._padded_size)
+    masks = resize_masks(masks, image_info, padded_size)
     # Objects cropped away by the jitter leave empty boxes: drop them.
     keep = box_ops.get_non_empty_box_indices(boxes)
     boxes = tf.gather(boxes, keep)
     labels = window_labeler.label_windows(
-        self._spec, self._padded_size, boxes, tf.gather(classes, keep),
+        self._spec, padded_size, boxes, tf.gather(classes, keep),
         tf.gather(masks, keep), self._mask_caps,
         gt_is_crowd=tf.gather(is_crowd, keep),
         # The mask targets' edge ring sits at the image, not at the padding
         # (resize_masks crops to the same int32 extent).
         image_extent=tf.cast(image_info[1], tf.int32))
     labels["image_info"] = image_info
-    labels["source_id"] = source_id
-    image = tf.ensure_shape(image, [*self._padded_size, 3])
-    return tf.cast(image, self._dtype), labels
+    return tf.ensure_shape(image, [*padded_size, 3]), labels
 
   def _parse_train_data(self, data):
     return self._parse(data, training=True)

@@ -103,7 +103,8 @@ def tensormask_losses(outputs: dict, labels: dict, masks_at_windows_fn,
                       levels: list[int], num_sizes: int, num_classes: int,
                       focal_alpha: float = 0.3, focal_gamma: float = 3.0,
                       mask_positive_weight: float = 1.5,
-                      static_mask_shapes: bool = False
+                      static_mask_shapes: bool = False,
+                      normalizer: tf.Tensor | None = None
                       ) -> dict[str, tf.Tensor]:
   """The three losses of a batch, each divided by the positive normalizer.
 
@@ -125,12 +126,16 @@ def tensormask_losses(outputs: dict, labels: dict, masks_at_windows_fn,
     static_mask_shapes: compute the masks of every row of the mask caps,
       padding included (static shapes, which XLA and TPUs need), instead of
       the positives' rows only (a data-dependent count; the same loss).
+    normalizer: `positive_normalizer` of the labels' positives, when the
+      caller computed it (outside control flow that replicas may take
+      apart); None computes it here.
 
   Returns:
     {"class_loss", "box_loss", "mask_loss", "total_loss", "num_positives"}.
   """
   num_positives = tf.reduce_sum(labels["num_positives"])
-  normalizer = positive_normalizer(num_positives)
+  if normalizer is None:
+    normalizer = positive_normalizer(num_positives)
   class_loss = box_loss = 0.0
   windows, mask_labels = [], []
   for level in levels:

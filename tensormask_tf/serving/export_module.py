@@ -33,6 +33,11 @@ zero):
 - with `image_masks=True` also `detection_image_masks` uint8
   [B, D, H_max, W_max]: the pasted binary masks at the largest input size of
   the batch (each image's in its top-left corner).
+
+With orientation buckets (the validation parser's `orientation_buckets`),
+a batch of landscape images runs at the landscape bucket and one of
+portrait images at the portrait bucket, as in evaluation; a batch of both
+runs at the square that holds them.
 """
 
 import json
@@ -43,6 +48,7 @@ import tensorflow as tf
 
 from official.core import config_definitions as cfg
 from tensormask_tf.configs import tensormask_config
+from tensormask_tf.dataloaders import tensormask_input
 from tensormask_tf.modeling import detection_generator
 from tensormask_tf.modeling import factory
 from tensormask_tf.serving import predictor
@@ -87,12 +93,29 @@ class TensorMaskExportModule(tf.Module):
 
   def _preprocess_batch(self, images_fn, elements):
     """map_fn of decode + resize: images of any size batch together."""
-    image_size = factory.padded_input_size(self._params.task.model)
+    image_size = predictor.padded_size(
+        self._params.task.model, self._params.task.validation_data.parser)
     return tf.map_fn(
         lambda element: self._preprocess(images_fn(element)), elements,
         fn_output_signature=(
             tf.TensorSpec([*image_size, _CHANNELS], tf.float32),
             tf.TensorSpec([4, 2], tf.float32)))
+
+  def _detect_in_bucket(self, images, image_info) -> dict[str, tf.Tensor]:
+    """`_detect` on the batch cropped to its orientation's bucket when all
+    its images share one (orientation buckets), else as it is."""
+    if not self._params.task.validation_data.parser.orientation_buckets:
+      return self._detect(images, image_info)
+    landscape, portrait = tensormask_input.bucket_sizes(
+        factory.padded_input_size(self._params.task.model))
+    tall = image_info[:, 0, 0] > image_info[:, 0, 1]  # As the parser's.
+
+    def in_bucket(size):
+      return lambda: self._detect(images[:, :size[0], :size[1]], image_info)
+
+    return tf.case([(tf.reduce_all(tall), in_bucket(portrait)),
+                    (tf.reduce_all(~tall), in_bucket(landscape))],
+                   default=lambda: self._detect(images, image_info))
 
   def _detect(self, images, image_info) -> dict[str, tf.Tensor]:
     model_config = self._params.task.model
@@ -147,12 +170,12 @@ class TensorMaskExportModule(tf.Module):
     def decode(encoded):
       return tf.io.decode_image(encoded, channels=_CHANNELS,
                                 expand_animations=False)
-    return self._detect(*self._preprocess_batch(decode, inputs))
+    return self._detect_in_bucket(*self._preprocess_batch(decode, inputs))
 
   @tf.function(input_signature=[
       tf.TensorSpec([None, None, None, _CHANNELS], tf.uint8)])
   def serve_image_tensors(self, inputs):
-    return self._detect(*self._preprocess_batch(lambda x: x, inputs))
+    return self._detect_in_bucket(*self._preprocess_batch(lambda x: x, inputs))
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
   def serve_tf_examples(self, inputs):
@@ -161,7 +184,7 @@ class TensorMaskExportModule(tf.Module):
           "image/encoded": tf.io.FixedLenFeature((), tf.string)})
       return tf.io.decode_image(features["image/encoded"],
                                 channels=_CHANNELS, expand_animations=False)
-    return self._detect(*self._preprocess_batch(decode, inputs))
+    return self._detect_in_bucket(*self._preprocess_batch(decode, inputs))
 
   def signatures(self) -> dict:
     return {

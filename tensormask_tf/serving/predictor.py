@@ -132,12 +132,25 @@ def save_prediction(path: str, image: np.ndarray, detections: dict,
   return entries, picture_path
 
 
+def padded_size(model_config, parser_config) -> tuple[int, int]:
+  """(height, width) of `preprocess`'s images: the padded input size, or
+  with orientation buckets the square that holds both (see
+  `export_module`, which crops a batch of one orientation to its
+  bucket)."""
+  size = factory.padded_input_size(model_config)
+  if parser_config.orientation_buckets:
+    return tensormask_input.any_orientation_size(size)
+  return size
+
+
 def preprocess(image, model_config, parser_config):
-  """uint8 [H, W, 3] -> (normalized model input [h, w, 3], image_info
-  [4, 2]), the evaluation preprocessing."""
+  """uint8 [H, W, 3] -> (normalized model input [*padded_size(...), 3],
+  image_info [4, 2]), the evaluation preprocessing."""
+  size = padded_size(model_config, parser_config)
   image, image_info = tensormask_input.resize_image(
-      preprocess_ops.normalize_image(image), model_config.input_size[:2],
-      factory.padded_input_size(model_config), parser_config.short_side,
+      preprocess_ops.normalize_image(image),
+      size if parser_config.orientation_buckets else
+      model_config.input_size[:2], size, parser_config.short_side,
       parser_config.long_side)
   return tf.cast(image, tf.float32), tf.cast(image_info, tf.float32)
 

@@ -5,7 +5,10 @@ by the positive count of the *global* batch (`losses.positive_normalizer`),
 so a replica's loss is its share of the global loss and the replicas'
 gradients, summed by the optimizer, are the global batch's gradient. Only
 the weight-decay term, which every replica adds in full, is divided by the
-number of replicas. Logged losses are the global batch's.
+number of replicas. Logged losses are the global batch's. The normalizer is
+computed before the step's orientation branch (`run_in_orientation`), so
+replicas whose batches take different branches still meet in one
+all-reduce.
 """
 
 import os
@@ -121,6 +124,13 @@ class TensorMaskTask(base_task.Task):
         regenerate_source_id=decoder_config.regenerate_source_id,
         mask_binarize_threshold=decoder_config.mask_binarize_threshold)
     parser_config = params.parser
+    if parser_config.orientation_buckets and not factory.runs_at_any_size(
+        model_config):
+      raise ValueError(
+          "parser.orientation_buckets needs a model that runs at any input "
+          "size (backbone 'msra_resnet' with decoder 'detectron2_fpn'), got "
+          f"backbone {model_config.backbone.type!r} and decoder "
+          f"{model_config.decoder.type!r}.")
     parser = tensormask_input.Parser(
         output_size=model_config.input_size[:2],
         window_spec=factory.window_spec(model_config),
@@ -134,19 +144,30 @@ class TensorMaskTask(base_task.Task):
         num_classes=model_config.num_classes,
         category_ids=tm_cfg.category_ids(model_config),
         size_divisibility=factory.size_divisibility(model_config),
+        orientation_buckets=parser_config.orientation_buckets,
         dtype=params.dtype)
+    batch_fn = None
+    if parser_config.orientation_buckets:
+      def batch_fn(dataset, context):
+        size = (context.get_per_replica_batch_size(params.global_batch_size)
+                if context else params.global_batch_size)
+        return tensormask_input.batch_by_orientation(
+            dataset, size, params.drop_remainder)
     reader = input_reader_factory.input_reader_generator(
         params, dataset_fn=dataset_fn.pick_dataset_fn(params.file_type),
-        decoder_fn=decoder.decode, parser_fn=parser.parse_fn(params.is_training))
+        decoder_fn=decoder.decode, parser_fn=parser.parse_fn(params.is_training),
+        transform_and_batch_fn=batch_fn)
     return reader.read(input_context=input_context)
 
   def build_losses(self, outputs: dict, labels: dict,
-                   model: tf_keras.Model, aux_losses=None
+                   model: tf_keras.Model, aux_losses=None,
+                   normalizer: tf.Tensor | None = None
                    ) -> dict[str, tf.Tensor]:
     """This replica's losses; see the module docstring for the scaling.
 
     Losses are computed in float32 whatever the model's compute dtype
-    (mixed precision).
+    (mixed precision). `normalizer`: `losses.positive_normalizer` of the
+    labels' positives, computed here when None.
     """
     outputs = {k: tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), v)
                if k != "mask_features" else v for k, v in outputs.items()}
@@ -162,7 +183,7 @@ class TensorMaskTask(base_task.Task):
         focal_alpha=config.focal_loss_alpha,
         focal_gamma=config.focal_loss_gamma,
         mask_positive_weight=config.mask_positive_weight,
-        static_mask_shapes=config.static_mask_shapes)
+        static_mask_shapes=config.static_mask_shapes, normalizer=normalizer)
     result["model_loss"] = result["total_loss"]
     if aux_losses:
       num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -195,12 +216,25 @@ class TensorMaskTask(base_task.Task):
       logs[metric.name] = metric.result()
     return logs
 
+  @staticmethod
+  def _normalizer(labels: dict) -> tf.Tensor:
+    """The positive normalizer, outside any orientation branch (its
+    all-reduce must be met by every replica)."""
+    return losses_lib.positive_normalizer(
+        tf.reduce_sum(labels["num_positives"]))
+
   def train_step(self, inputs, model: tf_keras.Model,
                  optimizer: tf_keras.optimizers.Optimizer, metrics=None):
     images, labels = inputs
-    with tf.GradientTape() as tape:
+    normalizer = self._normalizer(labels)
+
+    def losses(images, labels):
       outputs = model(images, training=True)
-      result = self.build_losses(outputs, labels, model, model.losses)
+      return self.build_losses(outputs, labels, model, model.losses,
+                               normalizer=normalizer)
+
+    with tf.GradientTape() as tape:
+      result = tensormask_input.run_in_orientation(losses, images, labels)
       loss = result["total_loss"]
       if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
         loss = optimizer.get_scaled_loss(loss)
@@ -213,35 +247,47 @@ class TensorMaskTask(base_task.Task):
 
   def validation_step(self, inputs, model: tf_keras.Model, metrics=None):
     images, labels = inputs
-    network_images = images
-    image_sizes = labels["image_info"][:, 1, :]
-    count = tf.shape(images)[0]
-    if images.shape[0] is None:
-      # A partial last batch (drop_remainder false) may leave a replica no
-      # images, and TensorFlow's CPU conv2d and its padded NMS fail on an
-      # empty batch: the network and post-processing then run on one blank
-      # image, whose outputs are cut off again. (Static batches, as on
-      # TPUs, are never empty.)
-      blank = 1 - tf.minimum(count, 1)
-      network_images = tf.concat([images, tf.zeros(
-          tf.concat([[blank], tf.shape(images)[1:]], 0), images.dtype)], 0)
-      image_sizes = tf.concat([image_sizes, tf.tile(
-          tf.constant([list(images.shape[1:3])], image_sizes.dtype),
-          [blank, 1])], 0)
-    all_outputs = model(network_images, training=False)
-    outputs = tf.nest.map_structure(lambda t: t[:count], all_outputs)
-    result = self.build_losses(outputs, labels, model, model.losses)
+    normalizer = self._normalizer(labels)
+    wants_detections = (self.coco_metric is not None
+                        or self.task_config.allow_image_summary)
+
+    def losses_and_detections(images, labels):
+      network_images = images
+      image_sizes = labels["image_info"][:, 1, :]
+      count = tf.shape(images)[0]
+      if images.shape[0] is None:
+        # A partial last batch (drop_remainder false) may leave a replica
+        # no images, and TensorFlow's CPU conv2d and its padded NMS fail on
+        # an empty batch: the network and post-processing then run on one
+        # blank image, whose outputs are cut off again. (Static batches, as
+        # on TPUs, are never empty.)
+        blank = 1 - tf.minimum(count, 1)
+        network_images = tf.concat([images, tf.zeros(
+            tf.concat([[blank], tf.shape(images)[1:]], 0), images.dtype)], 0)
+        image_sizes = tf.concat([image_sizes, tf.tile(
+            tf.constant([list(images.shape[1:3])], image_sizes.dtype),
+            [blank, 1])], 0)
+      all_outputs = model(network_images, training=False)
+      outputs = tf.nest.map_structure(lambda t: t[:count], all_outputs)
+      result = self.build_losses(outputs, labels, model, model.losses,
+                                 normalizer=normalizer)
+      detections = {}
+      if wants_detections:
+        found = factory.postprocess(model, all_outputs, images.shape[1:3],
+                                    self.task_config.model, image_sizes)
+        detections = {k: found[k][:count] for k in _DETECTION_KEYS}
+        if self.task_config.allow_image_summary:
+          # At most the pictures' images leave the device (a portrait
+          # batch's in its own orientation).
+          detections["images"] = images[:self.task_config.num_summary_images]
+      return result, detections
+
+    result, detections = tensormask_input.run_in_orientation(
+        losses_and_detections, images, labels)
     logs = self._logs(result, metrics)
-    if self.coco_metric is not None or self.task_config.allow_image_summary:
-      detections = factory.postprocess(model, all_outputs, images.shape[1:3],
-                                       self.task_config.model, image_sizes)
-      logs[_COCO_KEY] = {k: detections[k][:count] for k in _DETECTION_KEYS}
-      logs[_COCO_KEY]["source_id"] = labels["source_id"]
-      logs[_COCO_KEY]["image_info"] = labels["image_info"]
-      if self.task_config.allow_image_summary:
-        # At most the pictures' images leave the device.
-        logs[_COCO_KEY]["images"] = images[
-            :self.task_config.num_summary_images]
+    if wants_detections:
+      logs[_COCO_KEY] = dict(detections, source_id=labels["source_id"],
+                             image_info=labels["image_info"])
     return logs
 
   def aggregate_logs(self, state=None, step_outputs=None):

@@ -1,0 +1,252 @@
+"""Orientation buckets (parser.orientation_buckets): landscape and portrait
+images padded to their own bucket, batched by orientation, and the step
+run in each batch's own orientation. The reference everywhere is the
+pipeline without buckets at the image's own bucket size (each image alone),
+whose parser and model are tested against the release elsewhere."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from official.core import exp_factory
+from official.core import task_factory
+from official.vision.dataloaders import tf_example_decoder
+from tensormask_tf.configs import experiments  # noqa: F401  (registers)
+from tensormask_tf.data import coco_tfrecord
+from tensormask_tf.data import shapes_dataset
+from tensormask_tf.dataloaders import tensormask_input
+from tensormask_tf.modeling import factory
+from tensormask_tf.tasks import tensormask  # noqa: F401  (registers the task)
+from tests import training_helpers
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+LANDSCAPE, PORTRAIT = (96, 160), (160, 96)  # (height, width), exact sizes
+
+
+@pytest.fixture(scope="module")
+def mixed_records(tmp_path_factory):
+  """3 landscape and 2 portrait shapes images, written in that order:
+  {"landscape", "portrait", "both"} TFRecord patterns and their JSON."""
+  root = tmp_path_factory.mktemp("orientations")
+  out = {}
+  for name, (height, width), count in (("landscape", LANDSCAPE, 3),
+                                       ("portrait", PORTRAIT, 2)):
+    json_path = shapes_dataset.write_shapes_dataset(
+        str(root), name, count, height=height, width=width, max_objects=3,
+        seed=count)
+    coco_tfrecord.write_coco_tfrecords(
+        json_path, str(root / name), str(root / "tfrecords" / name), 1)
+    out[name] = str(root / "tfrecords" / f"{name}*")
+  out["both"] = out["landscape"] + "," + out["portrait"]
+  return out
+
+
+def _params(input_path: str, batch: int = 2):
+  """The COCO recipe (buckets, the release's backbone and FPN) shrunk to
+  run in seconds: 4 classes, P2..P5, small heads, images at their size."""
+  params = exp_factory.get_exp_config("tensormask_r50_fpn_coco_1x")
+  parser = {"short_side": min(LANDSCAPE), "long_side": max(LANDSCAPE),
+            "orientation_buckets": True,
+            # Caps that never bind: no random subset of the positives.
+            "mask_caps": [400],
+            "aug_rand_hflip": False}
+  data = {"input_path": input_path, "global_batch_size": batch,
+          "parser": parser}
+  params.override({"task": {
+      "model": {"num_classes": 4, "category_ids": [], "max_level": 5,
+                "input_size": [*LANDSCAPE, 3],
+                "windows": {"base_sides": [24, 40]},
+                "decoder": {"detectron2_fpn": {"num_filters": 32}},
+                "head": {"num_convs": 1, "class_filters": 16,
+                         "box_filters": 8, "mask_filters": 8},
+                "detection_generator": {"score_threshold": 0.0,
+                                        "max_detections": 20}},
+      "init_checkpoint": "", "annotation_file": None,
+      "train_data": dict(data, shuffle_buffer_size=1),
+      "validation_data": data}}, is_strict=True)
+  return params
+
+
+def _model(params):
+  tf_keras.utils.set_random_seed(5)
+  task, model, _ = training_helpers.build_task(params)
+  return task, model
+
+
+def _task(params):
+  return task_factory.get_task(params.task)
+
+
+def _batches(params, training: bool = False):
+  """Every batch of the validation split, or the training split's first
+  (training repeats the records forever)."""
+  data = params.task.train_data if training else params.task.validation_data
+  dataset = _task(params).build_inputs(data)
+  return list(dataset.take(1) if training else dataset)
+
+
+def _alone_batches(params, size, training: bool = False):
+  """The records through the parser without buckets at input `size`, in
+  one batch. (Its check that both orientations fit one input is set aside:
+  the records here have one orientation.)"""
+  model = params.task.model
+  data = params.task.train_data if training else params.task.validation_data
+  parser = tensormask_input.Parser(
+      output_size=(max(size), max(size)),
+      window_spec=factory.window_spec(model),
+      mask_caps=tensormask.mask_caps(data.parser, model.min_level,
+                                     model.max_level),
+      short_side=data.parser.short_side, long_side=data.parser.long_side,
+      num_classes=model.num_classes,
+      size_divisibility=factory.size_divisibility(model))
+  parser._output_size = parser._padded_size = size  # pylint: disable=protected-access
+  decoder = tf_example_decoder.TfExampleDecoder(include_mask=True)
+  files = sorted(tf.io.gfile.glob(data.input_path))
+  return list(tf.data.TFRecordDataset(files).map(decoder.decode).map(
+      parser.parse_fn(training)).batch(8))
+
+
+def _mask_rows(labels: dict, pair: str, image: int):
+  """One image's valid mask rows of a (level, size) pair, sorted by grid
+  position: (indices, weights, targets)."""
+  valid = labels[f"mask_valid_{pair}"][image].numpy()
+  rows = np.nonzero(valid)[0]
+  indices = labels[f"mask_indices_{pair}"][image].numpy()[rows]
+  order = np.lexsort(indices.T[::-1])
+  rows = rows[order]
+  return (indices[order], valid[rows],
+          labels[f"mask_targets_{pair}"][image].numpy()[rows])
+
+
+def test_coco_experiments_use_buckets_of_the_release_padding():
+  for name in ("tensormask_r50_fpn_coco_1x", "tensormask_r50_fpn_coco_6x",
+               "tensormask_r101_fpn_coco_6x"):
+    task = exp_factory.get_exp_config(name).task
+    assert task.train_data.parser.orientation_buckets, name
+    assert task.validation_data.parser.orientation_buckets, name
+    # 800 x 1333 rounded up to multiples of 32 (the release's padding).
+    assert task.model.input_size[:2] == [800, 1344], name
+
+
+def test_every_batch_has_one_orientation_and_every_image_comes_once(
+    mixed_records):
+  # Landscape images first in the files: batches of 2 are L L, then the
+  # partial last ones (L alone, P P), each image exactly once.
+  params = _params(mixed_records["both"])
+  batches = _batches(params)
+  shapes, ids = [], []
+  for images, labels in batches:
+    portrait = labels["portrait"].numpy()
+    assert portrait.all() or not portrait.any()
+    # Every example is stored at the landscape bucket.
+    assert images.shape[1:] == (*LANDSCAPE, 3)
+    shapes.append((len(portrait), bool(portrait[0])))
+    ids.extend((bool(p), i) for p, i in zip(
+        portrait, labels["source_id"].numpy().tolist()))
+  assert sorted(shapes) == [(1, False), (2, False), (2, True)]
+  assert sorted(ids) == [(False, b"1"), (False, b"2"), (False, b"3"),
+                         (True, b"1"), (True, b"2")]
+
+
+def test_stored_portrait_examples_are_the_portrait_examples_transposed(
+    mixed_records):
+  bucketed = _batches(_params(mixed_records["portrait"]))
+  alone = _alone_batches(_params(mixed_records["portrait"]), PORTRAIT)
+  assert len(bucketed) == len(alone) == 1
+  (images, labels), (want_images, want_labels) = bucketed[0], alone[0]
+  assert labels["portrait"].numpy().all()
+  assert images.shape == (2, *LANDSCAPE, 3)
+  np.testing.assert_array_equal(np.transpose(images, [0, 2, 1, 3]),
+                                want_images)
+  seen = tensormask_input.run_in_orientation(
+      lambda images, labels: (images, labels), images, labels)
+  np.testing.assert_array_equal(seen[0], want_images)
+  for key, want in want_labels.items():
+    if key.startswith("mask_"):
+      continue  # Rows in random order: compared as sets below.
+    np.testing.assert_array_equal(seen[1][key], want, err_msg=key)
+  for key in want_labels:
+    if key.startswith("mask_indices_"):
+      pair = key[len("mask_indices_"):]
+      for n in range(2):
+        got, expected = _mask_rows(seen[1], pair, n), _mask_rows(
+            want_labels, pair, n)
+        for g, e in zip(got, expected):
+          np.testing.assert_array_equal(g, e, err_msg=f"{pair} image {n}")
+  assert float(tf.reduce_sum(want_labels["num_positives"])) > 0
+  assert float(tf.reduce_sum(want_labels["num_mask_positives_dropped"])) == 0
+
+
+def test_landscape_and_portrait_images_give_the_same_detections_as_alone(
+    mixed_records):
+  # Evaluation through the bucketed pipeline (one batch of each
+  # orientation) against each orientation's images through the pipeline
+  # without buckets at their own size: the same model weights, the same
+  # detections and losses.
+  params = _params(mixed_records["both"], batch=4)
+  task, model = _model(params)
+  found = {}
+  for images, labels in _batches(params):
+    logs = task.validation_step((images, labels), model)
+    portrait = bool(labels["portrait"][0])
+    found[portrait] = logs
+  assert sorted(found) == [False, True]
+  for portrait, size in ((False, LANDSCAPE), (True, PORTRAIT)):
+    name = "portrait" if portrait else "landscape"
+    (batch,) = _alone_batches(_params(mixed_records[name]), size)
+    want = task.validation_step(batch, model)
+    got = found[portrait]
+    assert got["coco_predictions"]["images"].shape[1:3] == size
+    for key in ("num_detections", "detection_boxes", "detection_scores",
+                "detection_classes", "detection_windows", "detection_masks"):
+      np.testing.assert_allclose(got["coco_predictions"][key],
+                                 want["coco_predictions"][key], atol=1e-5,
+                                 err_msg=f"{name} {key}")
+    assert int(got["coco_predictions"]["num_detections"][0]) > 0
+    np.testing.assert_allclose(got[task.loss], want[task.loss],
+                               rtol=1e-5)
+
+
+def test_a_portrait_training_step_has_the_gradients_of_its_own_orientation(
+    mixed_records):
+  params = _params(mixed_records["portrait"])
+  task, model = _model(params)
+  ((images, labels),) = _batches(params, training=True)
+  ((want_images, want_labels),) = _alone_batches(params, PORTRAIT,
+                                                 training=True)
+
+  def losses_and_grads(run):
+    with tf.GradientTape() as tape:
+      result = run(lambda images, labels: task.build_losses(
+          model(images, training=True), labels, model))
+    return result["total_loss"], tape.gradient(result["total_loss"],
+                                               model.trainable_variables)
+
+  loss, grads = losses_and_grads(lambda fn: tf.function(
+      tensormask_input.run_in_orientation)(fn, images, labels))
+  want_loss, want_grads = losses_and_grads(
+      lambda fn: fn(want_images, want_labels))
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  for g, w, v in zip(grads, want_grads, model.trainable_variables):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=v.name)
+
+
+def test_buckets_need_the_short_side_resize_and_a_model_of_any_size(
+    mixed_records):
+  params = _params(mixed_records["both"])
+  params.task.validation_data.parser.short_side = 0
+  with pytest.raises(ValueError, match="orientation_buckets needs short_side"):
+    _batches(params)
+  params = _params(mixed_records["both"])
+  params.task.model.backbone.type = "resnet"
+  with pytest.raises(ValueError, match="runs at any input size"):
+    _batches(params)
+  params = _params(mixed_records["both"])
+  params.task.validation_data.parser.long_side = 200
+  with pytest.raises(ValueError, match="fits its bucket"):
+    _batches(params)
