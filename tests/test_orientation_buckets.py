@@ -4,6 +4,7 @@ run in each batch's own orientation. The reference everywhere is the
 pipeline without buckets at the image's own bucket size (each image alone),
 whose parser and model are tested against the release elsewhere."""
 
+import json
 import os
 import subprocess
 import sys
@@ -250,3 +251,67 @@ def test_buckets_need_the_short_side_resize_and_a_model_of_any_size(
   params.task.validation_data.parser.long_side = 200
   with pytest.raises(ValueError, match="fits its bucket"):
     _batches(params)
+
+
+_REPLICAS_SCRIPT = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import json
+import numpy as np
+import tf_keras
+from tests import test_orientation_buckets as t
+
+params = t._params(sys.argv[1], batch=1)
+params.task.losses.l2_weight_decay = 0.0
+batches = t._batches(params)
+landscape = next(b for b in batches if not b[1]["portrait"][0])
+portrait = next(b for b in batches if b[1]["portrait"][0])
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+  task, model = t._model(params)
+  optimizer = tf_keras.optimizers.SGD(1.0)
+variables = model.trainable_variables
+# The reference, on one device: both images' losses over the positives of
+# both, each image in its own orientation.
+normalizer = sum(float(tf.reduce_sum(b[1]["num_positives"]))
+                 for b in (landscape, portrait))
+with tf.GradientTape() as tape:
+  loss = sum(t.tensormask_input.run_in_orientation(
+      lambda images, labels: task.build_losses(
+          model(images, training=True), labels, model,
+          normalizer=tf.constant(normalizer)), *batch)["total_loss"]
+             for batch in (landscape, portrait))
+expected = [v.numpy() - g.numpy()
+            for v, g in zip(variables, tape.gradient(loss, variables))]
+# Replica 0 gets the landscape batch, replica 1 the portrait one.
+inputs = strategy.experimental_distribute_values_from_function(
+    lambda context: (landscape, portrait)[context.replica_id_in_sync_group])
+logs = strategy.run(tf.function(
+    lambda batch: task.train_step(batch, model, optimizer)), args=(inputs,))
+logged = [float(v) for v in strategy.experimental_local_results(
+    logs[task.loss])]
+worst = max(float(np.max(np.abs(v.numpy() - e) / (np.abs(e).max() + 1e-12)))
+            for v, e in zip(variables, expected))
+print("RESULT", json.dumps([float(loss), logged, worst]))
+"""
+
+
+def test_replicas_with_batches_of_both_orientations_train_as_one_device(
+    mixed_records):
+  # MirroredStrategy over 2 logical CPUs (a fresh process: logical devices
+  # are fixed when TensorFlow starts): one replica's batch is landscape,
+  # the other's portrait, so they take different branches of the step; the
+  # update is one device's SGD step on both images.
+  result = subprocess.run(
+      [sys.executable, "-c", _REPLICAS_SCRIPT, mixed_records["both"]],
+      capture_output=True, text=True, timeout=600, check=False, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT"))
+  loss, logged, worst = json.loads(line[len("RESULT"):])
+  # Each replica logs its share times the replicas; the trainer averages
+  # them into the global loss.
+  assert np.mean(logged) == pytest.approx(loss, rel=1e-5)
+  assert worst < 1e-5

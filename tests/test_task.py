@@ -52,9 +52,11 @@ def test_coco_experiments_follow_the_spec_recipe(name, depth, steps,
   assert task.train_data.global_batch_size == 16
   parser = task.train_data.parser
   assert (parser.short_side, parser.long_side) == (800, 1333)
-  # Both orientations fit, and every level has a whole grid.
-  assert all(v >= 1333 and v % 2**task.model.max_level == 0
-             for v in task.model.input_size[:2])
+  # Orientation buckets of 800 x 1333 (and its transpose) padded to
+  # multiples of 32, as the release pads.
+  assert task.model.input_size[:2] == [800, 1344]
+  assert parser.orientation_buckets
+  assert task.validation_data.parser.orientation_buckets
   assert parser.aug_rand_hflip
   assert 800 * parser.aug_scale_min == pytest.approx(640 if jitter < 1 else 800)
   assert trainer.train_steps == steps
@@ -93,7 +95,9 @@ def test_coco_experiments_input_pipelines_run(shapes_records, name):
   task = task_factory.get_task(params.task)
   for data in (params.task.train_data, params.task.validation_data):
     images, labels = next(iter(task.build_inputs(data)))
-    assert images.shape == (2, 1408, 1408, 3)
+    # Square images go to the landscape bucket.
+    assert images.shape == (2, 800, 1344, 3)
+    assert not labels["portrait"].numpy().any()
     # 128x128 images: short side 800 (640..800 with jitter), long <= 1333.
     scaled = labels["image_info"][:, 1].numpy()
     low = 640 if data.is_training and name.endswith("6x") else 800
