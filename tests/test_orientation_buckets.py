@@ -17,11 +17,13 @@ import tf_keras
 from official.core import exp_factory
 from official.core import task_factory
 from official.vision.dataloaders import tf_example_decoder
+from official.vision.ops import preprocess_ops
 from tensormask_tf.configs import experiments  # noqa: F401  (registers)
 from tensormask_tf.data import coco_tfrecord
 from tensormask_tf.data import shapes_dataset
 from tensormask_tf.dataloaders import tensormask_input
 from tensormask_tf.modeling import factory
+from tensormask_tf.serving import export_module
 from tensormask_tf.tasks import tensormask  # noqa: F401  (registers the task)
 from tests import training_helpers
 
@@ -315,3 +317,37 @@ def test_replicas_with_batches_of_both_orientations_train_as_one_device(
   # them into the global loss.
   assert np.mean(logged) == pytest.approx(loss, rel=1e-5)
   assert worst < 1e-5
+
+
+def test_served_images_get_the_detections_of_evaluation(mixed_records,
+                                                         tmp_path):
+  # The export module (pure-TF ops) serves a batch of one orientation at
+  # its bucket: the evaluation's detections, in the original pixels (the
+  # images are at scale 1). A batch of both orientations runs at the square
+  # that holds them.
+  params = _params(mixed_records["both"], batch=4)
+  task, model = _model(params)
+  checkpoint = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+  module = export_module.TensorMaskExportModule(params, checkpoint)
+  pictures = {}
+  for images, labels in _batches(params):
+    portrait = bool(labels["portrait"][0])
+    want = task.validation_step((images, labels), model)["coco_predictions"]
+    image = tensormask_input.run_in_orientation(
+        lambda images, labels: images, images, labels)[:1]
+    pixels = tf.cast(tf.round(image * preprocess_ops.STDDEV_RGB +
+                              preprocess_ops.MEAN_RGB), tf.uint8)
+    pictures[portrait] = pixels[0].numpy()
+    got = module.serve_image_tensors(pixels)
+    count = int(want["num_detections"][0])
+    assert count > 0 and int(got["num_detections"][0]) == count
+    np.testing.assert_allclose(got["detection_scores"][0],
+                               want["detection_scores"][0], atol=1e-4)
+    np.testing.assert_allclose(got["detection_boxes"][0, :count],
+                               np.clip(want["detection_boxes"][0, :count], 0,
+                                       np.tile(pixels.shape[1:3], 2)),
+                               atol=1e-2)
+  encoded = [tf.io.encode_png(pictures[p]) for p in (False, True)]
+  both = module.serve_encoded_images(tf.stack(encoded))
+  assert both["detection_boxes"].shape == (2, 20, 4)
+  assert min(both["num_detections"].numpy()) > 0
