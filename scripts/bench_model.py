@@ -1,8 +1,9 @@
 """Benchmark of TensorMask training and inference (issue 7).
 
     .venv/bin/python scripts/bench_model.py [--size 512] [--repeats 3]
-        [--sections train,inference,memory,profile,input]
+        [--sections train,coco_epoch,inference,memory,profile,input]
         [--train_runs 3] [--branch_runs 3] [--variants gathered,dense_held]
+        [--batch 1]
 
 All in one run on this machine, random-initialised weights, R50-FPN, batch 1,
 an input of --size x --size (800 means 896x1408: an 800x1333 image padded
@@ -34,6 +35,25 @@ the measured calls.
    (projection, masks, mask loss, their gradients; median peak of
    --branch_runs child processes; 0 skips it), and "own" memory is that
    above the features-only branch. The variants' losses must agree to 1e-5.
+   1b (train): the training step of each detector's registered COCO
+   experiment (ours `tensormask_r50_fpn_coco_1x`, its MSRA ResNet's stem and
+   res2 frozen; Model Garden's `maskrcnn_resnetfpn_coco` and
+   `retinanet_resnetfpn_coco`) at the benchmark input, --batch images:
+   the task from `task_factory.get_task`, `task.build_model()`, the
+   experiment's own optimizer, `task.train_step` in a tf.function, on one
+   synthetic decoded example (20 rectangles; 800x1333 at --size 800)
+   parsed by the task's own training parser and repeated to the batch;
+   step time, s per image, images/s, time / Mask R-CNN's, GFLOPs (TF
+   profiler), peak memory.
+   1c (train, or alone as coco_epoch): our step (as in 1b, the
+   experiment's orientation-bucket parser) at the landscape bucket (the
+   benchmark input, 896x1408 at --size 800, or --epoch_landscape HxW, e.g.
+   the experiment's own 800x1344), the portrait bucket (its transpose: a
+   portrait image, stored transposed, run in its own orientation) and the
+   square both fit in (1408x1408: square padding), and the hours of one
+   COCO train2017 epoch on this machine with square padding vs orientation
+   buckets (COCO_TRAIN2017_LANDSCAPE_FRACTION landscape), their ratio
+   (target <= 0.7) and their pixels' ratio.
 2. inference: latency of this project's TensorMask (custom-op backend;
    the same with direct convolutions instead of the head's Winograd ones,
    "_direct"; pure-TF backend, as exported) vs Model Garden's
@@ -67,6 +87,9 @@ from bench_ops import median_time  # noqa: E402  (scripts/ is on sys.path)
 REPO = os.path.join(os.path.dirname(__file__), "..")
 # The train section's mask branches, gathered (what the task runs) first.
 TRAIN_VARIANTS = ("gathered", "gathered_per_pair", "dense", "dense_held")
+# COCO train2017: about 75% of images are wider than tall (width >= height
+# goes to the landscape bucket).
+COCO_TRAIN2017_LANDSCAPE_FRACTION = 0.75
 
 
 def _input_size(size: int) -> list[int]:
@@ -98,14 +121,12 @@ def _tensormask_config(size: int, max_detections: int = 100):
   return config
 
 
-def _scene(size: int, seed: int = 0):
-  """A random image with 20 rectangles' boxes, classes and masks."""
+def _rectangles(rng, height: int, width: int, count: int = 20):
+  """count random rectangles: boxes [count, 4] (pixels, yxyx), masks
+  [count, height, width] float32."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  rng = np.random.RandomState(seed)
-  height, width = _input_size(size)
-  image = rng.normal(size=(1, height, width, 3)).astype(np.float32)
   boxes, masks = [], []
-  for _ in range(20):
+  for _ in range(count):
     side = rng.uniform(16, 0.6 * min(height, width))
     y0 = rng.uniform(0, height - side)
     x0 = rng.uniform(0, width - side)
@@ -114,8 +135,52 @@ def _scene(size: int, seed: int = 0):
     y, x = int(y0), int(x0)
     mask[y:int(boxes[-1][2]), x:int(boxes[-1][3])] = 1
     masks.append(mask)
-  return (image, np.array(boxes, np.float32),
-          rng.randint(0, 80, 20).astype(np.int32), np.stack(masks))
+  return np.array(boxes, np.float32), np.stack(masks)
+
+
+def _scene(size: int, seed: int = 0):
+  """A random image with 20 rectangles' boxes, classes and masks."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  height, width = _input_size(size)
+  image = rng.normal(size=(1, height, width, 3)).astype(np.float32)
+  boxes, masks = _rectangles(rng, height, width)
+  return (image, boxes, rng.randint(0, 80, 20).astype(np.int32), masks)
+
+
+def _original_size(height: int, width: int) -> tuple[int, int]:
+  """The decoded image's size for an input of height x width: COCO's
+  800x1333 (what the COCO resize makes of most of its images), oriented as
+  the input, where the input holds it (the parsers resize it: --size 800's
+  inputs), else the input's own size."""
+  if min(height, width) >= 800 and max(height, width) >= 1333:
+    return (800, 1333) if width >= height else (1333, 800)
+  return height, width
+
+
+def _decoded_example(height: int, width: int, seed: int = 0) -> dict:
+  """A decoded COCO example as Model Garden's `TfExampleDecoder(
+  include_mask=True)` gives it: a random uint8 image of height x width with
+  20 rectangles (normalized boxes, COCO category ids, their masks)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.configs import tensormask_config  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  image = rng.randint(0, 256, (height, width, 3)).astype(np.uint8)
+  boxes, masks = _rectangles(rng, height, width)
+  classes = rng.choice(tensormask_config.COCO_CATEGORY_IDS, len(boxes))
+  return {
+      "source_id": tf.constant("0"),
+      "image": tf.constant(image),
+      "height": tf.constant(height, tf.int64),
+      "width": tf.constant(width, tf.int64),
+      "groundtruth_classes": tf.constant(classes, tf.int64),
+      "groundtruth_is_crowd": tf.zeros([len(boxes)], tf.bool),
+      "groundtruth_area": tf.constant(masks.sum((1, 2)), tf.float32),
+      "groundtruth_boxes": tf.constant(
+          boxes / np.float32([height, width, height, width])),
+      "groundtruth_instance_masks": tf.constant(masks),
+  }
 
 
 def _natural_masks_mb(model, spec, config, labels, mask_branch) -> float:
@@ -275,14 +340,189 @@ def child_train(size: int, mask_branch: str, repeats: int,
                                   labels.items() if k.startswith("mask_valid")))}
 
 
-def _profile_flops(concrete_function) -> float:
+# train_task children: each detector's registered COCO experiment.
+TRAIN_TASK_EXPERIMENTS = {"tensormask": "tensormask_r50_fpn_coco_1x",
+                          "maskrcnn": "maskrcnn_resnetfpn_coco",
+                          "retinanet": "retinanet_resnetfpn_coco"}
+
+
+def _tensormask_parser(params):
+  """The parser `TensorMaskTask.build_inputs` builds, and a note on its
+  resize.
+
+  The COCO experiment's resize (short side 800, long side at most 1333)
+  must fit the input (with orientation buckets: its bucket); at an input it
+  does not fit (a small --size) the sides become the input's own, so an
+  image of the input's size is not resized.
+  """
+  from tensormask_tf.configs import tensormask_config  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.dataloaders import tensormask_input  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.modeling import factory  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.tasks import tensormask as tensormask_task  # pylint: disable=g-import-not-at-top
+  model_config = params.task.model
+  data = params.task.train_data
+  parser_config = data.parser
+
+  def build():
+    return tensormask_input.Parser(
+        output_size=model_config.input_size[:2],
+        window_spec=factory.window_spec(model_config),
+        mask_caps=tensormask_task.mask_caps(
+            parser_config, model_config.min_level, model_config.max_level),
+        aug_rand_hflip=parser_config.aug_rand_hflip,
+        aug_scale_min=parser_config.aug_scale_min,
+        aug_scale_max=parser_config.aug_scale_max,
+        short_side=parser_config.short_side,
+        long_side=parser_config.long_side,
+        num_classes=model_config.num_classes,
+        category_ids=tensormask_config.category_ids(model_config),
+        size_divisibility=factory.size_divisibility(model_config),
+        orientation_buckets=parser_config.orientation_buckets,
+        dtype=data.dtype)
+
+  def sides():
+    return (f"short side {parser_config.short_side}, long side "
+            f"{parser_config.long_side}" + (
+                ", orientation buckets" if parser_config.orientation_buckets
+                else ""))
+
+  experiment = sides()
+  try:
+    return build(), experiment
+  except ValueError as e:
+    if "short_side" not in str(e):
+      raise
+    short, long = sorted(model_config.input_size[:2])
+    parser_config.short_side = short
+    parser_config.long_side = (long if parser_config.orientation_buckets
+                               else short)
+    return build(), f"{sides()} (the experiment's {experiment} does not fit)"
+
+
+def _model_garden_parser(name: str, params):
+  """The parser Model Garden's MaskRCNNTask / RetinaNetTask.build_inputs
+  builds from the experiment."""
+  from official.vision.dataloaders import maskrcnn_input  # pylint: disable=g-import-not-at-top
+  from official.vision.dataloaders import retinanet_input  # pylint: disable=g-import-not-at-top
+  model = params.task.model
+  data = params.task.train_data
+  parser = data.parser
+  anchors = dict(
+      output_size=model.input_size[:2], min_level=model.min_level,
+      max_level=model.max_level, num_scales=model.anchor.num_scales,
+      aspect_ratios=model.anchor.aspect_ratios,
+      anchor_size=model.anchor.anchor_size, dtype=data.dtype,
+      aug_rand_hflip=parser.aug_rand_hflip, aug_type=parser.aug_type,
+      aug_scale_min=parser.aug_scale_min, aug_scale_max=parser.aug_scale_max,
+      skip_crowd_during_training=parser.skip_crowd_during_training,
+      max_num_instances=parser.max_num_instances)
+  if name == "maskrcnn":
+    return maskrcnn_input.Parser(
+        rpn_match_threshold=parser.rpn_match_threshold,
+        rpn_unmatched_threshold=parser.rpn_unmatched_threshold,
+        rpn_batch_size_per_im=parser.rpn_batch_size_per_im,
+        rpn_fg_fraction=parser.rpn_fg_fraction,
+        aug_rand_vflip=parser.aug_rand_vflip,
+        include_mask=model.include_mask,
+        outer_boxes_scale=model.outer_boxes_scale,
+        mask_crop_size=parser.mask_crop_size, **anchors)
+  return retinanet_input.Parser(
+      match_threshold=parser.match_threshold,
+      unmatched_threshold=parser.unmatched_threshold,
+      box_coder_weights=model.detection_generator.box_coder_weights,
+      aug_rand_jpeg=parser.aug_rand_jpeg, pad=parser.pad,
+      keep_aspect_ratio=parser.keep_aspect_ratio, **anchors)
+
+
+def child_train_task(name: str, height: int, width: int, repeats: int,
+                     batch: int, precision: str) -> dict:
+  """The training step of a task built from its registered COCO experiment
+  (`task.train_step` in a tf.function, the experiment's own optimizer) on
+  one decoded example parsed by the task's own parser, repeated `batch`
+  times."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  from official.core import task_factory  # pylint: disable=g-import-not-at-top
+  # (Registering the tasks and experiments; the tasks import their configs.)
+  from official.vision.tasks import maskrcnn, retinanet  # noqa: F401 pylint: disable=g-import-not-at-top,unused-import
+  from tensormask_tf import registry_imports  # noqa: F401 pylint: disable=g-import-not-at-top,unused-import
+  from tensormask_tf.dataloaders import tensormask_input  # pylint: disable=g-import-not-at-top
+  tf_keras.utils.set_random_seed(0)
+  params = exp_factory.get_exp_config(TRAIN_TASK_EXPERIMENTS[name])
+  params.task.model.input_size = [height, width, 3]
+  # The images in the step's precision (Model Garden's COCO experiments
+  # parse to bfloat16, for their TPU runtime).
+  params.task.train_data.dtype = precision
+  params.runtime.mixed_precision_dtype = precision
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  if name == "tensormask":
+    parser, resize = _tensormask_parser(params)
+  else:
+    jitter = params.task.train_data.parser
+    parser, resize = _model_garden_parser(name, params), (
+        f"fit to the input, scale jitter {jitter.aug_scale_min}-"
+        f"{jitter.aug_scale_max}")
+  original = _original_size(height, width)
+  decoded = _decoded_example(*original)
+  # The decoder's shapes: sizes and counts unknown (with static ones, the
+  # orientation buckets' tf.cond would trace the other bucket's branch with
+  # sizes that cannot fit it, and fail).
+  fixed = {"image": [None, None, 3], "groundtruth_boxes": [None, 4]}
+  image, labels = tf.function(
+      parser.parse_fn(is_training=True),
+      input_signature=[{k: tf.TensorSpec(
+          fixed.get(k, [None] * v.shape.rank), v.dtype)
+                        for k, v in decoded.items()}])(decoded)
+  # With orientation buckets a portrait example is stored transposed and
+  # `train_step` runs it in its own orientation (in a tf.cond).
+  portrait = bool(labels.get(tensormask_input.PORTRAIT_KEY, False))
+  images, labels = tf.nest.map_structure(
+      lambda t: tf.stack([t] * batch), (image, labels))
+  optimizer = task.create_optimizer(params.trainer.optimizer_config,
+                                    params.runtime)
+
+  @tf.function
+  def step(images, labels):
+    return task.train_step((images, labels), model, optimizer, metrics=None)
+
+  step(images, labels)  # Traces, and makes the optimizer's slots.
+  _reset_peak()
+  seconds = median_time(
+      lambda: float(step(images, labels)[task.loss]), repeats)
+  size = list(images.shape[1:3])
+  result = {"seconds": seconds, "peak_mb": _peak_mb(), "batch": batch,
+            "input": size[::-1] if portrait else size,
+            "original": list(original), "resize": resize,
+            "loss": float(step(images, labels)[task.loss])}
+  try:  # Optional (a second or so): the step's graph, unfrozen; traced
+    # without the orientation flag, whose tf.cond would hide the step in
+    # its branches (a portrait step as stored, transposed: the same FLOPs).
+    result["flops"] = _profile_flops(tf.function(
+        lambda images, labels: task.train_step(
+            (images, labels), model, optimizer)).get_concrete_function(
+                images, {k: v for k, v in labels.items()
+                         if k != tensormask_input.PORTRAIT_KEY}), freeze=False)
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return result
+
+
+def _profile_flops(concrete_function, freeze: bool = True) -> float:
+  """FLOPs of the function's graph from the TF profiler; freeze=False
+  profiles the graph as it is, for functions that update variables (a
+  training step), which cannot be frozen. Ops whose shapes are unknown
+  until run time (the gathered masks) count for nothing."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top
-  frozen = convert_to_constants.convert_variables_to_constants_v2(
-      concrete_function)
+  graph = concrete_function.graph
+  if freeze:
+    graph = convert_to_constants.convert_variables_to_constants_v2(
+        concrete_function).graph
   options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
   options["output"] = "none"
-  info = tf.compat.v1.profiler.profile(graph=frozen.graph, options=options)
+  info = tf.compat.v1.profiler.profile(graph=graph, options=options)
   return float(info.total_float_ops)
 
 
@@ -413,7 +653,8 @@ def child_input(size: int, repeats: int) -> dict:
                    "global_batch_size": 1, "shuffle_buffer_size": 16})
     if size != 800:
       params.task.model.input_size = [height, width, 3]
-      data.parser.override({"short_side": 0, "long_side": 0})
+      data.parser.override({"short_side": 0, "long_side": 0,
+                            "orientation_buckets": False})
     task = task_factory.get_task(params.task)
     iterator = iter(task.build_inputs(data).repeat())
     next(iterator)
@@ -440,6 +681,11 @@ def _child(args) -> dict:
     return child_input(size, repeats)
   if kind == "profile":
     return child_profile(size, repeats)
+  if kind.startswith("train_task:"):
+    _, name, hw = kind.split(":")
+    height, width = (int(v) for v in hw.split("x"))
+    return child_train_task(name, height, width, repeats, args.batch,
+                            args.precision)
   raise ValueError(kind)
 
 
@@ -448,7 +694,8 @@ def _child(args) -> dict:
 # ---------------------------------------------------------------------------
 def _run_child(kind: str, args) -> dict:
   command = [sys.executable, __file__, f"--child={kind}", f"--size={args.size}",
-             f"--repeats={args.repeats}", f"--precision={args.precision}"]
+             f"--repeats={args.repeats}", f"--precision={args.precision}",
+             f"--batch={args.batch}"]
   result = subprocess.run(command, capture_output=True, text=True,
                           check=False, cwd=REPO,
                           env={**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"})
@@ -526,6 +773,91 @@ def _print_branch_alone(branch: dict, branches: Sequence[str],
           f"{_fmt(r.get('mask_loss'), digits=6)} |")
 
 
+def _hw(size: Sequence[int]) -> str:
+  return f"{size[0]}x{size[1]}"
+
+
+def _print_against_model_garden(results: dict, args) -> None:
+  """Table 1b: our COCO experiment's training step vs Model Garden's."""
+  height, width = _input_size(args.size)
+  ref = results["maskrcnn"]
+  print("\n## 1b. Training step against Model Garden's detectors (their "
+        f"COCO experiment configs, batch {args.batch}, input "
+        f"{height}x{width})")
+  print("| model (experiment) | step s | s per image | images/s | "
+        "step / Mask R-CNN step | GFLOPs | peak MB |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
+  for name, experiment in TRAIN_TASK_EXPERIMENTS.items():
+    r = results[name]
+    per_image = r["seconds"] / r["batch"] if r else None
+    label = f"{name} ({'ours, ' if name == 'tensormask' else ''}{experiment})"
+    print(f"| {label} | {_fmt(r.get('seconds'))} | "
+          f"{_fmt(per_image, digits=3)} | "
+          f"{_fmt(1 / per_image if r else None)} | "
+          f"{_fmt(r['seconds'] / ref['seconds']) if r and ref else '-'} | "
+          f"{_fmt(r['flops'] / 1e9, digits=0) if 'flops' in r else '-'} | "
+          f"{_fmt(r.get('peak_mb'), digits=0)} |")
+  print("\nEach: `task.train_step` in a tf.function with the experiment's "
+        "optimizer, on one decoded example with 20 rectangles parsed by the "
+        "task's own training parser (repeated to the batch); GFLOPs from the "
+        "TF profiler (ops with shapes known only at run time uncounted). "
+        "Resize:")
+  for name, r in results.items():
+    if r:
+      print(f"- {name}: {_hw(r['original'])} image, {r['resize']}")
+
+
+def _print_coco_epoch(results: dict, sizes: dict, args) -> None:
+  """Table 1c: our training step at the square, landscape and portrait
+  inputs, and an epoch of COCO train2017 at each layout."""
+  from tensormask_tf.configs import experiments  # pylint: disable=g-import-not-at-top
+  fraction = COCO_TRAIN2017_LANDSCAPE_FRACTION
+  images = experiments.COCO_TRAIN_EXAMPLES
+  print("\n## 1c. COCO epoch: square padding vs orientation buckets "
+        f"(tensormask_r50_fpn_coco_1x, batch {args.batch})")
+  print("| input | size | step s | s per image | peak MB |")
+  print("| --- | --- | --- | --- | --- |")
+  per_image = {}
+  for layout, size in sizes.items():
+    r = results[layout]
+    per_image[layout] = r["seconds"] / r["batch"] if r else None
+    print(f"| {layout} | {_hw(size)} | {_fmt(r.get('seconds'))} | "
+          f"{_fmt(per_image[layout], digits=3)} | "
+          f"{_fmt(r.get('peak_mb'), digits=0)} |")
+  print("\nEach: as in 1b, one image parsed by the experiment's training "
+        "parser; a portrait image is stored transposed and the step runs it "
+        "in its own orientation.")
+  for layout, r in results.items():
+    if r:
+      print(f"- {layout}: {_hw(r['original'])} image, {r['resize']}; the "
+            f"network ran at {_hw(r['input'])}")
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.modeling import factory  # pylint: disable=g-import-not-at-top
+  own = factory.padded_input_size(exp_factory.get_exp_config(
+      TRAIN_TASK_EXPERIMENTS["tensormask"]).task.model)
+  print(f"(tensormask_r50_fpn_coco_1x's own landscape bucket: {_hw(own)}; "
+        f"--epoch_landscape {_hw(own)} measures it)")
+  if None in per_image.values():
+    return
+  square = images * per_image["square"]
+  buckets = images * (fraction * per_image["landscape bucket"] +
+                      (1 - fraction) * per_image["portrait bucket"])
+  area = {layout: size[0] * size[1] for layout, size in sizes.items()}
+  pixels = (fraction * area["landscape bucket"] +
+            (1 - fraction) * area["portrait bucket"]) / area["square"]
+  print(f"\n| epoch of COCO train2017 ({images} images) | hours on this "
+        "machine | pixels / square |")
+  print("| --- | --- | --- |")
+  print(f"| square padding (every image at {_hw(sizes['square'])}) | "
+        f"{square / 3600:.1f} | 1.00 |")
+  print(f"| orientation buckets ({100 * fraction:.0f}% landscape at "
+        f"{_hw(sizes['landscape bucket'])}, the rest at "
+        f"{_hw(sizes['portrait bucket'])}) | {buckets / 3600:.1f} | "
+        f"{pixels:.2f} |")
+  print(f"\nbuckets / square: time {buckets / square:.2f} (target <= 0.7), "
+        f"pixels {pixels:.2f}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--size", type=int, default=512)
@@ -542,6 +874,14 @@ def main():
   parser.add_argument("--precision", default="float32",
                       choices=("float32", "bfloat16", "float16"),
                       help="Keras mixed-precision policy of every model")
+  parser.add_argument("--batch", type=int, default=1,
+                      help="images per step of the train_task children "
+                      "(the tables against Model Garden and coco_epoch)")
+  parser.add_argument("--epoch_landscape", default="",
+                      help="HxW of the coco_epoch table's landscape bucket "
+                      "(default: the benchmark input, 896x1408 at --size "
+                      "800); the square is its long side squared, the "
+                      "portrait bucket its transpose")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -557,9 +897,18 @@ def main():
   variants = tuple(v for v in TRAIN_VARIANTS if v in asked)
   sections = args.sections.split(",")
   height, width = _input_size(args.size)
-  print(f"# bench_model: R50-FPN, batch 1, input {height}x{width}, "
-        f"{args.precision}, {os.cpu_count()} CPUs, median of {args.repeats}")
+  print(f"# bench_model: R50-FPN, batch 1 (the COCO experiments' steps: "
+        f"{args.batch}), input {height}x{width}, {args.precision}, "
+        f"{os.cpu_count()} CPUs, median of {args.repeats}")
   train = {}
+  tasks = {}  # train_task children's results, by kind: each run once.
+
+  def train_task(name: str, size: Sequence[int]) -> dict:
+    kind = f"train_task:{name}:{_hw(size)}"
+    if kind not in tasks:
+      tasks[kind] = _run_child(kind, args)
+    return tasks[kind]
+
   if "train" in sections:
     branches = variants
     measured = branches + ("features",)
@@ -609,6 +958,20 @@ def main():
               f"{alone['seconds'] / alone_g['seconds']:.1f}x, memory "
               f"{alone['peak_mb'] / alone_g['peak_mb']:.1f}x (own "
               f"{alone.get('own_mb', 0) / alone_g.get('own_mb', 1):.1f}x)")
+  if "train" in sections:
+    _print_against_model_garden(
+        {name: train_task(name, (height, width))
+         for name in TRAIN_TASK_EXPERIMENTS}, args)
+  if "train" in sections or "coco_epoch" in sections:
+    # Our step at the square input every image fits (square padding) and at
+    # the two orientation buckets.
+    short, long = (sorted(int(v) for v in args.epoch_landscape.split("x"))
+                   if args.epoch_landscape else (height, width))
+    sizes = {"square": (long, long),
+             "landscape bucket": (short, long),
+             "portrait bucket": (long, short)}
+    _print_coco_epoch({layout: train_task("tensormask", size)
+                       for layout, size in sizes.items()}, sizes, args)
   if "inference" in sections:
     models = ("tensormask_custom", "tensormask_custom_direct",
               "tensormask_tf", "maskrcnn", "retinanet")

@@ -353,16 +353,21 @@ class Parser(parser.Parser):
       image, labels = self._resize_and_label(*objects, self._output_size,
                                              self._padded_size)
     else:
-      size = tf.shape(image)[0:2]
-      portrait = size[0] > size[1]
-      portrait_output = self._output_size[::-1]
-      image, labels = tf.cond(
-          portrait,
-          lambda: _transpose_grids(*self._resize_and_label(
-              *objects, portrait_output, self._portrait_padded_size),
-                                   batched=False),
-          lambda: self._resize_and_label(*objects, self._output_size,
-                                         self._padded_size))
+      as_portrait = lambda: _transpose_grids(  # noqa: E731
+          *self._resize_and_label(*objects, self._output_size[::-1],
+                                  self._portrait_padded_size), batched=False)
+      as_landscape = lambda: self._resize_and_label(  # noqa: E731
+          *objects, self._output_size, self._padded_size)
+      height, width = image.shape[0:2]
+      if height is not None and width is not None:
+        # Static sides (not the decoder's): the other orientation's padding
+        # would not even trace.
+        portrait = tf.constant(height > width)
+        image, labels = as_portrait() if height > width else as_landscape()
+      else:
+        size = tf.shape(image)[0:2]
+        portrait = size[0] > size[1]
+        image, labels = tf.cond(portrait, as_portrait, as_landscape)
       labels[PORTRAIT_KEY] = portrait
     labels["source_id"] = source_id
     image = tf.ensure_shape(image, [*self._padded_size, 3])
