@@ -1,7 +1,8 @@
 """Benchmark of TensorMask training and inference (issue 7).
 
     .venv/bin/python scripts/bench_model.py [--size 512] [--repeats 3]
-        [--sections train,coco_epoch,inference,memory,profile,input]
+        [--sections train,model_garden,coco_epoch,train_profile,inference,
+                    memory,profile,input]
         [--train_runs 3] [--branch_runs 3] [--variants gathered,dense_held]
         [--batch 1]
 
@@ -54,6 +55,12 @@ the measured calls.
    COCO train2017 epoch on this machine with square padding vs orientation
    buckets (COCO_TRAIN2017_LANDSCAPE_FRACTION landscape), their ratio
    (target <= 0.7) and their pixels' ratio.
+   model_garden: 1b alone. train_profile: our COCO experiment's training
+   step stage by stage (backbone, FPN, the class, box and mask towers per
+   level, the bipyramid fuse, the fused mask projection, the losses, the
+   optimizer), each stage's forward and backward a tf.function on the
+   previous stage's outputs with a fixed random output gradient, and the
+   whole step beside their sum.
 2. inference: latency of this project's TensorMask (custom-op backend;
    the same with direct convolutions instead of the head's Winograd ones,
    "_direct"; pure-TF backend, as exported) vs Model Garden's
@@ -434,12 +441,12 @@ def _model_garden_parser(name: str, params):
       keep_aspect_ratio=parser.keep_aspect_ratio, **anchors)
 
 
-def child_train_task(name: str, height: int, width: int, repeats: int,
-                     batch: int, precision: str) -> dict:
-  """The training step of a task built from its registered COCO experiment
-  (`task.train_step` in a tf.function, the experiment's own optimizer) on
-  one decoded example parsed by the task's own parser, repeated `batch`
-  times."""
+def _train_task_setup(name: str, height: int, width: int, batch: int,
+                      precision: str):
+  """(task, model, optimizer, images, labels, info) of a task built from
+  its registered COCO experiment, on one decoded example parsed by the
+  task's own training parser, repeated `batch` times; info: {"portrait",
+  "original", "resize"}."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
   from official.core import exp_factory  # pylint: disable=g-import-not-at-top
@@ -482,6 +489,22 @@ def child_train_task(name: str, height: int, width: int, repeats: int,
       lambda t: tf.stack([t] * batch), (image, labels))
   optimizer = task.create_optimizer(params.trainer.optimizer_config,
                                     params.runtime)
+  return task, model, optimizer, images, labels, {
+      "portrait": portrait, "original": original, "resize": resize}
+
+
+def child_train_task(name: str, height: int, width: int, repeats: int,
+                     batch: int, precision: str) -> dict:
+  """The training step of a task built from its registered COCO experiment
+  (`task.train_step` in a tf.function, the experiment's own optimizer) on
+  one decoded example parsed by the task's own parser, repeated `batch`
+  times."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.dataloaders import tensormask_input  # pylint: disable=g-import-not-at-top
+  task, model, optimizer, images, labels, info = _train_task_setup(
+      name, height, width, batch, precision)
+  portrait, original, resize = (info["portrait"], info["original"],
+                                info["resize"])
 
   @tf.function
   def step(images, labels):
@@ -506,6 +529,102 @@ def child_train_task(name: str, height: int, width: int, repeats: int,
                          if k != tensormask_input.PORTRAIT_KEY}), freeze=False)
   except Exception:  # pylint: disable=broad-except
     pass
+  return result
+
+
+def child_train_profile(height: int, width: int, repeats: int,
+                        precision: str) -> dict:
+  """Seconds of each stage of our COCO training step (forward and
+  backward), each a tf.function on fixed inputs (the previous stage's
+  outputs) with a fixed random output gradient; and the whole step."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  task, model, optimizer, images, labels, _ = _train_task_setup(
+      "tensormask", height, width, 1, precision)
+  head = model.head
+  result = {}
+
+  def fwd_bwd(name, fn, inputs, variables, input_gradients=True):
+    """Times fn's forward and its gradients (of `variables` and, when
+    input_gradients, of `inputs`) for a random output gradient."""
+    outputs = fn(inputs)
+    cotangents = tf.nest.map_structure(
+        lambda t: tf.random.normal(tf.shape(t), dtype=t.dtype), outputs)
+
+    @tf.function
+    def run(inputs, cotangents):
+      with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = fn(inputs)
+        proxy = tf.add_n([tf.reduce_sum(o * c) for o, c in zip(
+            tf.nest.flatten(outputs), tf.nest.flatten(cotangents))])
+      return tape.gradient(proxy, [inputs if input_gradients else [],
+                                   variables])
+
+    run(inputs, cotangents)
+    result[name] = median_time(lambda: tf.nest.map_structure(
+        lambda t: t.numpy(), run(inputs, cotangents)), repeats)
+    return outputs
+
+  def variables_of(*layers):
+    return [v for layer in layers for v in layer.trainable_variables]
+
+  endpoints = fwd_bwd("backbone", lambda x: model.backbone(x, training=True),
+                      images, model.backbone.trainable_variables,
+                      input_gradients=False)
+  features = fwd_bwd("FPN", lambda x: model.decoder(x, training=True),
+                     endpoints, model.decoder.trainable_variables)
+  towers = {"class": (head._class_tower, head._class_logits),  # pylint: disable=protected-access
+            "box": (head._box_tower, head._box_deltas),  # pylint: disable=protected-access
+            "mask": (head._mask_tower, None)}  # pylint: disable=protected-access
+  for tower, (convs, last) in towers.items():
+    layers = list(convs) + ([last] if last is not None else [])
+
+    def run_tower(x, layers=layers):
+      for layer in layers:
+        x = layer(x, training=True)
+      return x
+
+    for level in head.levels:
+      fwd_bwd(f"{tower} tower P{level}", run_tower, features[str(level)],
+              variables_of(*layers))
+  mask_features = fwd_bwd(
+      "mask towers + bipyramid fuse",
+      lambda x: head.mask_features(x, training=True), features,
+      variables_of(*head._mask_tower, head._fuse))  # pylint: disable=protected-access
+  result["bipyramid fuse"] = result.pop("mask towers + bipyramid fuse") - sum(
+      result[f"mask tower P{level}"] for level in head.levels)
+  outputs = {"class_outputs": head.class_outputs(features, training=True),
+             "box_outputs": head.box_outputs(features, training=True),
+             "mask_features": mask_features}
+  # The windows whose masks the loss asks for (the positives of the mask
+  # caps), recorded on the way through the task's own loss.
+  windows = []
+  project = head.mask_logits_at
+  head.mask_logits_at = lambda features, pairs: (
+      windows.extend(pairs), project(features, pairs))[1]
+  task.build_losses(dict(outputs), labels, model)
+  head.mask_logits_at = project
+  fwd_bwd("fused mask projection", lambda x: project(x, windows),
+          mask_features, variables_of(*head._mask_projections))  # pylint: disable=protected-access
+  fwd_bwd("losses (with the projection)",
+          lambda x: task.build_losses(x, labels, model)["total_loss"],
+          outputs, variables_of(*head._mask_projections))  # pylint: disable=protected-access
+  result["losses"] = result.pop("losses (with the projection)") - result[
+      "fused mask projection"]
+  variables = model.trainable_variables
+  gradients = [tf.random.normal(v.shape) * 1e-6 for v in variables]
+
+  @tf.function
+  def apply():
+    optimizer.apply_gradients(zip(gradients, variables))
+
+  apply()
+  result["optimizer"] = median_time(apply, repeats)
+  step = tf.function(lambda images, labels: task.train_step(
+      (images, labels), model, optimizer))
+  step(images, labels)
+  result["whole step"] = median_time(
+      lambda: float(step(images, labels)[task.loss]), repeats)
   return result
 
 
@@ -681,6 +800,9 @@ def _child(args) -> dict:
     return child_input(size, repeats)
   if kind == "profile":
     return child_profile(size, repeats)
+  if kind.startswith("train_profile:"):
+    height, width = (int(v) for v in kind.split(":")[1].split("x"))
+    return child_train_profile(height, width, repeats, args.precision)
   if kind.startswith("train_task:"):
     _, name, hw = kind.split(":")
     height, width = (int(v) for v in hw.split("x"))
@@ -858,6 +980,23 @@ def _print_coco_epoch(results: dict, sizes: dict, args) -> None:
         f"pixels {pixels:.2f}")
 
 
+def _print_train_profile(result: dict, size: Sequence[int]) -> None:
+  """Table: our training step stage by stage."""
+  print(f"\n## Our training step by stage ({_hw(size)}, batch 1, forward "
+        "and backward of each on the previous stage's outputs)")
+  if not result:
+    return
+  whole = result.pop("whole step")
+  total = sum(result.values())
+  print("| stage | s | share of the stages' sum |")
+  print("| --- | --- | --- |")
+  for name, seconds in sorted(result.items(), key=lambda kv: -kv[1]):
+    print(f"| {name} | {seconds:.3f} | {100 * seconds / total:.1f}% |")
+  print(f"| sum of the stages | {total:.3f} | 100% |")
+  print(f"| the whole step (task.train_step) | {whole:.3f} | "
+        f"{100 * whole / total:.0f}% of the sum |")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--size", type=int, default=512)
@@ -958,7 +1097,7 @@ def main():
               f"{alone['seconds'] / alone_g['seconds']:.1f}x, memory "
               f"{alone['peak_mb'] / alone_g['peak_mb']:.1f}x (own "
               f"{alone.get('own_mb', 0) / alone_g.get('own_mb', 1):.1f}x)")
-  if "train" in sections:
+  if "train" in sections or "model_garden" in sections:
     _print_against_model_garden(
         {name: train_task(name, (height, width))
          for name in TRAIN_TASK_EXPERIMENTS}, args)
@@ -972,6 +1111,9 @@ def main():
              "portrait bucket": (long, short)}
     _print_coco_epoch({layout: train_task("tensormask", size)
                        for layout, size in sizes.items()}, sizes, args)
+  if "train_profile" in sections:
+    _print_train_profile(_run_child(f"train_profile:{_hw((height, width))}",
+                                    args), (height, width))
   if "inference" in sections:
     models = ("tensormask_custom", "tensormask_custom_direct",
               "tensormask_tf", "maskrcnn", "retinanet")

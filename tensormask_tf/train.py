@@ -150,6 +150,7 @@ def prepare_params(params: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
     # Their own convolutions (cuDNN's algorithm search, the TPU's) beat a
     # Winograd form built of gathers and matrix products.
     model.head.winograd_at_inference = False
+    model.head.winograd_in_training = False
   if runtime.enable_xla or runtime.distribution_strategy == "tpu":
     if model.ops_backend == "custom":
       raise ConfigError("runtime.enable_xla and TPUs need "

@@ -54,6 +54,30 @@ def test_training_or_a_symbolic_flag_runs_tf_conv2d_exactly(training):
   np.testing.assert_array_equal(layer(x, training=training), want)
 
 
+def test_winograd_in_training_has_the_gradients_of_numpy_and_conv2d():
+  # Forward against the numpy convolution; the gradients of the input and
+  # the kernel against tf.nn.conv2d's (float64, so Winograd's transforms
+  # add no visible rounding).
+  layer = _layer(winograd_in_training=True, dtype="float64")
+  x = tf.constant(np.random.RandomState(1).normal(size=WIDE))
+  cotangent = tf.constant(np.random.RandomState(2).normal(size=WIDE))
+  assert "GatherNd" in _op_types(lambda v: layer(v, training=True), x)
+  np.testing.assert_allclose(layer(x, training=True), _reference(layer, x),
+                             rtol=0, atol=1e-10)
+
+  def gradients(forward):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(forward(x) * cotangent)
+    return tape.gradient(loss, [x, layer.kernel])
+
+  got = gradients(lambda v: layer(v, training=True))
+  want = gradients(lambda v: tf.nn.relu(
+      tf.nn.conv2d(v, layer.kernel, 1, "SAME") + layer.bias))
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=0, atol=1e-9 * np.abs(w).max())
+
+
 @pytest.mark.parametrize("make,shape", [
     (lambda: _layer(winograd_at_inference=False), WIDE),
     (lambda: _layer(filters=8), WIDE),           # too few output channels

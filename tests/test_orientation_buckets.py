@@ -93,25 +93,39 @@ def _batches(params, training: bool = False):
   return list(dataset.take(1) if training else dataset)
 
 
-def _alone_batches(params, size, training: bool = False):
-  """The records through the parser without buckets at input `size`, in
-  one batch. (Its check that both orientations fit one input is set aside:
-  the records here have one orientation.)"""
+def _parser(params, training: bool = False, size=None):
+  """The task's parser, or without buckets at input `size` (its check that
+  both orientations fit one input set aside: the records it is given have
+  one orientation)."""
   model = params.task.model
   data = params.task.train_data if training else params.task.validation_data
   parser = tensormask_input.Parser(
-      output_size=(max(size), max(size)),
+      output_size=model.input_size[:2] if size is None else (max(size),) * 2,
       window_spec=factory.window_spec(model),
       mask_caps=tensormask.mask_caps(data.parser, model.min_level,
                                      model.max_level),
       short_side=data.parser.short_side, long_side=data.parser.long_side,
       num_classes=model.num_classes,
-      size_divisibility=factory.size_divisibility(model))
-  parser._output_size = parser._padded_size = size  # pylint: disable=protected-access
+      size_divisibility=factory.size_divisibility(model),
+      orientation_buckets=size is None)
+  if size is not None:
+    parser._output_size = parser._padded_size = size  # pylint: disable=protected-access
+  return parser
+
+
+def _records(params, training: bool = False) -> tf.data.Dataset:
+  """Decoded examples of the split's records, in file order."""
+  data = params.task.train_data if training else params.task.validation_data
   decoder = tf_example_decoder.TfExampleDecoder(include_mask=True)
   files = sorted(tf.io.gfile.glob(data.input_path))
-  return list(tf.data.TFRecordDataset(files).map(decoder.decode).map(
-      parser.parse_fn(training)).batch(8))
+  return tf.data.TFRecordDataset(files).map(decoder.decode)
+
+
+def _alone_batches(params, size, training: bool = False):
+  """The records through the parser without buckets at input `size`, in
+  one batch."""
+  return list(_records(params, training).map(
+      _parser(params, training, size).parse_fn(training)).batch(8))
 
 
 def _mask_rows(labels: dict, pair: str, image: int):
@@ -183,6 +197,21 @@ def test_stored_portrait_examples_are_the_portrait_examples_transposed(
           np.testing.assert_array_equal(g, e, err_msg=f"{pair} image {n}")
   assert float(tf.reduce_sum(want_labels["num_positives"])) > 0
   assert float(tf.reduce_sum(want_labels["num_mask_positives_dropped"])) == 0
+
+
+def test_static_image_sides_pick_the_bucket_without_a_branch(mixed_records):
+  # Eager decoded examples have static sides: the other orientation's
+  # padding cannot trace, so the parser picks the bucket in Python.
+  params = _params(mixed_records["portrait"])
+  parse = _parser(params).parse_fn(False)
+  decoded = next(iter(_records(params)))
+  image, labels = parse(decoded)
+  want_image, want_labels = next(iter(_records(params).map(parse)))
+  assert bool(labels["portrait"]) and image.shape == (*LANDSCAPE, 3)
+  np.testing.assert_array_equal(image, want_image)
+  for k in range(2, 6):
+    np.testing.assert_array_equal(labels[f"class_targets_{k}"],
+                                  want_labels[f"class_targets_{k}"])
 
 
 def test_landscape_and_portrait_images_give_the_same_detections_as_alone(
@@ -351,3 +380,31 @@ def test_served_images_get_the_detections_of_evaluation(mixed_records,
   both = module.serve_encoded_images(tf.stack(encoded))
   assert both["detection_boxes"].shape == (2, 20, 4)
   assert min(both["num_detections"].numpy()) > 0
+
+
+def test_the_bucketed_step_compiles_with_xla(mixed_records):
+  # Both orientation branches are static: XLA compiles the step (pure-TF
+  # ops, static mask shapes, as train.prepare_params sets for XLA) and
+  # gives the loss and gradients of the step without XLA on a portrait
+  # batch.
+  params = _params(mixed_records["portrait"])
+  params.task.model.ops_backend = "tf"
+  params.task.losses.static_mask_shapes = True
+  task, model = _model(params)
+  ((images, labels),) = _batches(params, training=True)
+
+  def loss_and_grads(images, labels):
+    with tf.GradientTape() as tape:
+      loss = tensormask_input.run_in_orientation(
+          lambda images, labels: task.build_losses(
+              model(images, training=True), labels, model)["total_loss"],
+          images, labels)
+    return loss, tape.gradient(loss, model.trainable_variables)
+
+  loss, grads = tf.function(loss_and_grads, jit_compile=True)(images, labels)
+  want_loss, want_grads = tf.function(loss_and_grads)(images, labels)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-4)
+  worst = max(float(tf.reduce_max(tf.abs(g - w)) /
+                    (tf.reduce_max(tf.abs(w)) + 1e-12))
+              for g, w in zip(grads, want_grads))
+  assert worst < 1e-3

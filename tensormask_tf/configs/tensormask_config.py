@@ -70,6 +70,9 @@ class TensorMaskHead(hyperparams.Config):
     F(4x4, 3x3) when not training, on the grids where it is faster on the
     CPU (tensormask_tf/layers/conv3x3.py); `train.prepare_params` turns it
     off for runtimes with GPUs or TPUs.
+  winograd_in_training: the same in training steps (forward and backward;
+    the COCO experiments' step 1.2x faster on the CPU, docs/benchmarks.md);
+    also turned off for GPUs and TPUs.
   """
   head_type: str = "bipyramid"
   num_convs: int = 4
@@ -81,6 +84,7 @@ class TensorMaskHead(hyperparams.Config):
   upscale_factor: int = 1
   upscale_interpolation: str = "bilinear"
   winograd_at_inference: bool = True
+  winograd_in_training: bool = False
 
 
 @dataclasses.dataclass

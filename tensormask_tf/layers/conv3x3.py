@@ -1,5 +1,5 @@
-"""A "same" 3x3 convolution layer that runs as Winograd F(4x4, 3x3) when not
-training."""
+"""A "same" 3x3 convolution layer that runs as Winograd F(4x4, 3x3) where
+that is faster on the CPU."""
 
 import tensorflow as tf
 import tf_keras
@@ -21,18 +21,24 @@ class Conv3x3(tf_keras.layers.Conv2D):
   and a grid and channel counts where `ops.winograd_pays_off`, the
   convolution runs as `ops.winograd_conv3x3` (2.2x faster for 256 channels
   on the P2 grid of an 896x1408 input on the CPU; its float32 results differ
-  from tf.nn.conv2d's by ~1e-5 of the largest output). Training always runs
-  tf.nn.conv2d: its gradients and memory are the stock ones.
+  from tf.nn.conv2d's by ~1e-5 of the largest output). With
+  `winograd_in_training` training runs it too, differentiated through its
+  transforms and matrix products (2.0x faster forward and backward for the
+  4 x 256-channel class tower on that grid, scripts/bench_model.py
+  --sections train_profile; it holds the transformed tiles for the
+  backward, ~2.25x its input); otherwise training runs tf.nn.conv2d.
   """
 
   def __init__(self, filters: int, winograd_at_inference: bool = True,
-               **kwargs):
+               winograd_in_training: bool = False, **kwargs):
     """Initializes the layer.
 
     Args:
       filters: output channels F.
       winograd_at_inference: allow the Winograd form when not training
         (set False on GPUs and TPUs, whose own convolutions are faster).
+      winograd_in_training: allow it when training too (CPU only, as
+        winograd_at_inference).
       **kwargs: other keyword arguments of `tf_keras.layers.Conv2D`
         (activation, initializers, regularizers, name, ...), not its
         kernel_size, strides, padding, dilation_rate or groups.
@@ -43,6 +49,7 @@ class Conv3x3(tf_keras.layers.Conv2D):
                        "is a stride-1 'same' 3x3 NHWC convolution.")
     super().__init__(filters, 3, padding="same", **kwargs)
     self._winograd_at_inference = winograd_at_inference
+    self._winograd_in_training = winograd_in_training
 
   def convolve(self, inputs: tf.Tensor, kernel: tf.Tensor,
                training: bool | None = None) -> tf.Tensor:
@@ -53,10 +60,10 @@ class Conv3x3(tf_keras.layers.Conv2D):
     """
     _, height, width, channels = inputs.shape
     # A symbolic `training` tensor gets the direct form, right either way.
-    inference = training is None or (isinstance(training, (bool, int))
-                                     and not training)
-    if (self._winograd_at_inference and inference
-        and inputs.dtype in _WINOGRAD_DTYPES
+    static = training is None or isinstance(training, (bool, int))
+    allowed = static and (self._winograd_in_training if training
+                          else self._winograd_at_inference)
+    if (allowed and inputs.dtype in _WINOGRAD_DTYPES
         and ops.winograd_pays_off(height, width, channels, kernel.shape[-1])):
       return ops.winograd_conv3x3(inputs, kernel)
     return tf.nn.conv2d(inputs, kernel, 1, "SAME")
@@ -75,4 +82,5 @@ class Conv3x3(tf_keras.layers.Conv2D):
     for key in _FIXED_ARGUMENTS:
       config.pop(key)
     config["winograd_at_inference"] = self._winograd_at_inference
+    config["winograd_in_training"] = self._winograd_in_training
     return config

@@ -100,6 +100,7 @@ def build_tensormask_model(
       upscale_interpolation=head_config.upscale_interpolation,
       ops_backend=model_config.ops_backend,
       winograd_at_inference=head_config.winograd_at_inference,
+      winograd_in_training=head_config.winograd_in_training,
       kernel_regularizer=l2_regularizer)
   model = tensormask_model.TensorMaskModel(backbone, decoder, head)
   model(tf_keras.Input(shape=input_specs.shape[1:],

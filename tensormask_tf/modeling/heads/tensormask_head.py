@@ -65,6 +65,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
                upscale_interpolation: str = "bilinear",
                ops_backend: str = "auto",
                winograd_at_inference: bool = True,
+               winograd_in_training: bool = False,
                kernel_regularizer: tf_keras.regularizers.Regularizer | None = None,
                **kwargs):
     """Initializes the head.
@@ -85,6 +86,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
       winograd_at_inference: let the 3x3 convolutions run as Winograd
         F(4x4, 3x3) when not training, where it pays (layers.Conv3x3); False
         on GPUs and TPUs.
+      winograd_in_training: the same when training.
       kernel_regularizer: regularizer of the conv kernels.
       **kwargs: other keyword arguments of `tf_keras.layers.Layer`.
     """
@@ -120,6 +122,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
         "upscale_interpolation": upscale_interpolation,
         "ops_backend": ops_backend,
         "winograd_at_inference": winograd_at_inference,
+        "winograd_in_training": winograd_in_training,
         "kernel_regularizer": kernel_regularizer,
     }
 
@@ -137,6 +140,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
       return layers.Conv3x3(
           filters,
           winograd_at_inference=self._config_dict["winograd_at_inference"],
+          winograd_in_training=self._config_dict["winograd_in_training"],
           **kwargs)
     return tf_keras.layers.Conv2D(filters, kernel_size, padding="same",
                                   **kwargs)
