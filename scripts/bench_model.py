@@ -353,7 +353,7 @@ TRAIN_TASK_EXPERIMENTS = {"tensormask": "tensormask_r50_fpn_coco_1x",
                           "retinanet": "retinanet_resnetfpn_coco"}
 
 
-def _tensormask_parser(params):
+def _tensormask_parser(task, params):
   """The parser `TensorMaskTask.build_inputs` builds, and a note on its
   resize.
 
@@ -362,30 +362,12 @@ def _tensormask_parser(params):
   does not fit (a small --size) the sides become the input's own, so an
   image of the input's size is not resized.
   """
-  from tensormask_tf.configs import tensormask_config  # pylint: disable=g-import-not-at-top
-  from tensormask_tf.dataloaders import tensormask_input  # pylint: disable=g-import-not-at-top
-  from tensormask_tf.modeling import factory  # pylint: disable=g-import-not-at-top
-  from tensormask_tf.tasks import tensormask as tensormask_task  # pylint: disable=g-import-not-at-top
   model_config = params.task.model
   data = params.task.train_data
   parser_config = data.parser
 
   def build():
-    return tensormask_input.Parser(
-        output_size=model_config.input_size[:2],
-        window_spec=factory.window_spec(model_config),
-        mask_caps=tensormask_task.mask_caps(
-            parser_config, model_config.min_level, model_config.max_level),
-        aug_rand_hflip=parser_config.aug_rand_hflip,
-        aug_scale_min=parser_config.aug_scale_min,
-        aug_scale_max=parser_config.aug_scale_max,
-        short_side=parser_config.short_side,
-        long_side=parser_config.long_side,
-        num_classes=model_config.num_classes,
-        category_ids=tensormask_config.category_ids(model_config),
-        size_divisibility=factory.size_divisibility(model_config),
-        orientation_buckets=parser_config.orientation_buckets,
-        dtype=data.dtype)
+    return task.build_parser(data)
 
   def sides():
     return (f"short side {parser_config.short_side}, long side "
@@ -465,7 +447,7 @@ def _train_task_setup(name: str, height: int, width: int, batch: int,
   task = task_factory.get_task(params.task)
   model = task.build_model()
   if name == "tensormask":
-    parser, resize = _tensormask_parser(params)
+    parser, resize = _tensormask_parser(task, params)
   else:
     jitter = params.task.train_data.parser
     parser, resize = _model_garden_parser(name, params), (

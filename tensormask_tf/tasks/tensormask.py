@@ -109,20 +109,16 @@ class TensorMaskTask(base_task.Task):
     checkpoint.read(path).expect_partial().assert_existing_objects_matched()
     logging.info("Loaded %s from %s", modules, path)
 
-  def build_inputs(self, params: tm_cfg.DataConfig,
-                   input_context: tf.distribute.InputContext | None = None
-                   ) -> tf.data.Dataset:
-    """Batched (images [B, H, W, 3], labels) of one split."""
-    record_check.input_files(params.input_path)  # Clear errors, early.
+  def build_parser(self, params: tm_cfg.DataConfig
+                   ) -> tensormask_input.Parser:
+    """The split's parser: its resize and augmentation, the model's
+    windows, classes and padding.
+
+    Raises:
+      ValueError: orientation buckets with a model that runs at one input
+        size only, or bad parser settings.
+    """
     model_config = self.task_config.model
-    decoder_config = params.decoder.get()
-    if params.decoder.type != "simple_decoder":
-      raise ValueError("only decoder.type 'simple_decoder' is supported, got "
-                       f"{params.decoder.type!r}")
-    decoder = tf_example_decoder.TfExampleDecoder(
-        include_mask=True,
-        regenerate_source_id=decoder_config.regenerate_source_id,
-        mask_binarize_threshold=decoder_config.mask_binarize_threshold)
     parser_config = params.parser
     if parser_config.orientation_buckets and not factory.runs_at_any_size(
         model_config):
@@ -131,7 +127,7 @@ class TensorMaskTask(base_task.Task):
           "size (backbone 'msra_resnet' with decoder 'detectron2_fpn'), got "
           f"backbone {model_config.backbone.type!r} and decoder "
           f"{model_config.decoder.type!r}.")
-    parser = tensormask_input.Parser(
+    return tensormask_input.Parser(
         output_size=model_config.input_size[:2],
         window_spec=factory.window_spec(model_config),
         mask_caps=mask_caps(parser_config, model_config.min_level,
@@ -146,17 +142,34 @@ class TensorMaskTask(base_task.Task):
         size_divisibility=factory.size_divisibility(model_config),
         orientation_buckets=parser_config.orientation_buckets,
         dtype=params.dtype)
-    batch_fn = None
-    if parser_config.orientation_buckets:
-      def batch_fn(dataset, context):
-        size = (context.get_per_replica_batch_size(params.global_batch_size)
-                if context else params.global_batch_size)
-        return tensormask_input.batch_by_orientation(
-            dataset, size, params.drop_remainder)
+
+  def build_inputs(self, params: tm_cfg.DataConfig,
+                   input_context: tf.distribute.InputContext | None = None
+                   ) -> tf.data.Dataset:
+    """Batched (images [B, H, W, 3], labels) of one split."""
+    record_check.input_files(params.input_path)  # Clear errors, early.
+    decoder_config = params.decoder.get()
+    if params.decoder.type != "simple_decoder":
+      raise ValueError("only decoder.type 'simple_decoder' is supported, got "
+                       f"{params.decoder.type!r}")
+    decoder = tf_example_decoder.TfExampleDecoder(
+        include_mask=True,
+        regenerate_source_id=decoder_config.regenerate_source_id,
+        mask_binarize_threshold=decoder_config.mask_binarize_threshold)
+    parser = self.build_parser(params)
+
+    def batch_by_orientation(dataset, context):
+      size = (context.get_per_replica_batch_size(params.global_batch_size)
+              if context else params.global_batch_size)
+      return tensormask_input.batch_by_orientation(dataset, size,
+                                                   params.drop_remainder)
+
     reader = input_reader_factory.input_reader_generator(
         params, dataset_fn=dataset_fn.pick_dataset_fn(params.file_type),
         decoder_fn=decoder.decode, parser_fn=parser.parse_fn(params.is_training),
-        transform_and_batch_fn=batch_fn)
+        transform_and_batch_fn=(batch_by_orientation
+                                if params.parser.orientation_buckets
+                                else None))
     return reader.read(input_context=input_context)
 
   def build_losses(self, outputs: dict, labels: dict,
