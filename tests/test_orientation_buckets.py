@@ -22,7 +22,6 @@ from tensormask_tf.configs import experiments  # noqa: F401  (registers)
 from tensormask_tf.data import coco_tfrecord
 from tensormask_tf.data import shapes_dataset
 from tensormask_tf.dataloaders import tensormask_input
-from tensormask_tf.modeling import factory
 from tensormask_tf.serving import export_module
 from tensormask_tf.tasks import tensormask  # noqa: F401  (registers the task)
 from tests import training_helpers
@@ -97,17 +96,13 @@ def _parser(params, training: bool = False, size=None):
   """The task's parser, or without buckets at input `size` (its check that
   both orientations fit one input set aside: the records it is given have
   one orientation)."""
-  model = params.task.model
+  if size is not None:
+    params = params.replace()  # A copy.
+    params.task.model.input_size = [max(size), max(size), 3]
+    for data in (params.task.train_data, params.task.validation_data):
+      data.parser.orientation_buckets = False
   data = params.task.train_data if training else params.task.validation_data
-  parser = tensormask_input.Parser(
-      output_size=model.input_size[:2] if size is None else (max(size),) * 2,
-      window_spec=factory.window_spec(model),
-      mask_caps=tensormask.mask_caps(data.parser, model.min_level,
-                                     model.max_level),
-      short_side=data.parser.short_side, long_side=data.parser.long_side,
-      num_classes=model.num_classes,
-      size_divisibility=factory.size_divisibility(model),
-      orientation_buckets=size is None)
+  parser = _task(params).build_parser(data)
   if size is not None:
     parser._output_size = parser._padded_size = size  # pylint: disable=protected-access
   return parser
