@@ -8,7 +8,8 @@ and latest checkpoint; or give --checkpoint with --experiment (and
 --config_file/--params_override).
 Writes <output_dir>/detections.json (one entry per detection: file_name,
 category_id, bbox [x, y, w, h], score, RLE segmentation) and
-<output_dir>/<image name>.png with the masks, boxes, labels and scores.
+<output_dir>/<image name>.png with the masks, boxes, labels and scores
+(and with --overview one PNG of them all).
 """
 
 import glob
@@ -21,11 +22,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from tensormask_tf import registry_imports  # noqa: E402,F401
+from tensormask_tf.evaluation import visualization  # noqa: E402
 from tensormask_tf.serving import model_source  # noqa: E402
 from tensormask_tf.serving import predictor as predictor_lib  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 model_source.define_flags()
 _SAVED_MODEL = flags.DEFINE_string(
@@ -36,6 +40,9 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write.",
                                   required=True)
 _MIN_SCORE = flags.DEFINE_float("min_score", 0.5,
                                 "Detections drawn and written above it.")
+_OVERVIEW = flags.DEFINE_string(
+    "overview", None, "Also writes this PNG: every picture side by side, "
+    "4 to a row, 256 px each (the README's picture).")
 
 
 def _image_paths() -> list[str]:
@@ -69,7 +76,7 @@ def main(_):
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"predict.py: error: {str(e).splitlines()[0]}")
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-  results, failures = [], 0
+  results, written, failures = [], [], 0
   pictures = predictor_lib.picture_names(paths, _OUTPUT_DIR.value)
   for image_id, path in enumerate(paths):
     try:
@@ -88,9 +95,14 @@ def main(_):
         _OUTPUT_DIR.value, _MIN_SCORE.value, pictures[image_id],
         category_ids=predictor.category_ids)
     results += entries
+    written.append(picture)
     print(f"{path}: {len(entries)} detections -> {picture}")
   with open(os.path.join(_OUTPUT_DIR.value, "detections.json"), "w") as f:
     json.dump(results, f)
+  if _OVERVIEW.value and written:
+    Image.fromarray(visualization.tile_pictures(
+        [np.asarray(Image.open(p)) for p in written])).save(_OVERVIEW.value)
+    print(f"overview of {len(written)} pictures -> {_OVERVIEW.value}")
   if failures:
     sys.exit(f"predict.py: error: {failures} of {len(paths)} images could "
              "not be read or run")

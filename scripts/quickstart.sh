@@ -3,7 +3,8 @@
 #   set up .venv/ -> generate the synthetic shapes dataset (data/shapes) ->
 #   train tensormask_shapes and evaluate it (COCO mask and box AP) ->
 #   export a SavedModel -> predict on 4 validation images with it and write
-#   PNG pictures of the masks.
+#   PNG pictures of the masks (and predictions.png, all four side by side:
+#   the README's picture).
 # Outputs go to runs/tensormask_shapes/ (a previous run there is replaced).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -40,8 +41,9 @@ echo "[quickstart] exporting a SavedModel to $run_dir/saved_model/1"
 echo "[quickstart] predicting on 4 validation images with the SavedModel"
 "$python" scripts/predict.py --saved_model="$run_dir/saved_model/1" \
   --image='data/shapes/val/val_00000[1-4].png' \
-  --output_dir="$run_dir/predictions" 2>> "$run_dir/train.log"
+  --output_dir="$run_dir/predictions" --overview="$run_dir/predictions.png" \
+  2>> "$run_dir/train.log"
 
 echo "[quickstart] done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s:"
 cat "$run_dir/summary.txt"
-echo "pictures: $run_dir/predictions/*.png; TensorBoard: tensorboard --logdir $run_dir"
+echo "pictures: $run_dir/predictions.png, $run_dir/predictions/*.png; TensorBoard: tensorboard --logdir $run_dir"

@@ -354,7 +354,8 @@ def test_predict_script_with_the_saved_model_skips_bad_files(exported,
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, "scripts", "predict.py"),
        f"--saved_model={exported['path']}", f"--image={tmp_path}/*.png",
-       f"--output_dir={tmp_path / 'out'}", "--min_score=0"],
+       f"--output_dir={tmp_path / 'out'}", "--min_score=0",
+       f"--overview={tmp_path / 'overview.png'}"],
       capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode != 0  # One file could not be read...
   assert "empty.png: the file is empty" in result.stderr
@@ -371,3 +372,9 @@ def test_predict_script_with_the_saved_model_skips_bad_files(exported,
   assert sorted(r["category_id"] for r in results) == sorted(
       want["detection_classes"])
   assert (tmp_path / "out" / "good.png").is_file()
+  # The overview holds the one picture, its longer side 256 px.
+  overview = np.asarray(Image.open(tmp_path / "overview.png"))
+  picture = np.asarray(Image.open(tmp_path / "out" / "good.png"))
+  assert overview.shape == (256, 256, 3)
+  scale = 256 / max(picture.shape[:2])
+  assert (overview[round(picture.shape[0] * scale):] == 255).all()

@@ -377,12 +377,11 @@ def test_served_images_get_the_detections_of_evaluation(mixed_records,
   assert min(both["num_detections"].numpy()) > 0
 
 
-def test_the_bucketed_forward_and_loss_compile_with_xla(mixed_records):
-  # Both orientation branches are static: XLA compiles the forward pass and
-  # the loss (pure-TF ops, static mask shapes, as train.prepare_params sets
-  # for XLA) and gives the loss without XLA on a portrait batch. (The
-  # release FPN's nearest-neighbour upsampling has no XLA CPU gradient
-  # kernel, buckets or not, so the backward is not compiled here.)
+def test_the_bucketed_loss_and_gradients_compile_with_xla(mixed_records):
+  # Both orientation branches are static: XLA compiles the loss and its
+  # gradients (pure-TF ops, static mask shapes, as train.prepare_params sets
+  # for XLA; the release FPN's upsampling as reshape + tile, whose gradient
+  # XLA compiles) and gives them as without XLA on a portrait batch.
   params = _params(mixed_records["portrait"])
   params.task.model.ops_backend = "tf"
   params.task.losses.static_mask_shapes = True
@@ -391,12 +390,20 @@ def test_the_bucketed_forward_and_loss_compile_with_xla(mixed_records):
   # (The string source ids are not a tensor XLA takes.)
   labels = {k: v for k, v in labels.items() if k != "source_id"}
 
-  def loss(images, labels):
-    return tensormask_input.run_in_orientation(
-        lambda images, labels: task.build_losses(
-            model(images, training=True), labels, model)["total_loss"],
-        images, labels)
+  def loss_and_gradients(images, labels):
+    with tf.GradientTape() as tape:
+      loss = tensormask_input.run_in_orientation(
+          lambda images, labels: task.build_losses(
+              model(images, training=True), labels, model)["total_loss"],
+          images, labels)
+    return loss, tape.gradient(loss, model.trainable_variables)
 
-  got = tf.function(loss, jit_compile=True)(images, labels)
-  np.testing.assert_allclose(got, tf.function(loss)(images, labels),
-                             rtol=1e-4)
+  got_loss, got = tf.function(loss_and_gradients, jit_compile=True)(
+      images, labels)
+  want_loss, want = tf.function(loss_and_gradients)(images, labels)
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-4)
+  for variable, got_grad, want_grad in zip(model.trainable_variables, got,
+                                           want):
+    scale = max(float(tf.reduce_max(tf.abs(want_grad))), 1e-12)
+    np.testing.assert_allclose(got_grad / scale, want_grad / scale,
+                               atol=1e-3, err_msg=variable.name)

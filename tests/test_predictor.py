@@ -1,5 +1,5 @@
 """Image loading for prediction: conversions and clear errors (issue 6);
-the written detections' category ids."""
+the written detections' category ids; the overview picture."""
 
 import os
 
@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tensormask_tf.evaluation import visualization
 from tensormask_tf.serving import predictor
 
 
@@ -110,3 +111,21 @@ def test_save_prediction_writes_the_models_category_ids(tmp_path):
   entries, _ = predictor.save_prediction(path, image, detections, 5, {},
                                          str(tmp_path), 0.5, "plain.png")
   assert [e["category_id"] for e in entries] == [1, 3]
+
+
+def test_tile_pictures_puts_each_picture_scaled_in_its_cell():
+  red = np.zeros((10, 20, 3), np.uint8)
+  red[..., 0] = 255
+  blue = np.zeros((20, 10, 3), np.uint8)
+  blue[..., 2] = 255
+  sheet = visualization.tile_pictures([red, blue, red], side=8, columns=2)
+  assert sheet.shape == (16, 16, 3)
+  # Row 0: red scaled to 4 x 8 at the top left of cell 0, blue to 8 x 4
+  # in cell 1; row 1: red again; white everywhere else.
+  want = np.full((16, 16, 3), 255, np.uint8)
+  want[0:4, 0:8] = [255, 0, 0]
+  want[0:8, 8:12] = [0, 0, 255]
+  want[8:12, 0:8] = [255, 0, 0]
+  np.testing.assert_array_equal(sheet, want)
+  with pytest.raises(ValueError, match="at least one picture"):
+    visualization.tile_pictures([])

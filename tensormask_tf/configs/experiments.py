@@ -134,12 +134,18 @@ def tensormask_shapes() -> cfg.ExperimentConfig:
   # Masks resampled to 64 x 64: fixed output shapes.
   model.detection_generator.mask_size = 64
   model.backbone.resnet.model_id = 18
+  # Half-width ResNet-18 (32..256 channels): the full-width backbone was
+  # 53% of the step on a 2-core CPU (its backward 39%), and the half-width
+  # step is 1.6-2.2x faster; 4 classes of flat shapes need no more.
+  model.backbone.resnet.depth_multiplier = 0.5
   model.decoder.fpn.num_filters = 64
   model.windows.base_sides = [24, 40]
   model.head.override({"num_convs": 2, "class_filters": 64,
                        "box_filters": 32, "mask_filters": 32})
   model.norm_activation.norm_momentum = 0.9
-  batch_size, train_steps = 8, 1800
+  # 1000 steps at 3e-3 reach the mask AP of 1800 at 1e-3 (0.53 against
+  # 0.52 with the half-width backbone) in 0.56x the steps.
+  batch_size, train_steps = 8, 1000
   parser = tm_cfg.Parser(mask_caps=[32, 16, 8, 8])
   return cfg.ExperimentConfig(
       runtime=cfg.RuntimeConfig(distribution_strategy="one_device",
@@ -159,13 +165,13 @@ def tensormask_shapes() -> cfg.ExperimentConfig:
       trainer=cfg.TrainerConfig(
           train_steps=train_steps, validation_steps=-1,
           validation_interval=train_steps, steps_per_loop=100,
-          summary_interval=100, checkpoint_interval=600,
+          summary_interval=100, checkpoint_interval=500,
           optimizer_config=optimization.OptimizationConfig({
               "optimizer": {"type": "adamw", "adamw": {
                   "weight_decay_rate": 1e-4,
                   "exclude_from_weight_decay": ["bias", "beta", "gamma"]}},
               "learning_rate": {"type": "cosine", "cosine": {
-                  "initial_learning_rate": 1e-3,
+                  "initial_learning_rate": 3e-3,
                   "decay_steps": train_steps}},
               "warmup": {"type": "linear", "linear": {
                   "warmup_steps": 100, "warmup_learning_rate": 0.0}},
@@ -188,6 +194,8 @@ def _shapes_large(head_type: str = "bipyramid",
   model = params.task.model
   model.input_size = [192, 192, 3]
   model.max_level = 4
+  # Table 2 was measured with the full-width ResNet-18 at 1e-3 (below).
+  model.backbone.resnet.depth_multiplier = 1.0
   model.windows.base_sides = list(base_sides)
   model.head.override({"head_type": head_type,
                        "upscale_factor": upscale_factor,
@@ -208,7 +216,8 @@ def _shapes_large(head_type: str = "bipyramid",
           "train_steps": train_steps, "validation_interval": train_steps,
           "checkpoint_interval": train_steps,
           "optimizer_config": {
-              "learning_rate": {"cosine": {"decay_steps": train_steps}},
+              "learning_rate": {"cosine": {"initial_learning_rate": 1e-3,
+                                           "decay_steps": train_steps}},
               "warmup": {"linear": {"warmup_steps": 50}}}}},
       is_strict=True)
   return params

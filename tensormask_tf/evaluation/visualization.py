@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 
 from official.vision.utils.object_detection import visualization_utils
 from tensormask_tf.modeling import detection_generator
@@ -61,3 +62,33 @@ def draw_detections(image: np.ndarray, detections: dict,
       max_boxes_to_draw=max_detections, min_score_thresh=min_score,
       line_thickness=max(1, min(picture.shape[:2]) // 200))
   return picture
+
+
+def tile_pictures(pictures: Sequence[np.ndarray], side: int = 256,
+                  columns: int = 4) -> np.ndarray:
+  """Pictures side by side in rows of `columns`, one overview image.
+
+  Args:
+    pictures: [H_i, W_i, 3] uint8 each, at least one.
+    side: each picture is resized (antialiased) so its longer side is
+      `side` px, and put at the top left of its `side` x `side` cell.
+    columns: cells per row.
+
+  Returns:
+    [rows * side, min(len(pictures), columns) * side, 3] uint8, white
+    where no picture is.
+  """
+  if not pictures:
+    raise ValueError("tile_pictures needs at least one picture")
+  count = len(pictures)
+  rows, width = -(-count // columns), min(count, columns)
+  sheet = np.full((rows * side, width * side, 3), 255, np.uint8)
+  for n, picture in enumerate(pictures):
+    height, picture_width = picture.shape[:2]
+    scale = side / max(height, picture_width)
+    size = (max(1, round(picture_width * scale)), max(1, round(height * scale)))
+    resized = np.asarray(Image.fromarray(np.asarray(picture, np.uint8)).resize(
+        size, Image.Resampling.LANCZOS))
+    top, left = (n // columns) * side, (n % columns) * side
+    sheet[top:top + size[1], left:left + size[0]] = resized
+  return sheet

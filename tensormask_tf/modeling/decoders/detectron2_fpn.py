@@ -15,6 +15,7 @@ import tf_keras
 
 from official.modeling import hyperparams
 from official.vision.modeling.decoders import factory
+from official.vision.ops import spatial_transform_ops
 
 FUSE_TYPES = ("avg", "sum")
 
@@ -72,8 +73,12 @@ def detectron2_fpn(input_specs: dict[str, tf.TensorShape], min_level: int,
     if top_down is None:
       fused = lateral
     else:
-      upsampled = tf_keras.layers.UpSampling2D(
-          2, interpolation="nearest", name=f"fpn_upsample{level}")(top_down)
+      # Nearest 2x as reshape + tile (Model Garden's), not UpSampling2D:
+      # the same values, and its gradient compiles under XLA, where
+      # ResizeNearestNeighborGrad has no CPU kernel (TPU training).
+      upsampled = tf_keras.layers.Lambda(
+          lambda x: spatial_transform_ops.nearest_upsampling(x, 2),
+          name=f"fpn_upsample{level}")(top_down)
       fused = tf_keras.layers.Add(name=f"fpn_fuse{level}")(
           [lateral, upsampled])
       if fuse_type == "avg":
