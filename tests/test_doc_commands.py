@@ -177,6 +177,10 @@ def _script_words(command: str) -> list[list[str]]:
   [script, arguments...]."""
   result = []
   for words in _words(command):
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+      words = words[1:]  # Environment assignments before the command.
+    if not words:
+      continue
     if words[0] in _PYTHONS or words[0] == "bash":
       words = words[1:]
     if words and re.fullmatch(r"(scripts|custom_ops)/\S+\.(py|sh)",
@@ -240,6 +244,8 @@ def test_every_command_names_what_exists(document):
      "--params_override=trainer.train_stepz=10", "does not apply"),
     ("bash scripts/run_tests.sh -m no_such_marker", "pytest marker"),
     ("python scripts/bench_model.py --no_such_argument 3", "has no flag"),
+    ("ONEDNN_MAX_CPU_ISA=AVX2 python scripts/predict.py --no_such_flag",
+     "has no flag"),
 ])
 def test_a_rotten_command_is_reported(command, expected):
   problems = command_problems(command, "here")

@@ -325,6 +325,9 @@ print("RESULT", json.dumps([float(loss), logged, worst]))
 """
 
 
+# Slow (about 90 s on 2 cores): tests/test_distributed.py checks mirrored
+# training in the fast suite.
+@pytest.mark.slow
 def test_replicas_with_batches_of_both_orientations_train_as_one_device(
     mixed_records):
   # MirroredStrategy over 2 logical CPUs (a fresh process: logical devices
@@ -343,6 +346,7 @@ def test_replicas_with_batches_of_both_orientations_train_as_one_device(
   assert worst < 1e-5
 
 
+@pytest.mark.slow  # About 50 s: an export of the bucketed model.
 def test_served_images_get_the_detections_of_evaluation(mixed_records,
                                                          tmp_path):
   # The export module (pure-TF ops) serves a batch of one orientation at
@@ -377,6 +381,9 @@ def test_served_images_get_the_detections_of_evaluation(mixed_records,
   assert min(both["num_detections"].numpy()) > 0
 
 
+# Slow (about 85 s): tests/test_tensormask_model.py compiles a training
+# step with XLA in the fast suite.
+@pytest.mark.slow
 def test_the_bucketed_loss_and_gradients_compile_with_xla(mixed_records):
   # Both orientation branches are static: XLA compiles the loss and its
   # gradients (pure-TF ops, static mask shapes, as train.prepare_params sets

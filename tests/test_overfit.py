@@ -7,6 +7,7 @@ detections.
 """
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tf_keras
 
@@ -50,7 +51,8 @@ def _render(masks, classes, seed):
   return (image - 0.5).astype(np.float32)
 
 
-def test_small_model_overfits_two_images():  # ~70 s on 2 cores.
+@pytest.mark.slow  # 70-170 s on 2 cores.
+def test_small_model_overfits_two_images():
   tf.random.set_seed(0)
   config = tensormask_config.TensorMaskModel(
       num_classes=3, input_size=[SIZE, SIZE, 3], min_level=2, max_level=5)

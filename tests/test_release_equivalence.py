@@ -200,6 +200,9 @@ def test_candidates_and_detections_match_release(model_dir, name):
   assert_detections_match(predictor(_image(name)), ref, name)
 
 
+# Slow (about 4 min on 2 cores: an R50 export): the same detections through
+# the SavedModel; the in-process model is checked in the fast suite.
+@pytest.mark.slow
 def test_saved_model_detections_match_release(model_dir, tmp_path):
   params, _ = _release_model(model_dir, "A")
   path = export_module.export_saved_model(params, model_dir,

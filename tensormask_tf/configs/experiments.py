@@ -3,8 +3,9 @@
 - `tensormask`: the bare task with defaults (set data paths yourself).
 - `tensormask_r50_fpn_coco_1x`, `tensormask_r50_fpn_coco_6x`,
   `tensormask_r101_fpn_coco_6x`: the COCO recipe of SPEC.md 4.
-- `tensormask_shapes`: ResNet-18 on the synthetic shapes dataset at 128 px,
-  sized to train on a 2-core CPU in minutes (the quickstart).
+- `tensormask_shapes`: a half-width ResNet-18 on the synthetic shapes
+  dataset at 128 px, sized to train on a 2-core CPU in minutes (the
+  quickstart).
 - `tensormask_shapes_large` and `tensormask_shapes_large_<head>`: the rows
   of the paper's Table 2 (the mask representations' ablations) on the
   `shapes_large` dataset at 192 px; `TABLE2_EXPERIMENTS` lists them and
@@ -128,7 +129,8 @@ def tensormask_r101_fpn_coco_6x() -> cfg.ExperimentConfig:
 
 @exp_factory.register_config_factory("tensormask_shapes")
 def tensormask_shapes() -> cfg.ExperimentConfig:
-  """ResNet-18 + small FPN and heads on 128-px shapes images, on CPU."""
+  """Half-width ResNet-18 + small FPN and heads on 128-px shapes images,
+  on CPU."""
   model = tm_cfg.TensorMaskModel(num_classes=4, input_size=[128, 128, 3],
                                  min_level=2, max_level=5)
   # Masks resampled to 64 x 64: fixed output shapes.
