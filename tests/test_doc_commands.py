@@ -70,18 +70,10 @@ def _is_absl(script: str) -> bool:
   return "from absl import flags" in (ROOT / script).read_text()
 
 
-@functools.cache
-def _absl_flags() -> dict[str, frozenset[str]]:
-  """{script: the flag names it accepts} of every absl script in the
-  documents' commands, from `--helpxml` (what the script defines when run,
-  Model Garden's train flags included), one process per script, in
-  parallel."""
-  scripts = sorted({
-      words[0] for name in DOCUMENTS
-      for command in shell_commands((ROOT / name).read_text())
-      for words in _script_words(command)
-      if (ROOT / words[0]).is_file() and words[0].endswith(".py")
-      and _is_absl(words[0])})
+def _absl_flags(scripts: list[str]) -> dict[str, frozenset[str]]:
+  """{script: the flag names it accepts} of absl scripts, from `--helpxml`
+  (what the script defines when run, Model Garden's train flags included),
+  one process per script, in parallel."""
   processes = {script: subprocess.Popen(
       [sys.executable, script, "--helpxml"], cwd=ROOT, text=True,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE) for script in scripts}
@@ -94,6 +86,17 @@ def _absl_flags() -> dict[str, frozenset[str]]:
   return result
 
 
+@functools.cache
+def _documented_absl_flags() -> dict[str, frozenset[str]]:
+  """`_absl_flags` of every absl script in the documents' commands."""
+  return _absl_flags(sorted({
+      words[0] for name in DOCUMENTS
+      for command in shell_commands((ROOT / name).read_text())
+      for words in _script_words(command)
+      if (ROOT / words[0]).is_file() and words[0].endswith(".py")
+      and _is_absl(words[0])}))
+
+
 def script_flags(script: str) -> frozenset[str]:
   """The flag names `script` accepts: an absl script's from `--helpxml`;
   an argparse script's `add_argument("--...")` names."""
@@ -101,14 +104,10 @@ def script_flags(script: str) -> frozenset[str]:
     source = (ROOT / script).read_text()
     return frozenset(re.findall(r"add_argument\(\s*\"--([\w-]+)\"", source)
                      + ["help"])
-  flags = _absl_flags()
-  if script not in flags:  # A command that is in no document (the tests').
-    result = subprocess.run([sys.executable, script, "--helpxml"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300,
-                            check=False)
-    return frozenset(re.findall(r"<name>(\w+)</name>", result.stdout)
-                     + [_ABSL_FLAGFILE])
-  return flags[script]
+  documented = _documented_absl_flags()
+  if script in documented:
+    return documented[script]
+  return _absl_flags([script])[script]  # In no document (the tests' own).
 
 
 def _pytest_markers() -> set[str]:
