@@ -6,11 +6,14 @@ Compiles `custom_ops/kernels/` with g++ and TensorFlow's own flags
 (`tf.sysconfig`), plus the CUDA kernels with nvcc when nvcc is found (or
 `--cuda on`; the environment variable TENSORMASK_BUILD_CUDA=auto|on|off sets
 the default), into `tensormask_tf/ops/_swap_align2nat_ops.so`. A JSON record
-beside it (TF version and flags, CPU features, source digest) lets the loader
-refuse a stale or mismatched library. An up-to-date library is not rebuilt
-unless `--force`. `--record_only` writes the record for a library built
-some other way (Bazel, see BUILD) without compiling. Exits non-zero, with the
-compiler's message, on failure.
+beside it (TF version, ABI flags and linked libraries without their
+directories, machine, CPU features, source digest) lets the loader refuse a
+stale or mismatched library, and keeps one built in the same environment
+reached through another path (a symlinked or moved venv). An up-to-date
+library (by the loader's own check) is not rebuilt unless `--force`.
+`--record_only` writes the record for a library built some other way (Bazel,
+see BUILD) without compiling. Exits non-zero, with the compiler's message,
+on failure.
 """
 
 import argparse
@@ -139,8 +142,9 @@ def _compile(out: pathlib.Path, nvcc: str | None,
 
 def write_record(with_cuda: bool, cpu_flags: list[str], extra: dict) -> None:
   """Writes the record the loader checks before loading the library."""
+  # The compared part is custom_op_library.build_record(), the one the loader
+  # (and build()'s up-to-date check, through staleness) compares it with.
   manifest = {**custom_op_library.build_record(),
-              "sources": custom_op_library.sources_digest(),
               "cpu_flags": cpu_flags, "cuda": with_cuda, **extra}
   path = custom_op_library.MANIFEST_PATH
   # Written whole or not at all (the loader refuses an unreadable record).

@@ -5,10 +5,12 @@ import importlib.util
 import json
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from tensormask_tf.ops import custom_op_library
 
@@ -88,3 +90,49 @@ def test_a_bad_cuda_setting_in_the_environment_is_refused():
   assert result.returncode == 2
   assert "TENSORMASK_BUILD_CUDA must be auto, on or off, got 'yes'" in (
       result.stderr)
+
+
+def test_a_record_of_the_former_format_is_rebuilt(build_module):
+  # What build.py wrote before: TF's flags verbatim, absolute paths and all.
+  custom_op_library.LIBRARY_PATH.write_bytes(b"old")
+  custom_op_library.MANIFEST_PATH.write_text(json.dumps({
+      "tensorflow": tf.__version__,
+      "compile_flags": tf.sysconfig.get_compile_flags(),
+      "link_flags": tf.sysconfig.get_link_flags(),
+      "machine": platform.machine(),
+      "sources": custom_op_library.sources_digest(),
+      "cpu_flags": [], "cuda": False, "compiler": "g++"}))
+  build_module.build(cuda="off")
+  assert custom_op_library.LIBRARY_PATH.read_bytes() == b"library"
+  assert custom_op_library.staleness(_record()) is None
+
+
+def test_up_to_date_through_another_path_rebuilt_for_another_abi(
+    build_module, monkeypatch, tmp_path):
+  site_packages = os.path.dirname(tf.sysconfig.get_lib())
+  compile_flags = tf.sysconfig.get_compile_flags()
+  link_flags = tf.sysconfig.get_link_flags()
+  link = tmp_path / "venv-link"
+  link.symlink_to(site_packages, target_is_directory=True)
+  through_link = lambda flags: [f.replace(site_packages, str(link))
+                                for f in flags]
+  assert through_link(compile_flags) != compile_flags
+  with monkeypatch.context() as elsewhere:  # Built through the symlink.
+    elsewhere.setattr(tf.sysconfig, "get_compile_flags",
+                      lambda: through_link(compile_flags))
+    elsewhere.setattr(tf.sysconfig, "get_link_flags",
+                      lambda: through_link(link_flags))
+    build_module.build(cuda="off")
+    assert f"-I{link}" in " ".join(build_module.calls[-1])
+  # Up to date through the real path: the same environment.
+  build_module.calls.clear()
+  build_module.build(cuda="off")
+  assert not build_module.calls
+  # Not for another C++ ABI.
+  other_abi = [f.replace("_GLIBCXX_USE_CXX11_ABI=1", "_GLIBCXX_USE_CXX11_ABI=0")
+               for f in compile_flags]
+  assert other_abi != compile_flags
+  monkeypatch.setattr(tf.sysconfig, "get_compile_flags", lambda: other_abi)
+  build_module.build(cuda="off")
+  assert "-D_GLIBCXX_USE_CXX11_ABI=0" in build_module.calls[-1]
+  assert custom_op_library.staleness(_record()) is None

@@ -7,7 +7,13 @@ backends).
 """
 
 import json
+import os
+import pathlib
+import platform
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -203,17 +209,144 @@ def _edit_manifest(manifest, **changes):
 
 
 @pytest.mark.parametrize("changes,reason", [
-    ({"tensorflow": "2.19.0"}, "built for tensorflow='2.19.0'"),
-    ({"compile_flags": ["-D_GLIBCXX_USE_CXX11_ABI=0"]},
-     "built for compile_flags"),
     ({"sources": "0" * 64}, "kernel sources in custom_ops/kernels changed"),
     ({"cpu_flags": ["avx2", "no_such_isa"]}, "CPU features"),
+    ({"machine": "riscv64"}, "built for a riscv64 machine"),
 ])
 def test_stale_or_mismatched_library_is_refused(manifest_copy, changes,
                                                 reason):
   _edit_manifest(manifest_copy, **changes)
   with pytest.raises(custom_op_library.CustomOpUnavailable,
                      match=f"refusing to load .*{reason}.*custom_ops/build.py"):
+    custom_op_library.load()
+
+
+def _site_packages():
+  """The directory TensorFlow is installed in, as tf.sysconfig names it."""
+  return os.path.dirname(tf.sysconfig.get_lib())
+
+
+def _flags_seen_from(monkeypatch, site_packages):
+  """Makes tf.sysconfig give its flags as the same environment reached
+  through `site_packages` (another path to the same TensorFlow) gives them."""
+  here = _site_packages()
+  compile_flags = tf.sysconfig.get_compile_flags()
+  link_flags = tf.sysconfig.get_link_flags()
+  # The flags name directories: a test that rewrote nothing would prove nothing.
+  assert any(here in f for f in compile_flags), compile_flags
+  assert any(here in f for f in link_flags), link_flags
+  moved = lambda flags: [f.replace(here, str(site_packages)) for f in flags]
+  monkeypatch.setattr(tf.sysconfig, "get_compile_flags",
+                      lambda: moved(compile_flags))
+  monkeypatch.setattr(tf.sysconfig, "get_link_flags", lambda: moved(link_flags))
+
+
+@pytest.mark.parametrize("where", ["symlink", "moved"])
+def test_library_recorded_through_another_path_to_this_environment_loads(
+    manifest_copy, monkeypatch, tmp_path, where):
+  # Recorded (as build.py records it) where the venv's site-packages had
+  # another path: through a symlink to it, or before the venv was moved here.
+  if where == "symlink":
+    other = tmp_path / "venv-link" / "site-packages"
+    other.parent.mkdir()
+    other.symlink_to(_site_packages(), target_is_directory=True)
+    assert (other / "tensorflow").is_dir()
+  else:
+    other = pathlib.Path("/opt/before-the-move/lib/python3.11/site-packages")
+  with monkeypatch.context() as elsewhere:
+    _flags_seen_from(elsewhere, other)
+    record = {**json.loads(manifest_copy.read_text()),
+              **custom_op_library.build_record()}
+    assert str(other) not in json.dumps(record)  # No directory is recorded.
+  manifest_copy.write_text(json.dumps(record))
+  assert custom_op_library.staleness(record) is None
+  custom_op_library.load()
+
+
+def test_record_of_a_python_started_through_a_symlinked_venv_is_accepted(
+    manifest_copy, tmp_path):
+  # A real second path to this environment: the venv through a symlink. Its
+  # python reports (and a build there would record) paths under the link.
+  link = tmp_path / "venv-link"
+  link.symlink_to(sys.prefix, target_is_directory=True)
+  python = link / "bin" / "python"
+  if sys.prefix == sys.base_prefix or not python.exists():
+    pytest.skip("not running in a venv")
+  script = (
+      "import importlib.util, json, sys, tensorflow as tf\n"
+      "spec = importlib.util.spec_from_file_location('col', sys.argv[1])\n"
+      "col = importlib.util.module_from_spec(spec)\n"
+      "spec.loader.exec_module(col)\n"
+      "print(json.dumps({'include': tf.sysconfig.get_include(),\n"
+      "                  'record': col.build_record()}))\n")
+  result = subprocess.run(
+      [str(python), "-c", script, custom_op_library.__file__],
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
+      text=True, timeout=300, check=True)
+  seen = json.loads(result.stdout.strip().splitlines()[-1])
+  assert seen["include"].startswith(str(link))
+  assert seen["include"] != tf.sysconfig.get_include()
+  record = {**json.loads(manifest_copy.read_text()), **seen["record"]}
+  manifest_copy.write_text(json.dumps(record))
+  assert custom_op_library.staleness(record) is None
+  custom_op_library.load()
+
+
+def _flip_cxx11_abi(flags):
+  flipped = [re.sub(r"_GLIBCXX_USE_CXX11_ABI=([01])",
+                    lambda m: f"_GLIBCXX_USE_CXX11_ABI={1 - int(m[1])}", f)
+             for f in flags]
+  assert flipped != flags, flags  # TensorFlow states its ABI.
+  return flipped
+
+
+def _other_libraries(flags):
+  other = [re.sub(r"^-l.*", "-l:libtensorflow_framework.so.99", f)
+           for f in flags]
+  assert other != flags, flags  # TensorFlow names the library to link.
+  return other
+
+
+@pytest.mark.parametrize("differs", ["tensorflow", "abi", "library"])
+def test_library_built_for_another_tensorflow_or_abi_is_refused(
+    manifest_copy, monkeypatch, differs):
+  # The record is this build's; the environment loading it differs.
+  version = tf.__version__
+  compile_flags = tf.sysconfig.get_compile_flags()
+  link_flags = tf.sysconfig.get_link_flags()
+  if differs == "tensorflow":
+    monkeypatch.setattr(tf, "__version__", "2.99.0")
+    named = [f"TensorFlow {version}", "TensorFlow 2.99.0"]
+  elif differs == "abi":
+    flipped = _flip_cxx11_abi(compile_flags)
+    monkeypatch.setattr(tf.sysconfig, "get_compile_flags", lambda: flipped)
+    named = ["ABI compile flags"] + [
+        f for f in compile_flags + flipped if "_GLIBCXX_USE_CXX11_ABI" in f]
+  else:
+    other = _other_libraries(link_flags)
+    monkeypatch.setattr(tf.sysconfig, "get_link_flags", lambda: other)
+    named = ["linked libraries", "-l:libtensorflow_framework.so.99"] + [
+        f for f in link_flags if f.startswith("-l")]
+  with pytest.raises(custom_op_library.CustomOpUnavailable,
+                     match="refusing to load .*custom_ops/build.py") as error:
+    custom_op_library.load()
+  for text in named:
+    assert text in str(error.value)
+
+
+def test_build_record_of_the_former_format_is_refused_with_a_rebuild_message(
+    manifest_copy):
+  # What build.py wrote before: TF's flags verbatim, absolute paths and all.
+  manifest_copy.write_text(json.dumps({
+      "tensorflow": tf.__version__,
+      "compile_flags": tf.sysconfig.get_compile_flags(),
+      "link_flags": tf.sysconfig.get_link_flags(),
+      "machine": platform.machine(),
+      "sources": custom_op_library.sources_digest(),
+      "cpu_flags": [], "cuda": False, "compiler": "g++"}))
+  with pytest.raises(custom_op_library.CustomOpUnavailable,
+                     match="refusing to load .*build record .* older format.*"
+                     "must be rebuilt.*rebuild it with .*custom_ops/build.py"):
     custom_op_library.load()
 
 

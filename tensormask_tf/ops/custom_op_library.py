@@ -4,9 +4,11 @@ The library `_swap_align2nat_ops.so` is built next to this file by
 `custom_ops/build.py` (run by `pip install`, `scripts/venv.sh`, or by hand)
 for the installed TensorFlow. Beside it, `_swap_align2nat_ops.json` records
 what it was built for; a library whose record does not match the running
-TensorFlow, its compile flags, the CPU, or (in a source checkout) the kernel
-sources is refused with a message that says why and how to rebuild, never
-loaded.
+TensorFlow (its version, its ABI flags, the libraries it links), the machine,
+the CPU, or (in a source checkout) the kernel sources is refused with a
+message that says why and how to rebuild, never loaded. Directories (`-I`,
+`-L`) are not compared: the same environment reached through another path (a
+symlinked or moved venv) keeps its library.
 """
 
 import functools
@@ -56,28 +58,92 @@ def cpu_supports(isa_flags: list[str]) -> bool:
   return all(flag in cpuinfo for flag in isa_flags)
 
 
+# Bumped when the record's keys change: a record of another format is refused
+# (with the rebuild hint), never half-compared.
+RECORD_FORMAT = 2
+# Flags that name a directory, attached (-I/x) or as the next argument (-I /x).
+_COMPILE_PATH_FLAGS = ("-I", "-isystem", "-iquote", "-idirafter")
+_LINK_PATH_FLAGS = ("-L", "-Wl,-rpath")
+
+
+def _without_paths(flags: list[str], path_flags: tuple[str, ...]) -> list[str]:
+  """`flags` without those that only name a directory."""
+  kept, skip_next = [], False
+  for flag in flags:
+    if skip_next:
+      skip_next = False
+    elif flag in path_flags:
+      skip_next = True  # The directory is the next argument.
+    elif not flag.startswith(path_flags):
+      kept.append(flag)
+  return kept
+
+
+def abi_flags(compile_flags: list[str]) -> list[str]:
+  """The compile flags that decide binary compatibility: all but the include
+  directories (e.g. -D_GLIBCXX_USE_CXX11_ABI=1, --std=c++17,
+  -DEIGEN_MAX_ALIGN_BYTES=64)."""
+  return _without_paths(compile_flags, _COMPILE_PATH_FLAGS)
+
+
+def linked_libraries(link_flags: list[str]) -> list[str]:
+  """The link flags without their directories: the libraries linked (e.g.
+  -l:libtensorflow_framework.so.2)."""
+  return _without_paths(link_flags, _LINK_PATH_FLAGS)
+
+
 def build_record() -> dict:
-  """What a library built now for this TensorFlow would be recorded with."""
+  """What a library built now, here, is recorded with; the loader and
+  build.py's up-to-date check compare a record with this (see staleness).
+
+  No absolute path is part of it, so the same environment reached through
+  another path (a symlinked or moved venv) gives the same record.
+  """
   return {
+      "record_format": RECORD_FORMAT,
       "tensorflow": tf.__version__,
-      "compile_flags": tf.sysconfig.get_compile_flags(),
-      "link_flags": tf.sysconfig.get_link_flags(),
+      "abi_flags": abi_flags(tf.sysconfig.get_compile_flags()),
+      "linked_libraries": linked_libraries(tf.sysconfig.get_link_flags()),
       "machine": platform.machine(),
+      "sources": sources_digest(),
   }
+
+
+def _differs(what: str, built: list[str], here: list[str]) -> str:
+  only_built = [f for f in built if f not in here]
+  only_here = [f for f in here if f not in built]
+  if not only_built and not only_here:  # Same flags, another order.
+    only_built, only_here = built, here
+  return (f"it was built with {what} {only_built} where this environment has "
+          f"{only_here}")
 
 
 def staleness(manifest: dict) -> str | None:
   """Why a built library must not be loaded here, or None if it may be."""
+  if not isinstance(manifest, dict) or "record_format" not in manifest:
+    return (f"its build record {MANIFEST_PATH.name} is in an older format "
+            "(written by an earlier build.py, with absolute include and "
+            "library paths) and the library must be rebuilt")
+  if manifest["record_format"] != RECORD_FORMAT:
+    return (f"its build record {MANIFEST_PATH.name} has format "
+            f"{manifest['record_format']!r}, this loader reads format "
+            f"{RECORD_FORMAT}, and the library must be rebuilt")
   want = build_record()
-  for key, value in want.items():
-    if manifest.get(key) != value:
-      return (f"it was built for {key}={manifest.get(key)!r}, but this "
-              f"environment has {value!r}")
+  if manifest.get("tensorflow") != want["tensorflow"]:
+    return (f"it was built for TensorFlow {manifest.get('tensorflow')}, but "
+            f"this environment has TensorFlow {want['tensorflow']}")
+  for key, what in (("abi_flags", "the ABI compile flags"),
+                    ("linked_libraries", "the linked libraries")):
+    if manifest.get(key) != want[key]:
+      return _differs(what, list(manifest.get(key) or []), want[key])
+  if manifest.get("machine") != want["machine"]:
+    return (f"it was built for a {manifest.get('machine')} machine, but this "
+            f"one is {want['machine']}")
   if not cpu_supports(manifest.get("cpu_flags", [])):
     return (f"it was built for CPU features {manifest.get('cpu_flags')} that "
             "this CPU lacks")
-  digest = sources_digest()
-  if digest is not None and manifest.get("sources") != digest:
+  # Outside a source checkout there are no sources to compare with.
+  if want["sources"] is not None and manifest.get("sources") != want["sources"]:
     return "the kernel sources in custom_ops/kernels changed since it was built"
   return None
 
