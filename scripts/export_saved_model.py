@@ -31,6 +31,11 @@ _VERSION = flags.DEFINE_integer("version", None,
 _IMAGE_MASKS = flags.DEFINE_bool(
     "image_masks", False,
     "Also output image-size binary masks (detection_image_masks).")
+_WINDOW_MASKS = flags.DEFINE_bool(
+    "window_masks", False,
+    "Also output the float mask probabilities over each window before "
+    "pasting (detection_window_masks, detection_mask_sides), for research: "
+    "[batch, 100, R, R] float32, up to 92 MB for one image.")
 
 
 def main(_):
@@ -38,7 +43,7 @@ def main(_):
     params, checkpoint = model_source.load()
     path = export_module.export_saved_model(
         params, checkpoint, _EXPORT_DIR.value, version=_VERSION.value,
-        image_masks=_IMAGE_MASKS.value)
+        image_masks=_IMAGE_MASKS.value, window_masks=_WINDOW_MASKS.value)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     sys.exit(f"export_saved_model.py: error: {str(e).splitlines()[0]}")
   print(f"exported {path}")

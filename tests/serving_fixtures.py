@@ -24,6 +24,18 @@ def _run(model, signature: str, inputs: dict) -> dict[str, np.ndarray]:
       **{k: tf.constant(v) for k, v in inputs.items()}).items()}
 
 
+def _json(name: str, value: np.ndarray):
+  """TF Serving's JSON of an output: strings of a name ending in `_bytes`
+  as {"b64": ...}, other strings as text."""
+  if value.dtype != object:
+    return value.tolist()
+  if name.endswith("_bytes"):
+    text = lambda b: {"b64": base64.b64encode(b).decode("ascii")}
+  else:
+    text = lambda b: b.decode("utf-8")
+  return np.vectorize(text, otypes=[object])(value).tolist()
+
+
 def start_rest_server(saved_model_path: str, model_name: str):
   """(server, base URL); call server.shutdown() when done."""
   model = tf.saved_model.load(saved_model_path)
@@ -40,7 +52,7 @@ def start_rest_server(saved_model_path: str, model_name: str):
                 for x in body["instances"]]
       outputs = _run(model, body.get("signature_name"),
                      {"inputs": np.array(values, dtype=object)})
-      rows = [{k: v[i].tolist() for k, v in outputs.items()}
+      rows = [{k: _json(k, v[i]) for k, v in outputs.items()}
               for i in range(len(values))]
       return self._reply(200, {"predictions": rows})
 

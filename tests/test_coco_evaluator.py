@@ -22,6 +22,19 @@ def ground_truth(tmp_path_factory):
     return json_path, json.load(f)
 
 
+def _update(evaluator, predictions):
+  """update_state with the padded [N, D, R, R] "detection_masks" the tests
+  build turned into generate_detections' layout: each detection's M x M
+  mask (M its side), concatenated in (image, detection) order."""
+  predictions = dict(predictions)
+  padded = predictions.pop("detection_masks")
+  sides = predictions["detection_mask_sides"]
+  predictions["detection_mask_values"] = np.concatenate(
+      [padded[n, d, :m, :m].ravel() for n in range(len(sides))
+       for d, m in enumerate(sides[n])] + [np.zeros(0, np.float32)])
+  evaluator.update_state(predictions)
+
+
 def _predictions(coco, scale, shift=0.0):
   """Each object detected with its box; its window a square of side 2x the
   box's longer side centred on it (partly outside the image), and the mask
@@ -73,7 +86,7 @@ def _predictions(coco, scale, shift=0.0):
 def test_perfect_detections_score_full_ap(ground_truth, scale, tmp_path):
   json_path, coco = ground_truth
   evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
-  evaluator.update_state(_predictions(coco, scale))
+  _update(evaluator, _predictions(coco, scale))
   metrics = evaluator.result()
   assert metrics["box_AP"] == pytest.approx(1.0)
   assert metrics["mask_AP"] == pytest.approx(1.0)
@@ -90,7 +103,7 @@ def test_shifted_masks_lower_mask_ap_only(ground_truth):
   shifted = _predictions(coco, 1.0, shift=0.0)
   # Move every window (and so its mask) by 6 px; boxes stay right.
   shifted["detection_windows"] += 6.0
-  evaluator.update_state(shifted)
+  _update(evaluator, shifted)
   metrics = evaluator.result()
   assert metrics["box_AP"] == pytest.approx(1.0)
   assert metrics["mask_AP"] < 0.8
@@ -108,7 +121,7 @@ def test_ap_counts_only_the_images_evaluated(ground_truth):
   json_path, coco = ground_truth
   full = _predictions(coco, 1.0)
   evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
-  evaluator.update_state({k: v[:2] for k, v in full.items()})
+  _update(evaluator, {k: v[:2] for k, v in full.items()})
   assert evaluator.result()["mask_AP"] == pytest.approx(1.0)
   # An evaluated image without detections still counts: its objects are
   # missed.
@@ -117,7 +130,7 @@ def test_ap_counts_only_the_images_evaluated(ground_truth):
   for key in ("detection_boxes", "detection_scores", "detection_windows",
               "detection_masks", "detection_classes"):
     missed[key][:] = 0
-  evaluator.update_state(missed)
+  _update(evaluator, missed)
   assert evaluator.result()["mask_AP"] < 0.9
 
 
@@ -126,8 +139,8 @@ def test_an_image_evaluated_twice_counts_once(ground_truth):
   json_path, coco = ground_truth
   full = _predictions(coco, 1.0)
   evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
-  evaluator.update_state(full)
-  evaluator.update_state({k: v[:1] for k, v in full.items()})
+  _update(evaluator, full)
+  _update(evaluator, {k: v[:1] for k, v in full.items()})
   metrics = evaluator.result()
   assert metrics["mask_AP"] == pytest.approx(1.0)
   assert metrics["box_AP"] == pytest.approx(1.0)
@@ -152,7 +165,7 @@ def test_mask_ap_sizes_come_from_the_masks_not_the_boxes(ground_truth,
   out["detection_classes"][0, n] = out["detection_classes"][0, 0]
   out["detection_scores"][0, n] = 0.95
   evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path)
-  evaluator.update_state(out)
+  _update(evaluator, out)
   metrics = evaluator.result()
   assert metrics["mask_APs"] < 0.99
   assert metrics["box_APs"] == pytest.approx(1.0)
@@ -173,7 +186,7 @@ def test_results_carry_the_models_category_ids(ground_truth, tmp_path):
       lambda c: ids.index(c + 1))(out["detection_classes"]).astype(np.int32)
   evaluator = coco_evaluator.WindowMaskCocoEvaluator(json_path,
                                                      category_ids=ids)
-  evaluator.update_state(out)
+  _update(evaluator, out)
   assert evaluator.result()["mask_AP"] == pytest.approx(1.0)
   evaluator.write_results(str(tmp_path / "r.json"))
   with open(tmp_path / "r.json") as f:
@@ -181,7 +194,7 @@ def test_results_carry_the_models_category_ids(ground_truth, tmp_path):
   assert written == sorted(a["category_id"] for a in coco["annotations"])
   # The same classes read as ids k + 1 miss most objects.
   plain = coco_evaluator.WindowMaskCocoEvaluator(json_path)
-  plain.update_state(out)
+  _update(plain, out)
   assert plain.result()["mask_AP"] < 0.9
   # COCO's 80 ids: class 11 is id 13, class 79 is id 90.
   found = {"boxes": np.zeros((2, 4)), "classes": np.array([11, 79]),

@@ -120,7 +120,11 @@ def test_detections_threshold_decode_suppress_per_class_and_route_masks():
   np.testing.assert_allclose(det["detection_boxes"][0, 2],
                              np.clip(w3, 0, 64), atol=1e-3)
   np.testing.assert_allclose(det["detection_windows"][0, :3], [w1, w2, w3])
-  # Each detection got the mask of its own window.
+  # Each detection got the mask of its own window: the masks of the 3 kept
+  # detections, each M x M, one after the other.
+  assert det["detection_mask_values"].shape == (3 * 8 * 8,)
+  det["detection_masks"] = detection_generator.padded_window_masks(
+      det["detection_mask_values"], det["detection_mask_sides"])
   for d, (y, x) in enumerate([(5, 6), (5, 7), (2, 2)]):
     np.testing.assert_allclose(det["detection_masks"][0, d],
                                np.full((8, 8), sig((y * 10 + x) / 100)),

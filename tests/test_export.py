@@ -78,7 +78,8 @@ def exported(shapes_records, tmp_path_factory):
   model = tiny_experiment.build_model(params)
   checkpoint = tf.train.Checkpoint(model=model).save(str(root / "ckpt"))
   path = export_module.export_saved_model(
-      params, checkpoint, str(root / "export"), version=7, image_masks=True)
+      params, checkpoint, str(root / "export"), version=7, image_masks=True,
+      window_masks=True)
 
   rng = np.random.RandomState(0)
   images = [predictor.load_image(os.path.join(
@@ -149,8 +150,18 @@ def test_fresh_process_outputs_equal_the_in_process_model(exported):
     height, width = image.shape[:2]
     np.testing.assert_allclose(out["serving_default/image_info"][n][0],
                                [height, width])
+    # The served PNG masks decode into exactly the masks pasted locally.
+    served = predictor.detections_from_outputs(
+        {k.split("/")[1]: v for k, v in out.items()
+         if k.startswith("serving_default/")}, n, CATEGORY_IDS)
+    np.testing.assert_array_equal(served["masks"].dense(),
+                                  want["masks"].dense())
+    np.testing.assert_array_equal(served["masks"].offsets,
+                                  want["masks"].offsets)
+    assert served["masks"].areas().min() > 0
+    # The research output: the float window masks, pasted here.
     paste = lambda threshold: detection_generator.paste_window_masks(
-        out["serving_default/detection_masks"][n],
+        out["serving_default/detection_window_masks"][n],
         out["serving_default/detection_mask_sides"][n],
         out["serving_default/detection_windows"][n], (height, width),
         threshold=threshold).numpy()
@@ -159,7 +170,7 @@ def test_fresh_process_outputs_equal_the_in_process_model(exported):
     surely_on, maybe_on = paste(0.5 + _BAND), paste(0.5 - _BAND)
     image_masks = out["serving_default/detection_image_masks"][n]
     for d in range(count):
-      assert _iou(pasted[d], want["masks"][d]) >= 0.99
+      assert _iou(pasted[d], want["masks"].mask(d)) >= 0.99
       # The image-size masks are the same pasting, at the batch's largest
       # size with this image in the top-left corner, sampled on a larger
       # canvas: only pixels within _BAND of the threshold may differ.
@@ -176,14 +187,14 @@ def test_natural_masks_through_the_export_and_the_predictor(exported):
   params = exported["params"].replace()
   params.task.model.detection_generator.mask_size = 0
   module = export_module.TensorMaskExportModule(
-      params, exported["checkpoint"], image_masks=True)
+      params, exported["checkpoint"], image_masks=True, window_masks=True)
   images = exported["images"][:2]
   out = {k: v.numpy() for k, v in module.serve_image_tensors(
       tf.constant(np.stack(images))).items()}
   reference = predictor.CheckpointPredictor(params, exported["checkpoint"])
   natural = {side * 2**k for side in (6, 10) for k in range(4)}
   sides = out["detection_mask_sides"]
-  assert out["detection_masks"].shape[2:] == (sides.max(),) * 2
+  assert out["detection_window_masks"].shape[2:] == (sides.max(),) * 2
   for n, image in enumerate(images):
     want = reference(image)
     count = int(out["num_detections"][n])
@@ -193,14 +204,17 @@ def test_natural_masks_through_the_export_and_the_predictor(exported):
     # in test_release_equivalence.)
     assert set(sides[n]) <= natural
     for d, side in enumerate(sides[n]):
-      assert not out["detection_masks"][n, d, side:].any()
-      assert not out["detection_masks"][n, d, :, side:].any()
+      assert not out["detection_window_masks"][n, d, side:].any()
+      assert not out["detection_window_masks"][n, d, :, side:].any()
     np.testing.assert_array_equal(out["detection_classes"][n],
                                   np.array(CATEGORY_IDS)[want["classes"]])
     height, width = image.shape[:2]
     for d in range(count):
       assert _iou(out["detection_image_masks"][n, d, :height, :width] > 0,
-                  want["masks"][d]) >= 0.99
+                  want["masks"].mask(d)) >= 0.99
+    served = predictor.detections_from_outputs(out, n, CATEGORY_IDS)
+    np.testing.assert_array_equal(served["masks"].dense(),
+                                  want["masks"].dense())
 
 
 def test_image_masks_of_padded_detection_rows_are_empty(shapes_records):
@@ -222,10 +236,15 @@ def test_image_masks_of_padded_detection_rows_are_empty(shapes_records):
 def test_the_three_signatures_agree(exported):
   out = exported["outputs"]
   for name in ("image_tensor", "tf_example"):
-    for key in ("detection_boxes", "detection_scores", "detection_masks"):
+    for key in ("detection_boxes", "detection_scores",
+                "detection_window_masks"):
       got = out[f"{name}/{key}"]
       np.testing.assert_allclose(got, out[f"serving_default/{key}"][:2],
                                  atol=1e-5, err_msg=f"{name} {key}")
+    # The same pixels in: the same binary masks out.
+    for key in ("detection_masks_png_bytes", "detection_mask_offsets"):
+      np.testing.assert_array_equal(out[f"{name}/{key}"],
+                                    out[f"serving_default/{key}"][:2])
 
 
 def test_export_refuses_to_overwrite_a_version(exported):
@@ -257,6 +276,11 @@ def _check_reply(exported, outputs, count):
     np.testing.assert_array_equal(np.array(CATEGORY_IDS)[found["classes"]],
                                   want["detection_classes"])
     assert found["masks"].shape[1:] == exported["images"][n].shape[:2]
+    served = predictor.detections_from_outputs(
+        {k.split("/")[1]: v for k, v in exported["outputs"].items()
+         if k.startswith("serving_default/")}, n, CATEGORY_IDS)
+    np.testing.assert_array_equal(found["masks"].dense(),
+                                  served["masks"].dense())
 
 
 def test_rest_request_is_accepted_by_the_signature(exported):

@@ -39,7 +39,7 @@ print(json.dumps({
     "mask_feature_dtype": outputs["mask_features"]["2"].dtype.name,
     "scores_dtype": detections["coco_predictions"]["detection_scores"].dtype.name,
     "masks_finite": bool(np.all(np.isfinite(
-        detections["coco_predictions"]["detection_masks"].numpy()))),
+        detections["coco_predictions"]["detection_mask_values"].numpy()))),
 }))
 """
 

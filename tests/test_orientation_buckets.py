@@ -230,7 +230,8 @@ def test_landscape_and_portrait_images_give_the_same_detections_as_alone(
     got = found[portrait]
     assert got["coco_predictions"]["images"].shape[1:3] == size
     for key in ("num_detections", "detection_boxes", "detection_scores",
-                "detection_classes", "detection_windows", "detection_masks"):
+                "detection_classes", "detection_windows",
+                "detection_mask_sides", "detection_mask_values"):
       np.testing.assert_allclose(got["coco_predictions"][key],
                                  want["coco_predictions"][key], atol=1e-5,
                                  err_msg=f"{name} {key}")

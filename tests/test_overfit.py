@@ -96,7 +96,9 @@ def test_small_model_overfits_two_images():
   for n, (masks, _, classes) in enumerate(scenes):
     count = int(det["num_detections"][n])
     pasted = detection_generator.paste_window_masks(
-        det["detection_masks"][n, :count],
+        detection_generator.padded_window_masks(
+            det["detection_mask_values"], det["detection_mask_sides"])[
+                n, :count],
         det["detection_mask_sides"][n, :count],
         det["detection_windows"][n, :count], (SIZE, SIZE)).numpy()
     for gt_mask, gt_class in zip(masks > 0, classes):

@@ -131,6 +131,8 @@ def _detect(images, image_sizes=None, **kwargs):
   result = detection_generator.generate_detections(
       outputs, mask_logits_fn, SPEC, IMAGE, K, image_sizes=image_sizes,
       **kwargs)
+  result["detection_masks"] = detection_generator.padded_window_masks(
+      result["detection_mask_values"], result["detection_mask_sides"])
   return {k: v.numpy() for k, v in result.items()}
 
 

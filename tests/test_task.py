@@ -1,6 +1,7 @@
 """The tensormask task, its experiments and its config files."""
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -151,18 +152,6 @@ def test_category_ids_default_to_one_to_k_and_reject_bad_lists():
   assert not {12, 26, 29, 30, 45, 66, 68, 69, 71, 83} & set(coco)
 
 
-def test_replicas_natural_masks_are_padded_to_the_largest_side():
-  small = np.ones((1, 2, 3, 3), np.float32)
-  large = np.full((2, 2, 5, 5), 2.0, np.float32)
-  got = tensormask_task._concatenate_replicas([small, large])
-  assert got.shape == (3, 2, 5, 5)
-  np.testing.assert_array_equal(got[0, :, :3, :3], 1.0)
-  assert not got[0, :, 3:].any() and not got[0, :, :, 3:].any()
-  np.testing.assert_array_equal(got[1:], large)
-  np.testing.assert_array_equal(tensormask_task._concatenate_replicas(
-      [np.array([1, 2]), np.array([3])]), [1, 2, 3])
-
-
 def test_denormalize_image_inverts_model_garden_normalization():
   from official.vision.ops import preprocess_ops  # pylint: disable=g-import-not-at-top
   image = np.random.RandomState(0).randint(0, 256, (5, 7, 3)).astype(np.uint8)
@@ -269,3 +258,35 @@ def test_every_head_type_trains_and_evaluates_through_the_task(
   result = training_helpers.train_then_evaluate(task, model, optimizer,
                                                 params)
   assert 0.0 <= result["mask_AP"] <= 1.0
+
+
+def test_replicas_outputs_evaluate_as_one_batch(task_and_model, tmp_path):
+  # Under a strategy each replica returns its images' detections and its
+  # own masks' values (of any length): aggregated, the COCO results are
+  # those of the whole batch on one device.
+  task, model, params, _ = task_and_model
+  batch = next(iter(task.build_inputs(params.task.validation_data)))
+  halves = [tf.nest.map_structure(lambda t, s=s: t[s], batch)
+            for s in (slice(0, 1), slice(1, None))]
+
+  def results(step_outputs):
+    task.build_metrics(training=False)
+    state = task.aggregate_logs(None, step_outputs)
+    path = str(tmp_path / "results.json")
+    task.coco_metric.write_results(path)
+    with open(path) as f:
+      return json.load(f), state
+
+  whole, _ = results(task.validation_step(batch, model))
+  parts = [task.validation_step(half, model) for half in halves]
+  key = tensormask_task._COCO_KEY
+  lengths = [int(p[key]["detection_mask_values"].shape[0]) for p in parts]
+  assert lengths[0] != lengths[1]
+  replicas = dict(parts[0], **{key: {
+      k: (parts[0][key][k], parts[1][key][k]) for k in parts[0][key]}})
+  split, _ = results(replicas)
+  assert len(whole) == len(split) > 0
+  for a, b in zip(whole, split):
+    assert a["segmentation"] == b["segmentation"]
+    assert a["image_id"] == b["image_id"]
+    assert a["score"] == pytest.approx(b["score"], abs=1e-5)

@@ -4,7 +4,8 @@ TensorMask's masks are relative to each detection's *window*, not to its box
 (Model Garden's `COCOEvaluator` assumes box-relative masks), so detections
 are mapped back to the original image here: boxes and windows are divided by
 the resize scale, and every mask is pasted into the original image inside its
-window (`paste_window_masks`) and encoded as RLE. The results are also
+window (`paste_cropped_masks`: only over its reach) and encoded as RLE
+from its crop. The results are also
 written as COCO-format JSON on request.
 """
 
@@ -17,9 +18,9 @@ from absl import logging
 import numpy as np
 from pycocotools import coco as coco_api
 from pycocotools import cocoeval
-from pycocotools import mask as mask_api
 
 from tensormask_tf.modeling import detection_generator
+from tensormask_tf.ops import cropped_masks
 
 _METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -28,10 +29,13 @@ def coco_results(image_id: int, detections: dict,
                  category_ids: Sequence[int] | None = None) -> list[dict]:
   """COCO results entries of one image's `detections_in_original_image`:
   category ids (class k is category_ids[k], or k + 1 when None), [x, y, w,
-  h] boxes, RLE masks when present."""
+  h] boxes, RLE masks (`CroppedMasks` or [n, H, W] bool) when present."""
   ids = detection_generator.category_ids_of(detections["classes"],
                                             category_ids)
   results = []
+  rles = None
+  if detections["masks"] is not None:
+    rles = cropped_masks.as_cropped(detections["masks"]).to_rle()
   for d, (ymin, xmin, ymax, xmax) in enumerate(detections["boxes"].tolist()):
     result = {
         "image_id": image_id,
@@ -39,11 +43,8 @@ def coco_results(image_id: int, detections: dict,
         "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
         "score": float(detections["scores"][d]),
     }
-    if detections["masks"] is not None:
-      rle = mask_api.encode(
-          np.asfortranarray(detections["masks"][d].astype(np.uint8)))
-      rle["counts"] = rle["counts"].decode("ascii")
-      result["segmentation"] = rle
+    if rles is not None:
+      result["segmentation"] = rles[d]
     results.append(result)
   return results
 
@@ -78,11 +79,17 @@ class WindowMaskCocoEvaluator:
 
     Args:
       predictions: numpy or tensors; the detections (with
-        "detection_mask_sides" when masks are evaluated) plus "source_id" [N]
+        "detection_mask_sides" and "detection_mask_values", each image's
+        masks at their own side, when masks are evaluated: only one image's
+        masks at a time are ever pasted) plus "source_id" [N]
         (COCO image ids) and "image_info" [N, 4, 2] (Model Garden's:
         original size, scaled size, scale, offset).
     """
     p = {k: np.asarray(v) for k, v in predictions.items()}
+    mask_values = None
+    if self._include_mask:
+      mask_values = detection_generator.split_mask_values(
+          p.pop("detection_mask_values"), p["detection_mask_sides"])
     for n, image_id in enumerate(p["source_id"]):
       if int(image_id) in self._image_ids:
         # Its detections again would count as duplicates (false positives).
@@ -90,9 +97,12 @@ class WindowMaskCocoEvaluator:
                         "its repeat is left out", int(image_id))
         continue
       self._image_ids.add(int(image_id))
+      image = {k: v[n] for k, v in p.items()
+               if k != "detection_mask_values"}
+      if mask_values is not None:
+        image["detection_mask_values"] = mask_values[n]
       found = detection_generator.detections_in_original_image(
-          {k: v[n] for k, v in p.items()}, p["image_info"][n],
-          include_masks=self._include_mask)
+          image, p["image_info"][n], include_masks=self._include_mask)
       self._results.extend(coco_results(int(image_id), found,
                                         self._category_ids))
 

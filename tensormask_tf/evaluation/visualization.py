@@ -10,6 +10,7 @@ from PIL import Image
 
 from official.vision.utils.object_detection import visualization_utils
 from tensormask_tf.modeling import detection_generator
+from tensormask_tf.ops import cropped_masks
 
 
 def class_names(annotation_file: str | None,
@@ -34,8 +35,9 @@ def draw_detections(image: np.ndarray, detections: dict,
   Args:
     image: [H, W, 3] uint8.
     detections: {"boxes": [n, 4] pixels [ymin, xmin, ymax, xmax],
-      "classes": [n] 0-based, "scores": [n], "masks": [n, H, W] bool or
-      None} (as `detection_generator.detections_in_original_image`).
+      "classes": [n] 0-based, "scores": [n], "masks": `CroppedMasks`,
+      [n, H, W] bool or None} (as
+      `detection_generator.detections_in_original_image`).
     class_names: {category id: name}.
     min_score: detections below it are not drawn.
     max_detections: at most this many (the best) are drawn.
@@ -50,16 +52,28 @@ def draw_detections(image: np.ndarray, detections: dict,
   picture = np.repeat(np.repeat(np.asarray(image, np.uint8), factor, 0),
                       factor, 1)
   category_index = {k: {"id": k, "name": v} for k, v in class_names.items()}
+  ids = detection_generator.category_ids_of(detections["classes"],
+                                            category_ids)
+  scores = np.asarray(detections["scores"], np.float32)
   masks = detections.get("masks")
-  if masks is not None and factor > 1:
-    masks = np.repeat(np.repeat(masks, factor, 1), factor, 2)
+  if masks is not None:
+    masks = cropped_masks.as_cropped(masks)
+    # Model Garden's choice of detections and colours, drawn over each
+    # mask's crop only (its full-image masks would cost n x H x W).
+    for i in range(min(max_detections, len(masks))):
+      crop = masks.crops[i]
+      if scores[i] <= min_score or not crop.any():
+        continue
+      crop = np.repeat(np.repeat(crop, factor, 0), factor, 1)
+      top, left = masks.offsets[i] * factor
+      visualization_utils.draw_mask_on_image_array(
+          picture[top:top + crop.shape[0], left:left + crop.shape[1]],
+          crop.astype(np.uint8), color=visualization_utils.STANDARD_COLORS[
+              ids[i] % len(visualization_utils.STANDARD_COLORS)])
   visualization_utils.visualize_boxes_and_labels_on_image_array(
-      picture, np.asarray(detections["boxes"], np.float32) * factor,
-      detection_generator.category_ids_of(detections["classes"],
-                                          category_ids),
-      np.asarray(detections["scores"], np.float32), category_index,
-      instance_masks=None if masks is None else masks.astype(np.uint8),
-      max_boxes_to_draw=max_detections, min_score_thresh=min_score,
+      picture, np.asarray(detections["boxes"], np.float32) * factor, ids,
+      scores, category_index, max_boxes_to_draw=max_detections,
+      min_score_thresh=min_score,
       line_thickness=max(1, min(picture.shape[:2]) // 200))
   return picture
 

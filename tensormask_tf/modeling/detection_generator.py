@@ -16,9 +16,12 @@ Masks are computed only for the kept detections, with the head's gathered
 path, and returned *window-relative*: the sigmoid of each detection's
 natural M x M mask (M = S * 2**k for the bipyramid), or that mask resampled
 to `mask_size` x `mask_size` when `mask_size` > 0, plus the window box and
-the mask's side. `paste_window_masks` pastes them into an image as the
-release does: bilinear at pixel centres over the window box, zeros outside
-the mask, threshold 0.5.
+the mask's side; each mask at its own side, concatenated
+(`detection_mask_values`), never padded to the batch's largest.
+`paste_window_mask` pastes one into an image as the release does: bilinear
+at pixel centres over the window box, zeros outside the mask, threshold 0.5,
+computed only where the mask reaches (`paste_cropped_masks` gives an
+image's masks as `CroppedMasks`).
 Runs in graph mode (the number of detections per window size varies); it is
 not meant for XLA.
 """
@@ -28,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tensormask_tf.ops import cropped_masks
 from tensormask_tf.ops import window_targets
 from tensormask_tf.ops import windows as windows_lib
 
@@ -115,13 +119,14 @@ def generate_detections(outputs: dict, mask_logits_fn,
     {"detection_boxes": [N, D, 4] (input pixels, [ymin, xmin, ymax, xmax],
      clipped), "detection_scores": [N, D], "detection_classes": [N, D]
      int32 (0-based), "num_detections": [N] int32, "detection_windows":
-     [N, D, 4] window boxes (input pixels, unclipped), "detection_masks":
-     [N, D, R, R] mask probabilities over each window, the detection's
-     M x M mask in the top-left corner and zeros elsewhere,
-     "detection_mask_sides": [N, D] int32 M}; D = max_detections, entries
-     past num_detections are zero. With mask_size 0, R is the largest M of
-     the batch's detections (1 when there are none); else R = M =
-     mask_size.
+     [N, D, 4] window boxes (input pixels, unclipped),
+     "detection_mask_sides": [N, D] int32 M (the natural S * 2**k with
+     mask_size 0, else mask_size), "detection_mask_values": [T] float32
+     the kept detections' M x M mask probabilities over their windows,
+     row-major, concatenated in (image, detection) order, T = sum of M^2
+     (`mask_value_offsets`, `split_mask_values`; `padded_window_masks`
+     gives the [N, D, R, R] layout)}; D = max_detections, entries past
+     num_detections are zero.
 
   Raises:
     ValueError: a negative mask_size.
@@ -186,13 +191,14 @@ def generate_detections(outputs: dict, mask_logits_fn,
       "detection_windows": pick(windows) * valid_f[..., None],
   }
 
-  # Masks of the kept detections only, one (level, window size) at a time.
+  # Masks of the kept detections only, one (level, window size) at a time,
+  # each kept at its own side (no [N, D, R, R] padding to the largest).
   det_level = tf.gather(tf.constant(window_level), det_window)
   det_size = tf.gather(tf.constant(window_size), det_window)
   det_y = tf.gather(tf.constant(window_y), det_window)
   det_x = tf.gather(tf.constant(window_x), det_window)
-  groups = []  # (where [P, 2] (n, d), probabilities [P, M, M], M)
   sides = tf.zeros([batch, max_detections], tf.int32)
+  rows, keys = [], []  # per group: [P, M * M] ragged, [P] n * D + d
   for level in levels:
     for a in range(spec.num_sizes):
       where = tf.cast(tf.where(valid & (det_level == level) &
@@ -207,57 +213,223 @@ def generate_detections(outputs: dict, mask_logits_fn,
       side = tf.shape(probs)[1]
       sides = tf.tensor_scatter_nd_update(
           sides, where, tf.fill(tf.shape(where)[:1], side))
-      groups.append((where, probs, side))
-  side = mask_size or tf.maximum(tf.reduce_max(sides), 1)
-  masks = tf.zeros([batch, max_detections, side, side])
-  for where, probs, group_side in groups:
-    # (A group without detections may be larger than R: cropped, empty.)
-    pad = tf.maximum(side - group_side, 0)
-    masks = tf.tensor_scatter_nd_update(masks, where, tf.pad(
-        probs[:, :side, :side], [[0, 0], [0, pad], [0, pad]]))
-  detections["detection_masks"] = masks
+      rows.append(tf.RaggedTensor.from_tensor(
+          tf.reshape(probs, [tf.shape(probs)[0], side * side])))
+      keys.append(where[:, 0] * max_detections + where[:, 1])
+  # Kept detections are at the front of each image: (n, d) order is the
+  # order of n * D + d.
+  ordered = tf.gather(tf.concat(rows, axis=0),
+                      tf.argsort(tf.concat(keys, axis=0)))
+  detections["detection_mask_values"] = ordered.flat_values
   detections["detection_mask_sides"] = sides
   return detections
 
 
-def _sampling_taps(start, end, sides, size):
-  """Bilinear taps along one image axis, as `grid_sample` computes them.
+def mask_value_offsets(mask_sides) -> tf.Tensor:
+  """[..., D] int32 start of each detection's mask in
+  `detection_mask_values` (exclusive cumulative sum of M^2 in (n, d)
+  order)."""
+  sides = tf.convert_to_tensor(mask_sides, tf.int32)
+  sizes = tf.reshape(sides * sides, [-1])
+  starts = tf.cumsum(sizes, exclusive=True)
+  return tf.reshape(starts, tf.shape(sides))
+
+
+def split_mask_values(mask_values: np.ndarray, mask_sides: np.ndarray
+                      ) -> list[np.ndarray]:
+  """A batch's `detection_mask_values` [T] cut into each image's, given
+  `detection_mask_sides` [N, D] (numpy)."""
+  ends = np.cumsum((np.asarray(mask_sides, np.int64) ** 2).sum(axis=1))
+  return np.split(np.asarray(mask_values), ends[:-1])
+
+
+def padded_window_masks(mask_values, mask_sides) -> tf.Tensor:
+  """[N, D, R, R] float32: each detection's M x M mask in the top-left
+  corner, zeros elsewhere, R the largest M (at least 1). The former
+  `detection_masks` layout, for research and `--window_masks` exports: it
+  costs N * D * R^2 floats whatever the masks' sizes."""
+  values = tf.convert_to_tensor(mask_values, tf.float32)
+  sides = tf.convert_to_tensor(mask_sides, tf.int32)
+  flat_sides = tf.reshape(sides, [-1])
+  side = tf.maximum(tf.reduce_max(flat_sides), 1)
+  masks = tf.RaggedTensor.from_row_lengths(values, flat_sides * flat_sides)
+
+  def pad(args):
+    row, m = args
+    square = tf.reshape(row, [m, m])
+    return tf.pad(square, [[0, side - m], [0, side - m]])
+
+  padded = tf.map_fn(pad, (masks, flat_sides),
+                     fn_output_signature=tf.TensorSpec([None, None],
+                                                       tf.float32))
+  return tf.reshape(padded, tf.concat([tf.shape(sides), [side, side]], 0))
+
+
+def _axis_taps(start, end, side, size):
+  """Bilinear taps along one image axis of one window, as `grid_sample`
+  computes them.
 
   Pixel i (centre i + 0.5) of a window [start, end] with an M-cell mask
   reads mask coordinate c = ((i + 0.5 - start) / (end - start) * 2 - 1 + 1)
   * M / 2 - 0.5 (cell centres at 0..M-1), in float32 in this order.
 
   Args:
-    start, end: [D] float32 window ends along the axis, end > start.
-    sides: [D] int32 mask sides M.
-    size: the image's length along the axis (int or scalar int tensor).
+    start, end: scalar float32 window ends along the axis, end > start.
+    side: scalar int32 mask side M.
+    size: the image's length along the axis (scalar int32).
 
   Returns:
-    (low [D, size] int32 cell index floor(c), far [D, size] float32 the
-    weight c - floor(c) of cell low + 1).
+    (low [size] int32 cell index floor(c), far [size] float32 the weight
+    c - floor(c) of cell low + 1).
   """
-  centres = tf.range(size, dtype=tf.float32)[None, :] + 0.5
-  grid = (centres - start[:, None]) / (end - start)[:, None] * 2.0 - 1.0
-  scale = tf.cast(sides, tf.float32)[:, None] / 2.0
-  position = (grid + 1.0) * scale - 0.5
+  centres = tf.range(size, dtype=tf.float32) + 0.5
+  grid = (centres - start) / (end - start) * 2.0 - 1.0
+  position = (grid + 1.0) * (tf.cast(side, tf.float32) / 2.0) - 0.5
   low = tf.floor(position)
   return tf.cast(low, tf.int32), position - low
 
 
-def paste_window_masks(window_masks, mask_sides, window_boxes, image_size,
-                       threshold: float | None = 0.5) -> tf.Tensor:
-  """Pastes window-relative masks into the image, as the release does.
+def _reached(low, side):
+  """(first, count): the pixels of an axis whose taps read a mask cell.
 
-  Detection d's mask is the top-left M_d x M_d of window_masks[d], laid
-  over its window box: every image pixel centre samples it bilinearly
-  (detectron2's `paste_masks_in_image`: `grid_sample` with
-  align_corners=False) with zeros outside the M x M cells, so a mask
-  reaches half a mask cell past its outermost cell centres and no further.
-  A window without area or a side of 0 (the padded rows past
-  num_detections) pastes an empty mask.
+  A pixel reads cells low and low + 1, so cells 0..M-1 are reached for
+  -1 <= low <= M - 1; everywhere else both taps read the zero padding and
+  the pasted value is exactly 0. c grows with the pixel index (every step
+  of `_axis_taps` is monotonic in float32), so the pixels form one run.
+  """
+  reached = (low >= -1) & (low <= side - 1)
+  count = tf.reduce_sum(tf.cast(reached, tf.int32))
+  first = tf.cast(tf.argmax(tf.cast(reached, tf.int32)), tf.int32)
+  return first * tf.minimum(count, 1), count
+
+
+def paste_window_mask(mask, window_box, image_size,
+                      threshold: float | None = 0.5):
+  """Pastes one window-relative mask into the image, over its reach only.
+
+  The release's rule (detectron2's `paste_masks_in_image`: `grid_sample`
+  with align_corners=False): every image pixel centre samples the M x M
+  mask laid over the window box bilinearly, with zeros outside the M x M
+  cells, so a mask reaches half a mask cell past its outermost cell centres
+  and no further. Only the pixels within that reach (clipped to the image)
+  are computed: memory and time grow with the window's area in the image,
+  not with the image. A window without area or a mask without cells pastes
+  nothing.
 
   Args:
-    window_masks: [D, R, R] mask probabilities over each window.
+    mask: [M, M] mask probabilities over the window (M may be 0).
+    window_box: [4] window [ymin, xmin, ymax, xmax] in pixels.
+    image_size: [2] int32 (height, width).
+    threshold: the crop is `probability >= threshold`; None returns the
+      probabilities.
+
+  Returns:
+    (crop [h, w] bool, or float32 for threshold None; extent [4] int32
+    (row, column, height h, width w) of the crop in the image). Pixels of
+    the image outside the crop are 0 / False.
+  """
+  mask = tf.cast(mask, tf.float32)
+  box = tf.cast(window_box, tf.float32)
+  side = tf.shape(mask)[0]
+  has_area = (box[2] > box[0]) & (box[3] > box[1]) & (side > 0)
+  box = tf.where(has_area, box, [0.0, 0.0, 1.0, 1.0])
+  row_low, south = _axis_taps(box[0], box[2], side, image_size[0])
+  col_low, east = _axis_taps(box[1], box[3], side, image_size[1])
+  top, height = _reached(row_low, side)
+  left, width = _reached(col_low, side)
+  height *= tf.cast(has_area, tf.int32)
+  width *= tf.cast(has_area, tf.int32)
+  row_low, south = row_low[top:top + height], south[top:top + height]
+  col_low, east = col_low[left:left + width], east[left:left + width]
+  north, west = 1.0 - south, 1.0 - east
+  # One zero row and column at index M: taps outside the M x M cells read
+  # them (zero padding).
+  padded = tf.pad(mask, [[0, 1], [0, 1]])
+  inside = lambda index: tf.where((index >= 0) & (index < side), index, side)
+  rows = [tf.gather(padded, inside(row_low + k)) for k in (0, 1)]
+  value = lambda r, c: tf.gather(rows[r], inside(col_low + c), axis=1)
+  # (Float products commute exactly: this is grid_sample's wy * wx.)
+  weight = lambda wy, wx: wy[:, None] * wx[None, :]
+  # grid_sample's sum, in its order (north-west, north-east, south-west,
+  # south-east), for the same float32 rounding.
+  soft = (value(0, 0) * weight(north, west) + value(0, 1) * weight(north, east)
+          + value(1, 0) * weight(south, west)
+          + value(1, 1) * weight(south, east))
+  crop = soft if threshold is None else soft >= threshold
+  return crop, tf.stack([top, left, height, width])
+
+
+def _pasted_crops(mask_values, mask_sides, window_boxes, image_size,
+                  threshold: float | None):
+  """`paste_window_mask` over D detections whose masks are concatenated in
+  `mask_values` (the `detection_mask_values` of one image): (crops
+  [D, (h * w)] ragged, row-major; extents [D, 4] int32)."""
+  values = tf.cast(tf.convert_to_tensor(mask_values), tf.float32)
+  sides = tf.cast(tf.convert_to_tensor(mask_sides), tf.int32)
+  boxes = tf.cast(tf.convert_to_tensor(window_boxes), tf.float32)
+  image_size = tf.cast(tf.convert_to_tensor(image_size), tf.int32)
+  starts = mask_value_offsets(sides)
+
+  def paste(args):
+    side, start, box = args
+    mask = tf.reshape(values[start:start + side * side], [side, side])
+    crop, extent = paste_window_mask(mask, box, image_size, threshold)
+    return tf.reshape(crop, [-1]), extent
+
+  # One detection at a time: a window may cover a whole 24 MP photo.
+  return tf.map_fn(
+      paste, (sides, starts, boxes), parallel_iterations=1,
+      fn_output_signature=(
+          tf.RaggedTensorSpec([None], tf.float32 if threshold is None
+                              else tf.bool, ragged_rank=0),
+          tf.TensorSpec([4], tf.int32)))
+
+
+@tf.function(reduce_retracing=True)
+def _pasted_crops_function(mask_values, mask_sides, window_boxes, image_size):
+  return _pasted_crops(mask_values, mask_sides, window_boxes, image_size,
+                       threshold=0.5)
+
+
+def paste_cropped_masks(mask_values, mask_sides, window_boxes,
+                        image_size) -> cropped_masks.CroppedMasks:
+  """One image's binary masks pasted as the release does
+  (`paste_window_mask`), each kept over its own reach.
+
+  Args:
+    mask_values: [T] float32, the detections' M x M masks concatenated
+      (`detection_mask_values` of one image, or the first T of them).
+    mask_sides: [D] int, each mask's M.
+    window_boxes: [D, 4] windows [ymin, xmin, ymax, xmax] in the pixels
+      of the image.
+    image_size: (height, width).
+  """
+  sides = np.asarray(mask_sides, np.int32).reshape(-1)
+  height, width = (int(v) for v in image_size)
+  if sides.size == 0:
+    return cropped_masks.CroppedMasks((), np.zeros([0, 2]), (height, width))
+  crops, extents = _pasted_crops_function(
+      tf.constant(mask_values, tf.float32), tf.constant(sides),
+      tf.constant(window_boxes, tf.float32),
+      tf.constant([height, width], tf.int32))
+  extents = extents.numpy()
+  flat = np.split(crops.flat_values.numpy(),
+                  np.cumsum(extents[:, 2] * extents[:, 3])[:-1])
+  return cropped_masks.CroppedMasks(
+      tuple(c.reshape(h, w) for c, h, w in
+            zip(flat, extents[:, 2], extents[:, 3])),
+      extents[:, :2], (height, width))
+
+
+def paste_window_masks(window_masks, mask_sides, window_boxes, image_size,
+                       threshold: float | None = 0.5) -> tf.Tensor:
+  """Full-image masks: `paste_window_mask` of every detection, placed in
+  [D, height, width] (D x height x width values: for small images and
+  tests; `paste_cropped_masks` keeps only the masks' reach).
+
+  Args:
+    window_masks: [D, R, R] mask probabilities over each window, detection
+      d's M_d x M_d mask in the top-left corner.
     mask_sides: [D] int, the side M <= R of each mask.
     window_boxes: [D, 4] windows [ymin, xmin, ymax, xmax] in pixels.
     image_size: (height, width), ints or scalar int tensors.
@@ -269,44 +441,23 @@ def paste_window_masks(window_masks, mask_sides, window_boxes, image_size,
   """
   masks = tf.cast(tf.convert_to_tensor(window_masks), tf.float32)
   sides = tf.cast(tf.convert_to_tensor(mask_sides), tf.int32)
-  boxes = tf.cast(tf.convert_to_tensor(window_boxes), tf.float32)
-  height, width = image_size
-  side_limit = tf.shape(masks)[1]
   tf.debugging.assert_less_equal(
-      sides, side_limit, message="mask_sides exceed the masks' side R")
-  has_area = (tf.reduce_all(boxes[:, 2:] > boxes[:, :2], axis=1) &
-              (sides > 0))
-  boxes = tf.where(has_area[:, None], boxes, [0.0, 0.0, 1.0, 1.0])
-  # One zero row and column at index R: taps outside the M x M cells read
-  # them (zero padding).
-  padded = tf.pad(masks, [[0, 0], [0, 1], [0, 1]])
+      sides, tf.shape(masks)[1], message="mask_sides exceed the masks' side R")
+  size = tf.stack([tf.cast(image_size[0], tf.int32),
+                   tf.cast(image_size[1], tf.int32)])
 
-  def inside(index):
-    return tf.where((index >= 0) & (index < sides[:, None]), index,
-                    side_limit)
+  def paste(args):
+    mask, side, box = args
+    crop, extent = paste_window_mask(mask[:side, :side], box, size,
+                                     threshold)
+    top, left, height, width = tf.unstack(extent)
+    return tf.pad(crop, [[top, size[0] - top - height],
+                         [left, size[1] - left - width]])
 
-  row, south = _sampling_taps(boxes[:, 0], boxes[:, 2], sides, height)
-  col, east = _sampling_taps(boxes[:, 1], boxes[:, 3], sides, width)
-  north, west = 1.0 - south, 1.0 - east
-  # Computed as [D, width, height] (transposed at the end): both gathers
-  # then pick whole rows of contiguous values, several times faster than
-  # gathering single values along the last axis.
-  rows = [tf.transpose(tf.gather(padded, inside(row + k), axis=1,
-                                 batch_dims=1), [0, 2, 1])
-          for k in (0, 1)]  # [D, R + 1, height] each
-  value = lambda r, c: tf.gather(rows[r], inside(col + c), axis=1,
-                                 batch_dims=1)  # [D, width, height]
-  # (Float products commute exactly: this is grid_sample's wy * wx.)
-  weight = lambda wy, wx: wx[:, :, None] * wy[:, None, :]
-  # grid_sample's sum, in its order (north-west, north-east, south-west,
-  # south-east), for the same float32 rounding.
-  soft = (value(0, 0) * weight(north, west) + value(0, 1) * weight(north, east)
-          + value(1, 0) * weight(south, west)
-          + value(1, 1) * weight(south, east))
-  soft = tf.where(has_area[:, None, None], soft, 0.0)
-  if threshold is not None:
-    soft = soft >= threshold
-  return tf.transpose(soft, [0, 2, 1])
+  return tf.map_fn(paste, (masks, sides, tf.cast(window_boxes, tf.float32)),
+                   fn_output_signature=tf.TensorSpec(
+                       [None, None],
+                       tf.float32 if threshold is None else tf.bool))
 
 
 def to_original_pixels(boxes, image_info) -> tf.Tensor:
@@ -341,16 +492,17 @@ def detections_in_original_image(detections: dict, image_info,
   Args:
     detections: numpy `generate_detections` outputs of one image (no batch
       dimension): num_detections, detection_boxes [D, 4], ...,
-      detection_masks [D, R, R] and detection_mask_sides [D] (only read
-      with include_masks).
+      detection_mask_values [T] (this image's: `split_mask_values`) and
+      detection_mask_sides [D] (only read with include_masks).
     image_info: [4, 2] Model Garden's (original size, scaled size, scale,
       offset) of the image.
     include_masks: whether to paste the masks.
 
   Returns:
     {"boxes": [n, 4] [ymin, xmin, ymax, xmax] original pixels, "classes":
-     [n] int (0-based), "scores": [n], "masks": [n, H, W] bool or None}
-    for the n = num_detections detections.
+     [n] int (0-based), "scores": [n], "masks": `CroppedMasks` of the
+     n masks at the original size, or None} for the n = num_detections
+     detections.
   """
   image_info = np.asarray(image_info, np.float32)
   height, width = (int(round(v)) for v in image_info[0])
@@ -361,9 +513,9 @@ def detections_in_original_image(detections: dict, image_info,
   if include_masks:
     windows = to_original_pixels(detections["detection_windows"][:count],
                                  image_info)
-    masks = paste_window_masks(detections["detection_masks"][:count],
-                               detections["detection_mask_sides"][:count],
-                               windows, (height, width)).numpy()
+    masks = paste_cropped_masks(detections["detection_mask_values"],
+                                detections["detection_mask_sides"][:count],
+                                windows, (height, width))
   boxes = np.clip(boxes, 0, [height, width, height, width])
   return {"boxes": boxes,
           "classes": np.asarray(detections["detection_classes"][:count],

@@ -63,7 +63,16 @@ def rest_predict(url: str, model_name: str, images: list[bytes],
   if "error" in reply:
     raise ServingError(f"{endpoint}: {reply['error']}")
   rows = reply["predictions"]
-  return {key: np.asarray([row[key] for row in rows]) for key in rows[0]}
+  return {key: _from_json(key, [row[key] for row in rows]) for key in rows[0]}
+
+
+def _from_json(key: str, value) -> np.ndarray:
+  """An output of a REST reply as numpy. TF Serving writes a string output
+  whose name ends in `_bytes` as `{"b64": ...}` objects: bytes again."""
+  if not key.endswith("_bytes"):
+    return np.asarray(value)
+  return np.vectorize(lambda v: base64.b64decode(v["b64"]),
+                      otypes=[object])(np.asarray(value, dtype=object))
 
 
 def grpc_request(model_name: str, images: list[bytes],

@@ -18,18 +18,29 @@ zero):
 - `detection_scores` float32 [B, D];
 - `detection_classes` int32 [B, D]: category ids (the model's
   `category_ids`, 1..K when it has none);
-- `detection_masks` float32 [B, D, R, R]: mask probabilities over each
-  detection's window: its M x M mask in the top-left corner, zeros
-  elsewhere. With `mask_size` 0 these are the natural masks (M = S * 2**k)
-  and R is the largest M of the batch's detections; else R = M =
-  `mask_size`;
-- `detection_mask_sides` int32 [B, D]: each detection's M;
+- `detection_masks_png_bytes` string [B, D]: each detection's binary mask
+  in the input image, pasted as the release does (over its window,
+  bilinear at pixel centres, zeros outside its M x M cells, threshold 0.5:
+  `detection_generator.paste_window_mask`), cropped to where the mask can
+  reach inside the image and encoded as a grayscale PNG (255 in the mask,
+  0 outside); empty for entries past num_detections and masks that reach
+  no pixel. A served image with 100 detections costs tens of kilobytes
+  instead of a [100, R, R] float array (docs/serving.md). TF Serving's
+  REST API sends an output whose name ends in `_bytes` as base64
+  (`{"b64": ...}`);
+- `detection_mask_offsets` int32 [B, D, 2]: (row, column) of each PNG's
+  top-left pixel in the input image (`CroppedMasks.from_png` decodes
+  both);
 - `detection_windows` float32 [B, D, 4]: the window boxes, pixels of the
-  input image, not clipped. A mask is pasted over its window, bilinear
-  at pixel centres with zeros outside its M x M cells, threshold 0.5
-  (`detection_generator.paste_window_masks(masks, sides, windows, size)`);
+  input image, not clipped;
 - `image_info` float32 [B, 4, 2]: original size, scaled size, scale,
   offset of each image;
+- with `window_masks=True` (research) also the float masks before pasting:
+  `detection_window_masks` float32 [B, D, R, R], each detection's M x M
+  mask probabilities over its window in the top-left corner, zeros
+  elsewhere, R the batch's largest M (natural masks, M = S * 2**k, with
+  `mask_size` 0; else M = R = `mask_size`), and `detection_mask_sides`
+  int32 [B, D] the M's;
 - with `image_masks=True` also `detection_image_masks` uint8
   [B, D, H_max, W_max]: the pasted binary masks at the largest input size of
   the batch (each image's in its top-left corner).
@@ -61,7 +72,7 @@ class TensorMaskExportModule(tf.Module):
   """The exported functions of one TensorMask model."""
 
   def __init__(self, params: cfg.ExperimentConfig, checkpoint: str | None,
-               image_masks: bool = False):
+               image_masks: bool = False, window_masks: bool = False):
     """Builds the pure-TF model and restores `checkpoint` into it.
 
     Args:
@@ -69,12 +80,15 @@ class TensorMaskExportModule(tf.Module):
       checkpoint: a checkpoint prefix or directory; None keeps the random
         initialization (tests).
       image_masks: whether to add `detection_image_masks`.
+      window_masks: whether to add `detection_window_masks` and
+        `detection_mask_sides`.
     """
     super().__init__(name="tensormask")
     params = params.replace()  # An unlocked copy.
     params.task.model.ops_backend = "tf"  # Stock TF ops only.
     self._params = params
     self._image_masks = image_masks
+    self._window_masks = window_masks
     model = tensormask_task.TensorMaskTask(params.task).build_model()
     if checkpoint is not None:
       path = predictor.resolve_checkpoint(checkpoint)
@@ -137,18 +151,56 @@ class TensorMaskExportModule(tf.Module):
         "detection_classes": tf.gather(
             category_ids, detections["detection_classes"]) * tf.cast(
                 valid[..., 0], tf.int32),
-        "detection_masks": detections["detection_masks"],
-        "detection_mask_sides": detections["detection_mask_sides"],
         "detection_windows": detection_generator.to_original_pixels(
             detections["detection_windows"], image_info) * valid,
         "image_info": image_info,
     }
+    values = detections["detection_mask_values"]
+    sides = detections["detection_mask_sides"]
+    result["detection_masks_png_bytes"], result["detection_mask_offsets"] = (
+        self._encoded_masks(values, sides, result["detection_windows"],
+                            image_info))
+    if self._window_masks or self._image_masks:
+      window_masks = detection_generator.padded_window_masks(values, sides)
+    if self._window_masks:
+      result["detection_window_masks"] = window_masks
+      result["detection_mask_sides"] = sides
     if self._image_masks:
-      result["detection_image_masks"] = self._paste(result)
+      result["detection_image_masks"] = self._paste(
+          window_masks, sides, result["detection_windows"], image_info)
     return result
 
-  def _paste(self, result) -> tf.Tensor:
-    sizes = tf.cast(tf.round(result["image_info"][:, 0, :]), tf.int32)
+  def _encoded_masks(self, values, sides, windows, image_info):
+    """(PNGs [B, D] string, offsets [B, D, 2] int32) of the binary masks
+    pasted in the original images (module docstring)."""
+    shape = tf.shape(sides)
+    sizes = tf.cast(tf.round(image_info[:, 0, :]), tf.int32)  # [B, 2]
+    starts = detection_generator.mask_value_offsets(sides)
+
+    def encode(args):
+      side, start, window, size = args
+      mask = tf.reshape(values[start:start + side * side], [side, side])
+      crop, extent = detection_generator.paste_window_mask(mask, window,
+                                                           size)
+      png = tf.cond(
+          tf.size(crop) > 0,
+          lambda: tf.io.encode_png(tf.cast(crop, tf.uint8)[..., None] * 255),
+          lambda: tf.constant(b""))
+      return png, extent[:2]
+
+    flat = lambda t, *rest: tf.reshape(t, [-1, *rest])
+    # One mask at a time: a window may cover a whole 24 MP photo.
+    pngs, offsets = tf.map_fn(
+        encode, (flat(sides), flat(starts), flat(windows, 4),
+                 flat(tf.repeat(sizes, shape[1], axis=0), 2)),
+        parallel_iterations=1,
+        fn_output_signature=(tf.TensorSpec([], tf.string),
+                             tf.TensorSpec([2], tf.int32)))
+    return (tf.reshape(pngs, shape),
+            tf.reshape(offsets, tf.concat([shape, [2]], 0)))
+
+  def _paste(self, window_masks, sides, windows, image_info) -> tf.Tensor:
+    sizes = tf.cast(tf.round(image_info[:, 0, :]), tf.int32)
     canvas = tf.reduce_max(sizes, axis=0)
 
     def paste(args):
@@ -161,8 +213,7 @@ class TensorMaskExportModule(tf.Module):
       return tf.cast(pasted & inside[None], tf.uint8)
 
     return tf.map_fn(
-        paste, (result["detection_masks"], result["detection_mask_sides"],
-                result["detection_windows"], sizes),
+        paste, (window_masks, sides, windows, sizes),
         fn_output_signature=tf.TensorSpec([None, None, None], tf.uint8))
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -196,7 +247,8 @@ class TensorMaskExportModule(tf.Module):
 
 def export_saved_model(params: cfg.ExperimentConfig, checkpoint: str | None,
                        export_dir: str, version: int | None = None,
-                       image_masks: bool = False) -> str:
+                       image_masks: bool = False,
+                       window_masks: bool = False) -> str:
   """Writes `<export_dir>/<version>/` (TF Serving's layout); returns it.
 
   The version defaults to the current Unix time. The class names go to
@@ -207,7 +259,8 @@ def export_saved_model(params: cfg.ExperimentConfig, checkpoint: str | None,
   path = os.path.join(export_dir, str(version))
   if tf.io.gfile.exists(path):
     raise FileExistsError(f"{path} exists; pick another --version")
-  module = TensorMaskExportModule(params, checkpoint, image_masks=image_masks)
+  module = TensorMaskExportModule(params, checkpoint, image_masks=image_masks,
+                                  window_masks=window_masks)
   # Serving needs no gradients: saving the custom ones only adds functions
   # that warn at load time.
   tf.saved_model.save(

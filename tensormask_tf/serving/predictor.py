@@ -8,11 +8,14 @@ the evaluation preprocessing and returns detections in original pixels.
 
 import collections
 from collections.abc import Sequence
+import io
 import json
 import os
+import struct
 
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 import tensorflow as tf
 
 from official.core import config_definitions as cfg
@@ -23,6 +26,7 @@ from tensormask_tf.evaluation import coco_evaluator
 from tensormask_tf.evaluation import visualization
 from tensormask_tf.modeling import detection_generator
 from tensormask_tf.modeling import factory
+from tensormask_tf.ops import cropped_masks
 from tensormask_tf.tasks import tensormask as tensormask_task
 
 MAX_IMAGE_PIXELS = 100_000_000
@@ -32,9 +36,32 @@ class ImageError(ValueError):
   """An input file is not a usable image."""
 
 
+# The EXIF Orientation tag: how the stored pixels turn into the displayed
+# image (1: as stored; 2-4 mirrored or half-turned; 5-8 a quarter turn,
+# width and height swapped).
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(image: Image.Image) -> int:
+  """The EXIF Orientation (1..8) of an opened image; 1 without one, with
+  a value outside 1..8, or when its EXIF cannot be parsed (its pixels are
+  still usable, as detectron2's read_image takes them)."""
+  try:
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+  except (OSError, SyntaxError, ValueError, struct.error):
+    return 1
+  return orientation if orientation in range(1, 9) else 1
+
+
 def load_image(path: str, formats: Sequence[str] | None = None
                ) -> np.ndarray:
-  """[H, W, 3] uint8 RGB of an image file, or ImageError saying why not.
+  """[H, W, 3] uint8 RGB of an image file as displayed, or ImageError
+  saying why not.
+
+  The file's EXIF Orientation is applied first (`ImageOps.exif_transpose`,
+  as detectron2's read_image), so boxes, masks and pictures refer to the
+  image a viewer shows; H x W is the displayed size, which the
+  MAX_IMAGE_PIXELS limit and its message refer to.
 
   formats: the PIL format names a server decodes (others are refused);
   None accepts any image PIL reads, as predict.py decodes with PIL.
@@ -45,14 +72,19 @@ def load_image(path: str, formats: Sequence[str] | None = None
     raise ImageError(f"{path}: the file is empty")
   try:
     with Image.open(path) as image:
-      if image.width * image.height > MAX_IMAGE_PIXELS:
+      orientation = exif_orientation(image)
+      # Checked before decoding anything: a quarter turn swaps the sides.
+      width, height = image.size if orientation < 5 else image.size[::-1]
+      if width * height > MAX_IMAGE_PIXELS:
         raise ImageError(
-            f"{path}: {image.width}x{image.height} is larger than "
+            f"{path}: {width}x{height} is larger than "
             f"{MAX_IMAGE_PIXELS} pixels; downscale it first")
       if formats is not None and image.format not in formats:
         raise ImageError(f"{path}: {image.format} images are not decoded by "
                          f"the server ({', '.join(formats)} are)")
       image.load()
+      if orientation != 1:  # In the image's own mode: before converting.
+        image = ImageOps.exif_transpose(image)
       if image.mode.startswith("I"):  # 16/32-bit grayscale: 16-bit range.
         gray = np.clip(np.asarray(image, np.float64) / 257.0, 0, 255)
         return np.repeat(np.round(gray).astype(np.uint8)[..., None], 3, -1)
@@ -60,6 +92,32 @@ def load_image(path: str, formats: Sequence[str] | None = None
       return np.asarray(image.convert("RGB"), dtype=np.uint8)
   except (OSError, Image.DecompressionBombError, SyntaxError) as e:
     raise ImageError(f"{path}: not a readable image ({e})") from e
+
+
+def request_bytes(path: str, image: np.ndarray | None = None) -> bytes:
+  """The encoded image to send a server that decodes with TensorFlow
+  (which ignores EXIF), so that it sees the image as displayed.
+
+  The file's own bytes when its EXIF Orientation is 1 or absent; else a
+  PNG (lossless) of the displayed pixels, `load_image(path)` or `image`
+  when given (its result, to decode the file once).
+
+  Raises:
+    ImageError: as load_image, for a file that is not a readable image.
+  """
+  try:
+    with Image.open(path) as opened:
+      orientation = exif_orientation(opened)
+  except (OSError, SyntaxError) as e:
+    raise ImageError(f"{path}: not a readable image ({e})") from e
+  if orientation == 1:
+    with open(path, "rb") as f:
+      return f.read()
+  if image is None:
+    image = load_image(path)
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  return buffer.getvalue()
 
 
 def class_names(task_config) -> dict[int, str]:
@@ -199,7 +257,9 @@ class CheckpointPredictor:
                                      inputs.shape[:2],
                                      self._params.task.model,
                                      image_info[None, 1, :])
-    return {k: v[0] for k, v in detections.items()}
+    # (The mask values are not batched: with one image they are all its.)
+    return {k: v if k == "detection_mask_values" else v[0]
+            for k, v in detections.items()}
 
   def __call__(self, image: np.ndarray) -> dict:
     """`detections_in_original_image` of an [H, W, 3] uint8 image.
@@ -257,8 +317,10 @@ class SavedModelPredictor:
 def detections_from_outputs(outputs: dict[str, np.ndarray], index: int,
                             category_ids: Sequence[int] | None = None
                             ) -> dict:
-  """One image's detections (original pixels, 0-based classes, masks
-  pasted at the image's size) from the exported signature's outputs.
+  """One image's detections (original pixels, 0-based classes, masks as
+  `CroppedMasks` at the image's size: the served PNGs decoded, the masks
+  that `CheckpointPredictor` pastes) from the exported signature's
+  outputs.
 
   category_ids: the model's category id of each class (the keys of the
   export's class_names.json, `read_class_names`), to map the
@@ -277,8 +339,7 @@ def detections_from_outputs(outputs: dict[str, np.ndarray], index: int,
       "classes": detection_generator.classes_of(pick("detection_classes"),
                                                 category_ids),
       "scores": pick("detection_scores").astype(np.float32),
-      "masks": detection_generator.paste_window_masks(
-          pick("detection_masks").astype(np.float32),
-          pick("detection_mask_sides"), pick("detection_windows"),
-          (height, width)).numpy(),
+      "masks": cropped_masks.CroppedMasks.from_png(
+          pick("detection_masks_png_bytes"), pick("detection_mask_offsets"),
+          (height, width)),
   }

@@ -39,7 +39,8 @@ _COUNT_NAMES = ("num_positives", "num_mask_positives_dropped")
 _COCO_KEY = "coco_predictions"
 _DETECTION_KEYS = ("num_detections", "detection_boxes", "detection_scores",
                    "detection_classes", "detection_windows",
-                   "detection_masks", "detection_mask_sides")
+                   "detection_mask_sides")
+_MASK_VALUES = "detection_mask_values"  # [T], not batched: see below.
 
 
 def mask_caps(parser_config: tm_cfg.Parser, min_level: int,
@@ -52,15 +53,6 @@ def mask_caps(parser_config: tm_cfg.Parser, min_level: int,
           for i, k in enumerate(range(min_level, max_level + 1))}
 
 
-def _concatenate_replicas(arrays: list[np.ndarray]) -> np.ndarray:
-  """Replicas' [n_i, ...] outputs as one [sum n_i, ...]; arrays that differ
-  after the first axis (the masks' [D, R, R]) are zero-padded at the end of
-  each axis to the largest."""
-  largest = np.max([a.shape for a in arrays], axis=0)
-  return np.concatenate([
-      np.pad(a, [(0, 0)] + [(0, int(m) - n)
-                            for m, n in zip(largest[1:], a.shape[1:])])
-      for a in arrays])
 
 
 def denormalize_image(image) -> np.ndarray:
@@ -289,6 +281,9 @@ class TensorMaskTask(base_task.Task):
         found = factory.postprocess(model, all_outputs, images.shape[1:3],
                                     self.task_config.model, image_sizes)
         detections = {k: found[k][:count] for k in _DETECTION_KEYS}
+        # The masks of the first `count` images come first.
+        detections[_MASK_VALUES] = found[_MASK_VALUES][:tf.reduce_sum(
+            detections["detection_mask_sides"] ** 2)]
         if self.task_config.allow_image_summary:
           # At most the pictures' images leave the device (a portrait
           # batch's in its own orientation).
@@ -311,9 +306,9 @@ class TensorMaskTask(base_task.Task):
         self.coco_metric.reset_states()
     if _COCO_KEY not in step_outputs:
       return state
-    # Under a strategy, one entry per local replica: concatenate them (each
-    # replica's natural masks have their own side R: pad to the largest).
-    batch = {k: (_concatenate_replicas([np.asarray(v) for v in values])
+    # Under a strategy, one entry per local replica: concatenated in replica
+    # order (the mask values too, as their images are).
+    batch = {k: (np.concatenate([np.asarray(v) for v in values])
                  if isinstance(values, (tuple, list)) else np.asarray(values))
              for k, values in step_outputs[_COCO_KEY].items()}
     if self.coco_metric is not None:
@@ -330,13 +325,16 @@ class TensorMaskTask(base_task.Task):
     class_names = visualization.class_names(
         self.task_config.annotation_file, category_ids)
     pictures = []
+    mask_values = detection_generator.split_mask_values(
+        batch[_MASK_VALUES], batch["detection_mask_sides"])
     for n in range(min(count, len(batch["images"]))):
       image = denormalize_image(batch["images"][n])
       height, width = image.shape[:2]
       # The padded input itself: scale 1, no offset.
       info = [[height, width], [height, width], [1.0, 1.0], [0.0, 0.0]]
       found = detection_generator.detections_in_original_image(
-          {k: batch[k][n] for k in _DETECTION_KEYS}, info)
+          {**{k: batch[k][n] for k in _DETECTION_KEYS},
+           _MASK_VALUES: mask_values[n]}, info)
       pictures.append(visualization.draw_detections(
           image, found, class_names, category_ids=category_ids))
     return pictures
