@@ -9,6 +9,12 @@
 --class_names reads names for the pictures and the model's category ids
 (the export's assets.extra/class_names.json); the served category ids are
 written as they are either way.
+
+Boxes, masks and pictures refer to each image as displayed, its EXIF
+Orientation applied (as predict.py does). The server decodes with
+TensorFlow, which ignores EXIF, so a file whose orientation is not 1 is
+sent as a lossless PNG of the turned pixels instead of its own bytes
+(`predictor.request_bytes`); other files are sent as they are.
 """
 
 import glob
@@ -73,7 +79,9 @@ def main(_):
       batch.append((image_id, path, image))
     if not batch:
       continue
-    encoded = [open(path, "rb").read() for _, path, _ in batch]
+    # Turned by their EXIF orientation where they have one (see above).
+    encoded = [predictor.request_bytes(path, image)
+               for _, path, image in batch]
     try:
       if _REST.value:
         outputs = client.rest_predict(_REST.value, _MODEL_NAME.value, encoded)
