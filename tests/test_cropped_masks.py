@@ -26,16 +26,7 @@ def _flat(masks, sides):
                         + [np.zeros(0, np.float32)]).astype(np.float32)
 
 
-def _reach(mask_side, box, size):
-  """Pixels (along one axis) whose centre reads a mask coordinate in
-  (-1, M), float64: every pixel whose pasted value may be nonzero."""
-  centres = np.arange(size) + 0.5
-  c = (centres - box[0]) / (box[1] - box[0]) * mask_side - 0.5
-  inside = np.flatnonzero((c > -1) & (c < mask_side))
-  return (inside[0], inside[-1] + 1) if inside.size else (0, 0)
-
-
-def test_cropped_paste_equals_the_reference_and_stays_in_the_reach():
+def test_cropped_paste_equals_the_reference_cut_to_its_pixels():
   rng = np.random.RandomState(3)
   height, width = 57, 83
   sides = [3, 10, 5, 7, 0, 10, 4]
@@ -51,7 +42,7 @@ def test_cropped_paste_equals_the_reference_and_stays_in_the_reach():
       _flat(masks, sides), sides, boxes, (height, width))
   assert len(got) == 7 and got.image_size == (height, width)
   for d, side in enumerate(sides):
-    crop, (top, left) = got.crops[d], got.offsets[d]
+    crop, (top, left) = got.crop(d), got.offsets[d]
     if side == 0 or d >= 5:
       assert crop.size == 0
       continue
@@ -59,10 +50,11 @@ def test_cropped_paste_equals_the_reference_and_stays_in_the_reach():
                                     boxes[d].astype(np.float64), height,
                                     width)
     np.testing.assert_array_equal(got.mask(d), soft >= 0.5)
-    rows = _reach(side, boxes[d, [0, 2]], height)
-    cols = _reach(side, boxes[d, [1, 3]], width)
-    assert (top, top + crop.shape[0]) == rows
-    assert (left, left + crop.shape[1]) == cols
+    # The crop is the bounding box of the mask's pixels.
+    rows = np.flatnonzero((soft >= 0.5).any(axis=1))
+    cols = np.flatnonzero((soft >= 0.5).any(axis=0))
+    assert (top, top + crop.shape[0]) == (rows[0], rows[-1] + 1)
+    assert (left, left + crop.shape[1]) == (cols[0], cols[-1] + 1)
   np.testing.assert_array_equal(
       got.dense(), detection_generator.paste_window_masks(
           masks, sides, boxes, (height, width)).numpy())
@@ -70,18 +62,49 @@ def test_cropped_paste_equals_the_reference_and_stays_in_the_reach():
 
 def test_small_windows_on_a_24_mp_photo_cost_their_area_only():
   # 100 windows of 40 px on 6000 x 4000: the crops hold about 100 * 40^2
-  # values, not 100 * 24M.
+  # values, not 100 * 24M. (Masks of ones: they fill their windows.)
   rng = np.random.RandomState(0)
   corners = rng.uniform(0, [5960, 3960], size=(100, 2)).astype(np.float32)
   boxes = np.concatenate([corners, corners + 40.0], axis=1)
   sides = np.full(100, 15, np.int32)
-  values = rng.uniform(size=100 * 15 * 15).astype(np.float32)
+  values = np.ones(100 * 15 * 15, np.float32)
   got = detection_generator.paste_cropped_masks(values, sides, boxes,
                                                 (6000, 4000))
   cell = 40.0 / 15
   limit = (40 + 2 * cell + 2) ** 2  # The window and half a cell around.
-  assert max(c.size for c in got.crops) <= limit
-  assert sum(c.size for c in got.crops) > 100 * 40 * 40 * 0.9
+  sizes = got.boxes[:, 2] * got.boxes[:, 3]
+  assert sizes.max() <= limit
+  assert got.areas().sum() > 100 * 40 * 40 * 0.9
+
+
+def test_a_small_mask_in_a_window_larger_than_the_photo_costs_its_area():
+  # A P7-like window of 9600 px over a 6000 x 4000 photo whose 15 x 15 mask
+  # has one cell on (640 px per cell): only the pixels near that cell are
+  # computed, and they are the reference's.
+  mask = np.full((15, 15), 0.2, np.float32)
+  mask[7, 9] = 0.9
+  box = np.array([-1800.0, -2800.0, 7800.0, 6800.0], np.float32)
+  got = detection_generator.paste_cropped_masks(mask.ravel(), [15], box[None],
+                                                (6000, 4000))
+  crop, (top, left) = got.crop(0), got.offsets[0]
+  assert 0 < crop.size <= (2 * 640) ** 2
+  # The reference along the crop's rows and columns and one pixel past.
+  rows = np.arange(top - 1, top + crop.shape[0] + 1)
+  cols = np.arange(left - 1, left + crop.shape[1] + 1)
+  cell = lambda px, lo, hi: (px + 0.5 - lo) / (hi - lo) * 15 - 0.5
+  u, v = cell(rows, box[0], box[2]), cell(cols, box[1], box[3])
+  padded = np.pad(mask.astype(np.float64), 2)
+  u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
+  fu, fv = (u - u0)[:, None], (v - v0)[None, :]
+  at = lambda du, dv: padded[np.clip(u0 + du + 2, 0, 18)[:, None],
+                             np.clip(v0 + dv + 2, 0, 18)[None, :]]
+  soft = ((1 - fu) * (1 - fv) * at(0, 0) + (1 - fu) * fv * at(0, 1)
+          + fu * (1 - fv) * at(1, 0) + fu * fv * at(1, 1))
+  got = np.zeros_like(soft, bool)
+  got[1:-1, 1:-1] = crop
+  differ = got != (soft >= 0.5)
+  # (Pixels within float32 noise of the threshold may go either way.)
+  assert differ.sum() <= 2 and np.all(np.abs(soft[differ] - 0.5) < 1e-6)
 
 
 def test_cropped_paste_reproduces_the_release_masks():
@@ -117,6 +140,34 @@ def test_rle_of_crops_is_pycocotools_encoding_of_the_dense_mask(shape):
     assert rle == {"size": list(shape), "counts": want["counts"].decode()}
   np.testing.assert_array_equal(masks.dense(), dense)
   np.testing.assert_array_equal(masks.areas(), dense.sum(axis=(1, 2)))
+  # Sampled rows and columns (repeated, skipped) of each crop.
+  for d in range(len(masks)):
+    h, w = masks.boxes[d, 2:]
+    rows = np.sort(rng.randint(0, max(h, 1), size=7)) if h else []
+    cols = np.sort(rng.randint(0, max(w, 1), size=5)) if w else []
+    np.testing.assert_array_equal(
+        masks.sample(d, rows, cols),
+        masks.crop(d)[np.asarray(rows, int)][:, np.asarray(cols, int)])
+
+
+def test_a_photo_is_drawn_at_the_pictures_longest_side():
+  # 3000 x 2400 -> 2048 x 1638: a mask's pixels come out blended where the
+  # picture's pixel centres fall on it, and nowhere else.
+  image = np.zeros((3000, 2400, 3), np.uint8)
+  dense = np.zeros((1, 3000, 2400), bool)
+  dense[0, 1000:1600, 300:1500] = True
+  picture = visualization.draw_detections(
+      image, {"boxes": np.zeros((1, 4), np.float32),
+              "classes": np.array([0]), "scores": np.array([0.9]),
+              "masks": cropped_masks.CroppedMasks.from_dense(dense)},
+      {1: "one"}, min_score=0.5)
+  assert picture.shape == (2048, 1638, 3)
+  scale = 2048 / 3000
+  centres = lambda n: ((np.arange(n) + 0.5) / scale).astype(int)
+  want = dense[0][centres(2048)][:, centres(1638)]
+  coloured = picture.any(axis=2)
+  coloured[:40, :200] = want[:40, :200]  # (The label at the box's corner.)
+  np.testing.assert_array_equal(coloured, want)
 
 
 def test_png_crops_decode_to_the_same_masks_and_select_by_index():
@@ -140,7 +191,9 @@ def test_png_crops_decode_to_the_same_masks_and_select_by_index():
   np.testing.assert_array_equal(
       masks[np.array([True, False, True])].dense(), want[[0, 2]])
   with pytest.raises(ValueError, match="not inside the 12x12 image"):
-    cropped_masks.CroppedMasks(crops[:1], [[8, 8]], (12, 12))
+    cropped_masks.CroppedMasks.from_crops(crops[:1], [[8, 8]], (12, 12))
+  for d in (0, 2):
+    np.testing.assert_array_equal(masks.crop(d), crops[d])
 
 
 def test_drawing_from_crops_equals_drawing_the_dense_masks():

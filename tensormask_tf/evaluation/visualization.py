@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 from PIL import Image
+from PIL import ImageColor
 
 from official.vision.utils.object_detection import visualization_utils
 from tensormask_tf.modeling import detection_generator
@@ -25,10 +26,31 @@ def class_names(annotation_file: str | None,
   return {int(k): names.get(k, f"class {k}") for k in category_ids}
 
 
+def _blend_mask(region: np.ndarray, mask: np.ndarray, color: str) -> None:
+  """Model Garden's `draw_mask_on_image_array` (alpha 0.4) on a region in
+  place, in numpy: PIL's composite of the colour over the region through a
+  mask of 102, with PIL's rounding (x * 255 / 255 as ((t >> 8) + t) >> 8,
+  t = x + 128)."""
+  weight = int(255.0 * 0.4)
+  rgb = np.asarray(ImageColor.getrgb(color), np.int32)
+  under = region[mask].astype(np.int32)
+  mixed = under * (255 - weight) + rgb * weight + 128
+  region[mask] = (((mixed >> 8) + mixed) >> 8).astype(np.uint8)
+
+
+def _picture_scale(height: int, width: int, min_side: int,
+                   max_side: int) -> float:
+  """The picture's size over the image's: a whole factor that brings the
+  shorter side to min_side, or below 1 for a longer side over max_side."""
+  if max(height, width) > max_side:
+    return max_side / max(height, width)
+  return float(max(1, -(-min_side // min(height, width))))
+
+
 def draw_detections(image: np.ndarray, detections: dict,
                     class_names: dict[int, str], min_score: float = 0.5,
                     max_detections: int = 100,
-                    min_side: int = 512,
+                    min_side: int = 512, max_side: int = 2048,
                     category_ids: Sequence[int] | None = None) -> np.ndarray:
   """Draws one image's detections on a copy of it.
 
@@ -43,14 +65,28 @@ def draw_detections(image: np.ndarray, detections: dict,
     max_detections: at most this many (the best) are drawn.
     min_side: smaller images are enlarged by a whole factor (nearest
       neighbour) so labels stay readable.
+    max_side: larger images (a 24 MP photo) are drawn at this longer side
+      (bilinear, masks sampled at the picture's pixel centres): the picture
+      is a preview, detections.json has the masks at full size.
     category_ids: the category id of each class 0..K-1; None: k + 1.
 
   Returns:
-    [H * f, W * f, 3] uint8, f = ceil(min_side / min(H, W)) or 1.
+    [round(H * s), round(W * s), 3] uint8, s = ceil(min_side / min(H, W))
+    or 1, or max_side / max(H, W) for an image larger than that.
   """
-  factor = max(1, -(-min_side // min(image.shape[:2])))
-  picture = np.repeat(np.repeat(np.asarray(image, np.uint8), factor, 0),
-                      factor, 1)
+  height, width = image.shape[:2]
+  scale = _picture_scale(height, width, min_side, max_side)
+  size = (round(height * scale), round(width * scale))
+  if scale >= 1:
+    factor = int(scale)
+    picture = np.repeat(np.repeat(np.asarray(image, np.uint8), factor, 0),
+                        factor, 1)
+  else:
+    picture = np.array(Image.fromarray(np.asarray(image, np.uint8)).resize(
+        size[::-1], Image.BILINEAR))
+  # The image pixel under each picture pixel's centre, per axis.
+  source = [np.minimum(((np.arange(n) + 0.5) / scale).astype(np.int64),
+                       limit - 1) for n, limit in zip(size, (height, width))]
   category_index = {k: {"id": k, "name": v} for k, v in class_names.items()}
   ids = detection_generator.category_ids_of(detections["classes"],
                                             category_ids)
@@ -61,17 +97,21 @@ def draw_detections(image: np.ndarray, detections: dict,
     # Model Garden's choice of detections and colours, drawn over each
     # mask's crop only (its full-image masks would cost n x H x W).
     for i in range(min(max_detections, len(masks))):
-      crop = masks.crops[i]
-      if scores[i] <= min_score or not crop.any():
+      if scores[i] <= min_score or not masks.changes[i].size:
         continue
-      crop = np.repeat(np.repeat(crop, factor, 0), factor, 1)
-      top, left = masks.offsets[i] * factor
-      visualization_utils.draw_mask_on_image_array(
-          picture[top:top + crop.shape[0], left:left + crop.shape[1]],
-          crop.astype(np.uint8), color=visualization_utils.STANDARD_COLORS[
-              ids[i] % len(visualization_utils.STANDARD_COLORS)])
+      box = masks.boxes[i]
+      spans = [np.flatnonzero((src >= start) & (src < start + length))
+               for src, start, length in zip(source, box[:2], box[2:])]
+      if not all(span.size for span in spans):
+        continue
+      rows, cols = spans
+      crop = masks.sample(i, source[0][rows] - box[0],
+                          source[1][cols] - box[1])
+      _blend_mask(picture[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], crop,
+                  visualization_utils.STANDARD_COLORS[
+                      ids[i] % len(visualization_utils.STANDARD_COLORS)])
   visualization_utils.visualize_boxes_and_labels_on_image_array(
-      picture, np.asarray(detections["boxes"], np.float32) * factor, ids,
+      picture, np.asarray(detections["boxes"], np.float32) * scale, ids,
       scores, category_index, max_boxes_to_draw=max_detections,
       min_score_thresh=min_score,
       line_thickness=max(1, min(picture.shape[:2]) // 200))

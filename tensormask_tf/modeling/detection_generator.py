@@ -289,81 +289,180 @@ def _axis_taps(start, end, side, size):
   return tf.cast(low, tf.int32), position - low
 
 
-def _reached(low, side):
-  """(first, count): the pixels of an axis whose taps read a mask cell.
+# Cells below this cannot put a pixel in a mask of threshold 0.5 + margin:
+# a pasted value is a convex combination of <= 4 cells (weights summing to 1
+# within a few float32 ulps), so it stays below 0.5 when all four do.
+_CELL_MARGIN = 1e-3
 
-  A pixel reads cells low and low + 1, so cells 0..M-1 are reached for
-  -1 <= low <= M - 1; everywhere else both taps read the zero padding and
-  the pasted value is exactly 0. c grows with the pixel index (every step
-  of `_axis_taps` is monotonic in float32), so the pixels form one run.
+
+def _span(flags):
+  """(first, count) of the True run from the first to the last True of a
+  1-D bool tensor; (0, 0) without one."""
+  flags = tf.cast(flags, tf.int32)
+  size = tf.shape(flags)[0]
+  any_set = tf.reduce_max(tf.concat([flags, [0]], 0))
+  first = tf.cast(tf.argmax(tf.concat([flags, [0]], 0)), tf.int32)
+  last = size - 1 - tf.cast(tf.argmax(tf.reverse(tf.concat([[0], flags], 0),
+                                                 [0])), tf.int32)
+  return first * any_set, (last - first + 1) * any_set
+
+
+def _reached(low, first_cell, last_cell):
+  """(first, count): the pixels of an axis whose taps read a cell in
+  [first_cell, last_cell].
+
+  A pixel reads cells low and low + 1. The mask coordinate grows with the
+  pixel index (every step of `_axis_taps` is monotonic in float32), so
+  these pixels form one run.
   """
-  reached = (low >= -1) & (low <= side - 1)
-  count = tf.reduce_sum(tf.cast(reached, tf.int32))
-  first = tf.cast(tf.argmax(tf.cast(reached, tf.int32)), tf.int32)
-  return first * tf.minimum(count, 1), count
+  return _span((low >= first_cell - 1) & (low <= last_cell))
 
 
-def paste_window_mask(mask, window_box, image_size,
-                      threshold: float | None = 0.5):
-  """Pastes one window-relative mask into the image, over its reach only.
+def _cell_classes(mask, threshold: float):
+  """[M + 1, M + 1] int8: what the pixels reading each 2 x 2 block of
+  cells are, for the blocks of rows r, r + 1 and columns c, c + 1, r and
+  c in -1..M - 1 (zeros outside the mask). 2: in the mask (all four cells
+  at least threshold + margin), 0: not (all below threshold - margin),
+  1: to be computed."""
+  padded = tf.pad(mask, [[1, 1], [1, 1]])
+  corners = [padded[a:tf.shape(padded)[0] - 1 + a,
+                    b:tf.shape(padded)[1] - 1 + b]
+             for a in (0, 1) for b in (0, 1)]
+  lowest = tf.reduce_min(tf.stack(corners), axis=0)
+  highest = tf.reduce_max(tf.stack(corners), axis=0)
+  code = lambda value: tf.constant(value, tf.int8)
+  return tf.where(lowest >= threshold + _CELL_MARGIN, code(2),
+                  tf.where(highest < threshold - _CELL_MARGIN, code(0),
+                           code(1)))
+
+
+def _paste(mask, window_box, image_size, threshold: float | None):
+  """Pastes one window-relative mask into the image, where it can be.
 
   The release's rule (detectron2's `paste_masks_in_image`: `grid_sample`
   with align_corners=False): every image pixel centre samples the M x M
   mask laid over the window box bilinearly, with zeros outside the M x M
   cells, so a mask reaches half a mask cell past its outermost cell centres
-  and no further. Only the pixels within that reach (clipped to the image)
-  are computed: memory and time grow with the window's area in the image,
-  not with the image. A window without area or a mask without cells pastes
-  nothing.
+  and no further; a pixel is in the mask when its value is >= threshold.
+
+  Only what can differ is computed. Pixels are considered only where they
+  read a mask cell (clipped to the image) or, for a binary mask, a cell of
+  at least threshold - 1e-3. A pixel's value is a convex combination of
+  the 2 x 2 cells it reads (weights summing to 1 within a few float32
+  ulps), so pixels whose four cells are all at least threshold + 1e-3 are
+  in the mask and those whose four are all below threshold - 1e-3 are not;
+  only the others (along the mask's edge) are computed, with grid_sample's
+  float32 arithmetic. Memory grows with the mask's area in the image, time mostly with its
+  edge, not with the image or the window. A window without area or a mask
+  without cells pastes nothing.
 
   Args:
     mask: [M, M] mask probabilities over the window (M may be 0).
     window_box: [4] window [ymin, xmin, ymax, xmax] in pixels.
     image_size: [2] int32 (height, width).
     threshold: the crop is `probability >= threshold`; None returns the
-      probabilities.
+      probabilities (computed at every pixel of the reach).
 
   Returns:
-    (crop [h, w] bool, or float32 for threshold None; extent [4] int32
-    (row, column, height h, width w) of the crop in the image). Pixels of
-    the image outside the crop are 0 / False.
+    (crop, extent [4] int32 (row, column, height h, width w) of the region
+    computed); crop: [w, h] bool, the region's columns, or [h, w] float32
+    for threshold None. Pixels of the image outside the region are 0 /
+    False.
   """
   mask = tf.cast(mask, tf.float32)
   box = tf.cast(window_box, tf.float32)
   side = tf.shape(mask)[0]
   has_area = (box[2] > box[0]) & (box[3] > box[1]) & (side > 0)
   box = tf.where(has_area, box, [0.0, 0.0, 1.0, 1.0])
+  if threshold is None:
+    cell_rows = cell_cols = (0, side)
+  else:
+    live = mask >= threshold - _CELL_MARGIN
+    cell_rows = _span(tf.reduce_any(live, axis=1))
+    cell_cols = _span(tf.reduce_any(live, axis=0))
   row_low, south = _axis_taps(box[0], box[2], side, image_size[0])
   col_low, east = _axis_taps(box[1], box[3], side, image_size[1])
-  top, height = _reached(row_low, side)
-  left, width = _reached(col_low, side)
-  height *= tf.cast(has_area, tf.int32)
-  width *= tf.cast(has_area, tf.int32)
+  top, height = _reached(row_low, cell_rows[0],
+                         cell_rows[0] + cell_rows[1] - 1)
+  left, width = _reached(col_low, cell_cols[0],
+                         cell_cols[0] + cell_cols[1] - 1)
+  # (No live cell: an empty run of cells, and of pixels.)
+  height *= tf.cast(has_area & (cell_rows[1] > 0), tf.int32)
+  width *= tf.cast(has_area & (cell_cols[1] > 0), tf.int32)
   row_low, south = row_low[top:top + height], south[top:top + height]
   col_low, east = col_low[left:left + width], east[left:left + width]
-  north, west = 1.0 - south, 1.0 - east
   # One zero row and column at index M: taps outside the M x M cells read
   # them (zero padding).
   padded = tf.pad(mask, [[0, 1], [0, 1]])
   inside = lambda index: tf.where((index >= 0) & (index < side), index, side)
-  rows = [tf.gather(padded, inside(row_low + k)) for k in (0, 1)]
-  value = lambda r, c: tf.gather(rows[r], inside(col_low + c), axis=1)
-  # (Float products commute exactly: this is grid_sample's wy * wx.)
-  weight = lambda wy, wx: wy[:, None] * wx[None, :]
-  # grid_sample's sum, in its order (north-west, north-east, south-west,
-  # south-east), for the same float32 rounding.
-  soft = (value(0, 0) * weight(north, west) + value(0, 1) * weight(north, east)
-          + value(1, 0) * weight(south, west)
-          + value(1, 1) * weight(south, east))
-  crop = soft if threshold is None else soft >= threshold
-  return crop, tf.stack([top, left, height, width])
+
+  def sample(row_low, south, col_low, east, rows_by_columns):
+    """grid_sample's value at pixels (rows x columns as an outer product,
+    or paired up), in its float32 order: north-west, north-east,
+    south-west, south-east, each cell times (wy * wx)."""
+    north, west = 1.0 - south, 1.0 - east
+    if rows_by_columns:
+      rows = [tf.gather(padded, inside(row_low + k)) for k in (0, 1)]
+      value = lambda r, c: tf.gather(rows[r], inside(col_low + c), axis=1)
+      weight = lambda wy, wx: wy[:, None] * wx[None, :]
+    else:
+      flat = tf.reshape(padded, [-1])
+      value = lambda r, c: tf.gather(
+          flat, inside(row_low + r) * (side + 1) + inside(col_low + c))
+      weight = lambda wy, wx: wy * wx
+    return (value(0, 0) * weight(north, west)
+            + value(0, 1) * weight(north, east)
+            + value(1, 0) * weight(south, west)
+            + value(1, 1) * weight(south, east))
+
+  if threshold is None:
+    return (sample(row_low, south, col_low, east, True),
+            tf.stack([top, left, height, width]))
+  # Column-major ([w, h]), the order of COCO RLE (`_column_changes`).
+  classes = tf.gather(
+      tf.gather(tf.transpose(_cell_classes(mask, threshold)), col_low + 1),
+      row_low + 1, axis=1)
+  edge = tf.where(classes == 1)  # [E, 2] (column, row): to compute
+  pick = lambda taps, axis: tf.gather(taps, edge[:, axis])
+  columns = tf.tensor_scatter_nd_update(
+      classes == 2, edge,
+      sample(pick(row_low, 1), pick(south, 1), pick(col_low, 0),
+             pick(east, 0), False) >= threshold)
+  return columns, tf.stack([top, left, height, width])
 
 
-def _pasted_crops(mask_values, mask_sides, window_boxes, image_size,
-                  threshold: float | None):
-  """`paste_window_mask` over D detections whose masks are concatenated in
-  `mask_values` (the `detection_mask_values` of one image): (crops
-  [D, (h * w)] ragged, row-major; extents [D, 4] int32)."""
+def paste_window_mask(mask, window_box, image_size,
+                      threshold: float | None = 0.5):
+  """`_paste` as an image crop: (crop [h, w] bool, cut to the bounding
+  box of its pixels, or float32 over the reach for threshold None; extent
+  [4] int32 (row, column, height h, width w) of the crop in the image).
+  Pixels of the image outside the crop are 0 / False."""
+  crop, extent = _paste(mask, window_box, image_size, threshold)
+  if threshold is None:
+    return crop, extent
+  crop = tf.transpose(crop)
+  first_row, height = _span(tf.reduce_any(crop, axis=1))
+  first_col, width = _span(tf.reduce_any(crop, axis=0))
+  crop = crop[first_row:first_row + height, first_col:first_col + width]
+  return crop, tf.stack([extent[0] + first_row, extent[1] + first_col,
+                         height, width])
+
+
+def _column_changes(columns):
+  """[K] int64 where the runs of a crop start and end, from its columns
+  [w, h] bool: column c, row r (0..h; an end at r = h is the column's
+  bottom) as c * (h + 1) + r (`CroppedMasks`' `changes`)."""
+  changed = tf.concat([columns[:, :1],
+                       tf.not_equal(columns[:, 1:], columns[:, :-1]),
+                       columns[:, -1:]], axis=1)  # [w, h + 1]
+  return tf.reshape(tf.where(tf.reshape(changed, [-1])), [-1])
+
+
+def _pasted_masks(mask_values, mask_sides, window_boxes, image_size):
+  """`_paste` over D detections whose masks are concatenated in
+  `mask_values` (the `detection_mask_values` of one image): (changes
+  [D, (K)] ragged int64, `_column_changes` of each region; its extent
+  [D, 4] int32)."""
   values = tf.cast(tf.convert_to_tensor(mask_values), tf.float32)
   sides = tf.cast(tf.convert_to_tensor(mask_sides), tf.int32)
   boxes = tf.cast(tf.convert_to_tensor(window_boxes), tf.float32)
@@ -373,28 +472,25 @@ def _pasted_crops(mask_values, mask_sides, window_boxes, image_size,
   def paste(args):
     side, start, box = args
     mask = tf.reshape(values[start:start + side * side], [side, side])
-    crop, extent = paste_window_mask(mask, box, image_size, threshold)
-    return tf.reshape(crop, [-1]), extent
+    columns, extent = _paste(mask, box, image_size, 0.5)
+    return _column_changes(columns), extent
 
   # One detection at a time: a window may cover a whole 24 MP photo.
   return tf.map_fn(
       paste, (sides, starts, boxes), parallel_iterations=1,
       fn_output_signature=(
-          tf.RaggedTensorSpec([None], tf.float32 if threshold is None
-                              else tf.bool, ragged_rank=0),
+          tf.RaggedTensorSpec([None], tf.int64, ragged_rank=0),
           tf.TensorSpec([4], tf.int32)))
 
 
-@tf.function(reduce_retracing=True)
-def _pasted_crops_function(mask_values, mask_sides, window_boxes, image_size):
-  return _pasted_crops(mask_values, mask_sides, window_boxes, image_size,
-                       threshold=0.5)
+_pasted_masks_function = tf.function(_pasted_masks, reduce_retracing=True)
 
 
 def paste_cropped_masks(mask_values, mask_sides, window_boxes,
                         image_size) -> cropped_masks.CroppedMasks:
   """One image's binary masks pasted as the release does
-  (`paste_window_mask`), each kept over its own reach.
+  (`paste_window_mask`), each kept as the runs of its crop (cut to its
+  pixels' bounding box).
 
   Args:
     mask_values: [T] float32, the detections' M x M masks concatenated
@@ -407,18 +503,15 @@ def paste_cropped_masks(mask_values, mask_sides, window_boxes,
   sides = np.asarray(mask_sides, np.int32).reshape(-1)
   height, width = (int(v) for v in image_size)
   if sides.size == 0:
-    return cropped_masks.CroppedMasks((), np.zeros([0, 2]), (height, width))
-  crops, extents = _pasted_crops_function(
+    return cropped_masks.CroppedMasks(np.zeros([0, 4]), (), (height, width))
+  changes, extents = _pasted_masks_function(
       tf.constant(mask_values, tf.float32), tf.constant(sides),
       tf.constant(window_boxes, tf.float32),
       tf.constant([height, width], tf.int32))
-  extents = extents.numpy()
-  flat = np.split(crops.flat_values.numpy(),
-                  np.cumsum(extents[:, 2] * extents[:, 3])[:-1])
-  return cropped_masks.CroppedMasks(
-      tuple(c.reshape(h, w) for c, h, w in
-            zip(flat, extents[:, 2], extents[:, 3])),
-      extents[:, :2], (height, width))
+  return cropped_masks.CroppedMasks.from_regions(
+      extents.numpy(), tuple(np.split(changes.flat_values.numpy(),
+                                      changes.row_splits.numpy()[1:-1])),
+      (height, width))
 
 
 def paste_window_masks(window_masks, mask_sides, window_boxes, image_size,

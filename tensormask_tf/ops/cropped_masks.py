@@ -21,28 +21,56 @@ from pycocotools import mask as mask_api
 class CroppedMasks:
   """n binary masks of an image of `image_size` (height, width) pixels.
 
-  Mask i is `crops[i]` ([h_i, w_i] bool) placed with its top-left pixel at
-  image pixel `offsets[i]` (row, column) and False everywhere else; a crop
-  lies inside the image.
+  Mask i is False outside its crop, the box `boxes[i]` = (row, column,
+  height h, width w) inside the image. Inside, it is held as the runs of
+  its pixels: `changes[i]`, int64 [2k] increasing, where runs start and
+  end (exclusive) going down each crop column in turn, row r of column c
+  (r = 0..h, h being past the column's bottom) written c * (h + 1) + r.
+  That is the column-major order of COCO RLE, so `to_rle` is a relabeling,
+  and it costs a few numbers per column: a mask filling a 24 MP photo is
+  kilobytes. `crop(i)`, `mask(i)` and `dense()` decode on request.
   """
-  crops: tuple[np.ndarray, ...]
-  offsets: np.ndarray  # [n, 2] int64 (row, column)
+  boxes: np.ndarray  # [n, 4] int64 (row, column, height, width)
+  changes: tuple[np.ndarray, ...]
   image_size: tuple[int, int]
 
   def __post_init__(self):
-    offsets = np.asarray(self.offsets, np.int64).reshape(-1, 2)
-    crops = tuple(np.asarray(c, bool) for c in self.crops)
-    if len(crops) != len(offsets):
-      raise ValueError(f"{len(crops)} crops but {len(offsets)} offsets")
+    boxes = np.asarray(self.boxes, np.int64).reshape(-1, 4)
+    changes = tuple(np.asarray(c, np.int64).reshape(-1) for c in self.changes)
+    if len(changes) != len(boxes):
+      raise ValueError(f"{len(changes)} masks' runs but {len(boxes)} boxes")
     height, width = (int(v) for v in self.image_size)
-    for i, (crop, (y, x)) in enumerate(zip(crops, offsets)):
-      if (crop.ndim != 2 or y < 0 or x < 0 or y + crop.shape[0] > height
-          or x + crop.shape[1] > width):
-        raise ValueError(f"mask {i}: crop of shape {crop.shape} at ({y}, "
+    for i, ((y, x, h, w), runs) in enumerate(zip(boxes, changes)):
+      if min(y, x, h, w) < 0 or y + h > height or x + w > width:
+        raise ValueError(f"mask {i}: crop of shape ({h}, {w}) at ({y}, "
                          f"{x}) is not inside the {height}x{width} image")
-    object.__setattr__(self, "crops", crops)
-    object.__setattr__(self, "offsets", offsets)
+      if runs.size % 2 or (runs.size and (runs.min() < 0 or runs.max() >
+                                          w * (h + 1) - 1)):
+        raise ValueError(f"mask {i}: runs {runs[:6].tolist()}... do not "
+                         f"fit its {h}x{w} crop")
+    object.__setattr__(self, "boxes", boxes)
+    object.__setattr__(self, "changes", changes)
     object.__setattr__(self, "image_size", (height, width))
+
+  @classmethod
+  def from_regions(cls, boxes, changes: Sequence[np.ndarray],
+                   image_size: tuple[int, int]) -> "CroppedMasks":
+    """Masks given as the runs of larger regions (`changes` relative to
+    `boxes`), each cut to the bounding box of its pixels."""
+    cut = [_cut(box, runs) for box, runs in
+           zip(np.asarray(boxes, np.int64).reshape(-1, 4), changes)]
+    return cls(np.asarray([box for box, _ in cut], np.int64).reshape(-1, 4),
+               tuple(runs for _, runs in cut), image_size)
+
+  @classmethod
+  def from_crops(cls, crops: Sequence[np.ndarray], offsets,
+                 image_size: tuple[int, int]) -> "CroppedMasks":
+    """Masks given as [h_i, w_i] bool crops with their (row, column)."""
+    offsets = np.asarray(offsets, np.int64).reshape(-1, 2)
+    crops = [np.asarray(c, bool).reshape(np.shape(c)[:2]) for c in crops]
+    boxes = [(y, x, *c.shape) for (y, x), c in zip(offsets, crops)]
+    return cls(np.asarray(boxes, np.int64).reshape(-1, 4),
+               tuple(column_changes(c) for c in crops), image_size)
 
   @classmethod
   def from_dense(cls, masks: np.ndarray) -> "CroppedMasks":
@@ -57,8 +85,7 @@ class CroppedMasks:
         continue
       crops.append(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
       offsets.append((rows[0], cols[0]))
-    return cls(tuple(crops), np.asarray(offsets, np.int64).reshape(-1, 2),
-               masks.shape[1:3])
+    return cls.from_crops(crops, offsets, masks.shape[1:3])
 
   @classmethod
   def from_png(cls, encoded: Sequence[bytes], offsets,
@@ -72,45 +99,118 @@ class CroppedMasks:
         continue
       with Image.open(io.BytesIO(data)) as png:
         crops.append(np.asarray(png) > 0)
-    return cls(tuple(crops), offsets, image_size)
+    return cls.from_crops(crops, offsets, image_size)
 
   def __len__(self) -> int:
-    return len(self.crops)
+    return len(self.changes)
 
   def __getitem__(self, index) -> "CroppedMasks":
     """The masks picked by a bool mask, integer indices or a slice."""
-    picked = np.arange(len(self))[index]
-    return CroppedMasks(tuple(self.crops[i] for i in np.atleast_1d(picked)),
-                        self.offsets[np.atleast_1d(picked)], self.image_size)
+    picked = np.atleast_1d(np.arange(len(self))[index])
+    return CroppedMasks(self.boxes[picked],
+                        tuple(self.changes[i] for i in picked),
+                        self.image_size)
 
   @property
   def shape(self) -> tuple[int, int, int]:
     """(n, H, W) of the dense array."""
     return (len(self), *self.image_size)
 
+  @property
+  def offsets(self) -> np.ndarray:
+    """[n, 2] (row, column) of each crop's top-left pixel."""
+    return self.boxes[:, :2]
+
   def areas(self) -> np.ndarray:
     """[n] int64 pixels in each mask."""
-    return np.asarray([c.sum() for c in self.crops], np.int64)
+    return np.asarray([(c[1::2] - c[0::2]).sum() for c in self.changes],
+                      np.int64)
+
+  def crop(self, i: int) -> np.ndarray:
+    """[h, w] bool, mask i inside its box."""
+    _, _, height, width = (int(v) for v in self.boxes[i])
+    marks = np.zeros(width * (height + 1) + 1, np.int8)
+    marks[self.changes[i][0::2]] = 1
+    marks[self.changes[i][1::2]] = -1
+    inside = np.cumsum(marks[:-1], dtype=np.int8).astype(bool)
+    return inside.reshape(width, height + 1)[:, :height].T
+
+  def sample(self, i: int, rows: np.ndarray, cols: np.ndarray
+             ) -> np.ndarray:
+    """`crop(i)[rows][:, cols]` ([len(rows), len(cols)] bool) for
+    nondecreasing crop rows and columns, from the runs of those columns
+    only (a picture of a 24 MP photo samples a tenth of its pixels)."""
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    height = int(self.boxes[i, 2])
+    column, row = np.divmod(self.changes[i], height + 1)
+    kept_columns, inverse = np.unique(cols, return_inverse=True)
+    runs = np.flatnonzero(np.isin(column[0::2], kept_columns))
+    where = np.searchsorted(kept_columns, column[0::2][runs])
+    marks = np.zeros((len(rows) + 1, len(kept_columns)), np.int32)
+    np.add.at(marks, (np.searchsorted(rows, row[0::2][runs]), where), 1)
+    np.add.at(marks, (np.searchsorted(rows, row[1::2][runs]), where), -1)
+    return (np.cumsum(marks, axis=0)[:-1] > 0)[:, inverse]
 
   def mask(self, i: int) -> np.ndarray:
     """[H, W] bool, mask i over the whole image."""
     full = np.zeros(self.image_size, bool)
-    (y, x), crop = self.offsets[i], self.crops[i]
-    full[y:y + crop.shape[0], x:x + crop.shape[1]] = crop
+    y, x, h, w = self.boxes[i]
+    full[y:y + h, x:x + w] = self.crop(i)
     return full
 
   def dense(self) -> np.ndarray:
     """[n, H, W] bool (n x H x W bytes: only for small images)."""
-    full = np.zeros(self.shape, bool)
-    for i, ((y, x), crop) in enumerate(zip(self.offsets, self.crops)):
-      full[i, y:y + crop.shape[0], x:x + crop.shape[1]] = crop
-    return full
+    return np.stack([self.mask(i) for i in range(len(self))]).reshape(
+        self.shape)
 
   def to_rle(self) -> list[dict]:
     """COCO RLE of each mask ({"size": [H, W], "counts": str}), equal to
     pycocotools' encoding of the dense mask, without building it."""
-    return [rle_of_crop(crop, offset, self.image_size)
-            for crop, offset in zip(self.crops, self.offsets)]
+    return [_rle(box, changes, self.image_size)
+            for box, changes in zip(self.boxes, self.changes)]
+
+
+def column_changes(crop: np.ndarray) -> np.ndarray:
+  """`CroppedMasks.changes` of an [h, w] bool crop."""
+  crop = np.asarray(crop, bool)
+  steps = np.pad(crop.T.astype(np.int8), [(0, 0), (1, 1)])
+  return np.flatnonzero(steps[:, 1:] != steps[:, :-1])
+
+
+def _cut(box, changes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(box, changes) of a region's runs cut to their bounding box."""
+  y, x, h, _ = (int(v) for v in box)
+  if not changes.size:
+    return np.zeros(4, np.int64), changes
+  column, row = np.divmod(changes, h + 1)
+  top, bottom = row[0::2].min(), row[1::2].max()
+  left, right = column[0], column[-1] + 1
+  rows = bottom - top
+  return (np.asarray([y + top, x + left, rows, right - left], np.int64),
+          (column - left) * (rows + 1) + row - top)
+
+
+def _rle(box, changes: np.ndarray, image_size) -> dict:
+  """COCO RLE of the [H, W] mask of a crop's runs.
+
+  COCO RLE counts alternate runs of 0s and 1s (starting with 0s) along the
+  image in column-major order, where crop row r of column c is image index
+  (x + c) * H + y + r. An end that meets the next start (a run through the
+  crop's bottom and the next column's top, when the crop spans the image's
+  height) is no change.
+  """
+  height, width = (int(v) for v in image_size)
+  y, x, h, _ = (int(v) for v in box)
+  column, row = np.divmod(changes, h + 1)
+  positions = (column + x) * height + y + row
+  meets = np.flatnonzero(positions[1:] == positions[:-1])
+  positions = np.delete(positions, np.concatenate([meets, meets + 1]))
+  # (pycocotools writes no empty last run for a mask that ends the image.)
+  positions = positions[positions < height * width]
+  runs = np.diff(np.concatenate([[0], positions, [height * width]]))
+  rle = mask_api.frPyObjects({"size": [height, width],
+                              "counts": runs.tolist()}, height, width)
+  return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
 def as_cropped(masks) -> CroppedMasks:
@@ -119,28 +219,3 @@ def as_cropped(masks) -> CroppedMasks:
   if isinstance(masks, CroppedMasks):
     return masks
   return CroppedMasks.from_dense(masks)
-
-
-def rle_of_crop(crop: np.ndarray, offset, image_size) -> dict:
-  """COCO RLE of an [H, W] mask that is `crop` at `offset`, else False.
-
-  COCO RLE counts alternate runs of 0s and 1s (starting with 0s) along the
-  image in column-major order. A crop column's runs of 1s start and end at
-  image index x * H + y; an end that meets the next column's start (a run
-  through the crop's bottom and the next column's top) is one run.
-  """
-  height, width = (int(v) for v in image_size)
-  crop = np.asarray(crop, bool)
-  y0, x0 = (int(v) for v in offset)
-  # Per crop column (rows of crop.T), +1 where a run starts, -1 past its end.
-  edges = np.diff(np.pad(crop.T.astype(np.int8), [(0, 0), (1, 1)]), axis=1)
-  column, row = np.nonzero(edges)
-  changes = (column.astype(np.int64) + x0) * height + y0 + row
-  # A value present twice is an end meeting a start: no change there.
-  values, counts = np.unique(changes, return_counts=True)
-  # (pycocotools writes no empty last run for a mask that ends the image.)
-  changes = values[(counts == 1) & (values < height * width)]
-  runs = np.diff(np.concatenate([[0], changes, [height * width]]))
-  rle = mask_api.frPyObjects({"size": [height, width],
-                              "counts": runs.tolist()}, height, width)
-  return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
