@@ -17,23 +17,13 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from tensormask_tf.serving import client
+
 
 def _run(model, signature: str, inputs: dict) -> dict[str, np.ndarray]:
   function = model.signatures[signature or "serving_default"]
   return {k: v.numpy() for k, v in function(
       **{k: tf.constant(v) for k, v in inputs.items()}).items()}
-
-
-def _json(name: str, value: np.ndarray):
-  """TF Serving's JSON of an output: strings of a name ending in `_bytes`
-  as {"b64": ...}, other strings as text."""
-  if value.dtype != object:
-    return value.tolist()
-  if name.endswith("_bytes"):
-    text = lambda b: {"b64": base64.b64encode(b).decode("ascii")}
-  else:
-    text = lambda b: b.decode("utf-8")
-  return np.vectorize(text, otypes=[object])(value).tolist()
 
 
 def start_rest_server(saved_model_path: str, model_name: str):
@@ -52,9 +42,7 @@ def start_rest_server(saved_model_path: str, model_name: str):
                 for x in body["instances"]]
       outputs = _run(model, body.get("signature_name"),
                      {"inputs": np.array(values, dtype=object)})
-      rows = [{k: _json(k, v[i]) for k, v in outputs.items()}
-              for i in range(len(values))]
-      return self._reply(200, {"predictions": rows})
+      return self._reply(200, client.rest_predictions(outputs))
 
     def _reply(self, code, payload):
       data = json.dumps(payload).encode("utf-8")

@@ -37,22 +37,22 @@ from tensormask_tf.ops import windows as windows_lib
 
 
 def _window_table(spec: windows_lib.WindowSpec, image_size):
-  """Per window, concatenated over levels: boxes (tensor), and numpy level,
-  size index, y, x."""
-  boxes = windows_lib.generate_windows(spec, image_size)
+  """Per window, concatenated over levels: boxes [W, 4], and int32 level,
+  size index, y, x [W] (tensors; the size may be known only at run
+  time)."""
+  boxes = windows_lib.window_boxes(spec, image_size)
   sizes = windows_lib.feature_sizes(spec, image_size)
   level, size_index, y, x = [], [], [], []
   for k in spec.levels:
     grid_h, grid_w = sizes[k]
-    yy, xx, aa = np.meshgrid(np.arange(grid_h), np.arange(grid_w),
-                             np.arange(spec.num_sizes), indexing="ij")
-    level.append(np.full(yy.size, k))
-    size_index.append(aa.ravel())
-    y.append(yy.ravel())
-    x.append(xx.ravel())
-  cat = lambda parts: np.concatenate(parts).astype(np.int32)
-  return (windows_lib.concat_levels(boxes), cat(level), cat(size_index),
-          cat(y), cat(x))
+    yy, xx, aa = tf.meshgrid(tf.range(grid_h), tf.range(grid_w),
+                             tf.range(spec.num_sizes), indexing="ij")
+    level.append(tf.fill(tf.shape(tf.reshape(yy, [-1])), k))
+    size_index.append(tf.reshape(aa, [-1]))
+    y.append(tf.reshape(yy, [-1]))
+    x.append(tf.reshape(xx, [-1]))
+  return (tf.concat([boxes[k] for k in spec.levels], axis=0),
+          *(tf.concat(parts, axis=0) for parts in (level, size_index, y, x)))
 
 
 def _class_separated_boxes(boxes, classes, valid, num_classes: int):
@@ -136,7 +136,8 @@ def generate_detections(outputs: dict, mask_logits_fn,
                      f"side masks are resampled to), got {mask_size}")
   window_boxes, window_level, window_size, window_y, window_x = _window_table(
       spec, image_size)
-  num_windows = window_boxes.shape[0]
+  # (Known when the graph is built for one input size, else at run time.)
+  num_windows = window_boxes.shape[0] or tf.shape(window_boxes)[0]
   levels = spec.levels
   batch = tf.shape(outputs["class_outputs"][str(levels[0])])[0]
   logits = tf.concat([tf.reshape(outputs["class_outputs"][str(k)],
@@ -144,7 +145,9 @@ def generate_detections(outputs: dict, mask_logits_fn,
   deltas = tf.concat([tf.reshape(outputs["box_outputs"][str(k)],
                                  [batch, -1, 4]) for k in levels], axis=1)
   scores = tf.sigmoid(tf.cast(logits, tf.float32))  # [N, windows * K]
-  top_k = min(pre_nms_top_k, num_windows * num_classes)
+  top_k = (min(pre_nms_top_k, num_windows * num_classes)
+           if isinstance(num_windows, int) else
+           tf.minimum(pre_nms_top_k, num_windows * num_classes))
   top_scores, top_index = tf.math.top_k(scores, k=top_k)
   window = top_index // num_classes
   classes = top_index % num_classes
@@ -168,7 +171,7 @@ def generate_detections(outputs: dict, mask_logits_fn,
   # without area, moving the others to the front (in score order).
   height, width = image_size
   if image_sizes is None:
-    image_sizes = tf.constant([[height, width]], tf.float32)
+    image_sizes = tf.cast(tf.stack([height, width])[None], tf.float32)
   limits = tf.tile(tf.cast(image_sizes, tf.float32), [1, 2])[:, None, :]
   clipped = tf.maximum(tf.minimum(
       tf.gather(boxes, selected, batch_dims=1), limits), 0.0)
@@ -193,10 +196,10 @@ def generate_detections(outputs: dict, mask_logits_fn,
 
   # Masks of the kept detections only, one (level, window size) at a time,
   # each kept at its own side (no [N, D, R, R] padding to the largest).
-  det_level = tf.gather(tf.constant(window_level), det_window)
-  det_size = tf.gather(tf.constant(window_size), det_window)
-  det_y = tf.gather(tf.constant(window_y), det_window)
-  det_x = tf.gather(tf.constant(window_x), det_window)
+  det_level = tf.gather(window_level, det_window)
+  det_size = tf.gather(window_size, det_window)
+  det_y = tf.gather(window_y, det_window)
+  det_x = tf.gather(window_x, det_window)
   sides = tf.zeros([batch, max_detections], tf.int32)
   rows, keys = [], []  # per group: [P, M * M] ragged, [P] n * D + d
   for level in levels:

@@ -58,10 +58,10 @@ def label_windows(spec: windows_lib.WindowSpec, image_size: tuple[int, int],
      float32, "num_positives": float32 scalar,
      "num_mask_positives_dropped": float32 scalar}.
   """
-  windows = windows_lib.generate_windows(spec, image_size)
+  windows = windows_lib.window_boxes(spec, image_size)
   units = windows_lib.unit_lengths(spec, image_size)
   sizes = windows_lib.feature_sizes(spec, image_size)
-  all_windows = windows_lib.concat_levels(windows)
+  all_windows = tf.concat([windows[k] for k in sorted(windows)], axis=0)
   all_units = windows_lib.concat_levels(units)
 
   gt_boxes = tf.cast(tf.convert_to_tensor(gt_boxes), tf.float32)

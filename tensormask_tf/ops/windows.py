@@ -96,35 +96,46 @@ class WindowSpec:
 def feature_sizes(spec: WindowSpec, image_size: tuple[int, int]
                   ) -> dict[int, tuple[int, int]]:
   """Grid size (H_k, W_k) per level: ceil(image / stride), as FPN produces
-  for an image padded to a multiple of the coarsest stride."""
+  for an image padded to a multiple of the coarsest stride. (Ints, or
+  scalar int tensors for sizes known only when the graph runs.)"""
   height, width = image_size
   return {level: (-(-height // spec.stride(level)),
                   -(-width // spec.stride(level))) for level in spec.levels}
 
 
-def generate_windows(spec: WindowSpec, image_size: tuple[int, int]
-                     ) -> dict[int, np.ndarray]:
+def window_boxes(spec: WindowSpec, image_size) -> dict[int, tf.Tensor]:
   """The windows of every level for a (padded) input image size.
 
   Args:
     spec: the window layout.
-    image_size: (height, width) of the model input in pixels.
+    image_size: (height, width) of the model input in pixels: ints, or
+      scalar int32 tensors (an exported graph that takes any size).
 
   Returns:
     {level: [H_k * W_k * A, 4] float32 boxes [ymin, xmin, ymax, xmax]},
-    location-major (y, x, a).
+    location-major (y, x, a). (Centres and half sides are whole or half
+    pixels: exact in float32.)
   """
   windows = {}
   for level, (grid_h, grid_w) in feature_sizes(spec, image_size).items():
     stride = spec.stride(level)
-    sides = np.array(spec.base_sides, np.float64) * spec.upscale(level)
-    cy, cx = np.meshgrid(np.arange(grid_h) * stride, np.arange(grid_w) * stride,
-                         indexing="ij")
-    centres = np.stack([cy, cx], axis=-1).reshape(-1, 1, 2)  # [HW, 1, 2]
-    half = (sides / 2.0).reshape(1, -1, 1)  # [1, A, 1]
-    boxes = np.concatenate([centres - half, centres + half], axis=-1)
-    windows[level] = boxes.reshape(-1, 4).astype(np.float32)
+    cy, cx = tf.meshgrid(tf.range(grid_h) * stride,
+                         tf.range(grid_w) * stride, indexing="ij")
+    centres = tf.reshape(tf.cast(tf.stack([cy, cx], axis=-1), tf.float32),
+                         [-1, 1, 2])  # [HW, 1, 2]
+    half = tf.reshape(tf.constant([side * spec.upscale(level) / 2.0
+                                   for side in spec.base_sides], tf.float32),
+                      [1, -1, 1])  # [1, A, 1]
+    windows[level] = tf.reshape(
+        tf.concat([centres - half, centres + half], axis=-1), [-1, 4])
   return windows
+
+
+def generate_windows(spec: WindowSpec, image_size: tuple[int, int]
+                     ) -> dict[int, np.ndarray]:
+  """`window_boxes` of a static size as numpy (eagerly)."""
+  return {level: boxes.numpy()
+          for level, boxes in window_boxes(spec, image_size).items()}
 
 
 def unit_lengths(spec: WindowSpec, image_size: tuple[int, int]

@@ -66,6 +66,27 @@ def rest_predict(url: str, model_name: str, images: list[bytes],
   return {key: _from_json(key, [row[key] for row in rows]) for key in rows[0]}
 
 
+def rest_predictions(outputs: dict[str, np.ndarray]) -> dict:
+  """The JSON body TF Serving's REST API replies with for a signature's
+  batched outputs (row format: one object per instance). Strings of an
+  output whose name ends in `_bytes` are written `{"b64": ...}`, other
+  strings as text, numbers as they are."""
+
+  def json_value(name: str, value: np.ndarray):
+    if value.dtype != object:
+      return value.tolist()
+    if name.endswith("_bytes"):
+      text = lambda b: {"b64": base64.b64encode(b).decode("ascii")}
+    else:
+      text = lambda b: b.decode("utf-8")
+    return np.vectorize(text, otypes=[object])(value).tolist()
+
+  count = len(next(iter(outputs.values())))
+  return {"predictions": [{k: json_value(k, np.asarray(v)[i])
+                           for k, v in outputs.items()}
+                          for i in range(count)]}
+
+
 def _from_json(key: str, value) -> np.ndarray:
   """An output of a REST reply as numpy. TF Serving writes a string output
   whose name ends in `_bytes` as `{"b64": ...}` objects: bytes again."""

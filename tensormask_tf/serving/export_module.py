@@ -134,7 +134,8 @@ class TensorMaskExportModule(tf.Module):
   def _detect(self, images, image_info) -> dict[str, tf.Tensor]:
     model_config = self._params.task.model
     outputs = self.model(images, training=False)
-    detections = factory.postprocess(self.model, outputs, images.shape[1:3],
+    size = [images.shape[i] or tf.shape(images)[i] for i in (1, 2)]
+    detections = factory.postprocess(self.model, outputs, size,
                                      model_config, image_info[:, 1, :])
     original = tf.tile(image_info[:, 0:1, :], [1, 1, 2])  # [B, 1, 4]
     valid = tf.sequence_mask(detections["num_detections"],
