@@ -167,9 +167,13 @@ def bench_serving(model_dir: str, work_dir: str) -> dict:
     if result["exit"]:
       sys.exit("export failed")
   photo = os.path.join(work_dir, "photo_1152x768.jpg")
+  # And one the export and predict.py pad alike (800 x 1333, padded to
+  # 800 x 1344 by both), for the equality of their masks.
+  same_padding = os.path.join(work_dir, "photo_1333x800.jpg")
   with Image.open(os.path.join(REFERENCE, "A.png")) as source:
-    source.convert("RGB").resize((1152, 768), Image.BICUBIC).save(
-        photo, quality=90)
+    for path, size in ((photo, (1152, 768)), (same_padding, (1333, 800))):
+      source.convert("RGB").resize(size, Image.BICUBIC).save(path,
+                                                             quality=90)
   with open(photo, "rb") as f:
     encoded = f.read()
   signature = tf.saved_model.load(path).signatures["serving_default"]
@@ -195,7 +199,7 @@ def bench_serving(model_dir: str, work_dir: str) -> dict:
   count = int(outputs["num_detections"][0])
   # predict.py --saved_model sends the pixels predict.py decodes (PIL,
   # EXIF applied) to `image_tensor`; serving_default decodes with TF.
-  pixels = predictor.load_image(photo)
+  pixels = predictor.load_image(same_padding)
   found = predictor.SavedModelPredictor(path)(pixels)
   from tensormask_tf import registry_imports  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from tensormask_tf.configs import experiments  # pylint: disable=g-import-not-at-top
@@ -205,14 +209,16 @@ def bench_serving(model_dir: str, work_dir: str) -> dict:
   same = (len(local["scores"]) == len(found["scores"]) and np.array_equal(
       found["masks"].dense(), local["masks"].dense()))
   decoders_agree = np.array_equal(
-      tf.io.decode_image(encoded, channels=3).numpy(), pixels)
+      tf.io.decode_image(encoded, channels=3).numpy(),
+      predictor.load_image(photo))
   print(f"\n2. serving_default on one 1152x768 JPEG ({count} detections, "
         f"{seconds:.1f} s in process)")
   print(f"   served masks (PNG crops): REST JSON {rest / 1e6:.3f} MB, gRPC "
         f"{grpc / 1e6:.3f} MB")
-  print(f"   image_tensor (predict.py --saved_model) masks equal to "
-        f"predict.py --model_dir's, pixel for pixel: {same} (TF's JPEG "
-        f"decoder gives PIL's pixels: {decoders_agree})")
+  print(f"   image_tensor (predict.py --saved_model) on a 1333x800 JPEG "
+        f"(padded alike): {len(found['scores'])} detections, masks equal to "
+        f"predict.py --model_dir's pixel for pixel: {same}; TF's JPEG "
+        f"decoder gives PIL's pixels: {decoders_agree}")
   print(f"   float window masks (--window_masks): REST JSON "
         f"{old_rest / 1e6:.1f} MB, gRPC {old_grpc / 1e6:.1f} MB")
   return {"detections": count, "rest_bytes": rest, "grpc_bytes": grpc,

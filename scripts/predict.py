@@ -30,6 +30,13 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+# TensorFlow's oneDNN convolutions keep primitives and reordered weights for
+# every input shape they meet, and photos of several aspect ratios give the
+# model several shapes: measured on three 12-24 MP photos with the release
+# R50 (docs/benchmarks.md, issue 29), peak RSS 2.78-3.06 GB with oneDNN,
+# 2.57 GB without, at 1.09x the time. Set TF_ENABLE_ONEDNN_OPTS=1 for the
+# speed instead.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
 from absl import app  # noqa: E402
@@ -124,9 +131,11 @@ def _predict(predictor: (predictor_lib.CheckpointPredictor
           f"done in {journal.path}")
   progress = batch_prediction.Progress(len(ids), len(ids) - len(todo))
   failures = 0
-  # Decoded in the background, two images ahead of the model.
+  # Decoded in the background, one image ahead of the model (decoding a
+  # 24 MP JPEG takes 0.3 s, the model seconds; each decoded photo held is
+  # 72 MB).
   for image_id, loading in batch_prediction.prefetch(
-      todo, lambda k: predictor_lib.load_image(paths[k])):
+      todo, lambda k: predictor_lib.load_image(paths[k]), ahead=1):
     path = paths[image_id]
     try:
       image = loading.result()  # Raises the ImageError of its decoding.

@@ -5,7 +5,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tensormask_tf.ops import custom_op_library
+from tests import test_custom_op
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -93,15 +93,9 @@ def test_a_bad_cuda_setting_in_the_environment_is_refused():
 
 
 def test_a_record_of_the_former_format_is_rebuilt(build_module):
-  # What build.py wrote before: TF's flags verbatim, absolute paths and all.
   custom_op_library.LIBRARY_PATH.write_bytes(b"old")
-  custom_op_library.MANIFEST_PATH.write_text(json.dumps({
-      "tensorflow": tf.__version__,
-      "compile_flags": tf.sysconfig.get_compile_flags(),
-      "link_flags": tf.sysconfig.get_link_flags(),
-      "machine": platform.machine(),
-      "sources": custom_op_library.sources_digest(),
-      "cpu_flags": [], "cuda": False, "compiler": "g++"}))
+  custom_op_library.MANIFEST_PATH.write_text(
+      test_custom_op.former_format_record())
   build_module.build(cuda="off")
   assert custom_op_library.LIBRARY_PATH.read_bytes() == b"library"
   assert custom_op_library.staleness(_record()) is None

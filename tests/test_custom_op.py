@@ -334,16 +334,21 @@ def test_library_built_for_another_tensorflow_or_abi_is_refused(
     assert text in str(error.value)
 
 
-def test_build_record_of_the_former_format_is_refused_with_a_rebuild_message(
-    manifest_copy):
-  # What build.py wrote before: TF's flags verbatim, absolute paths and all.
-  manifest_copy.write_text(json.dumps({
+def former_format_record() -> str:
+  """What build.py wrote before: TF's flags verbatim, absolute paths and
+  all."""
+  return json.dumps({
       "tensorflow": tf.__version__,
       "compile_flags": tf.sysconfig.get_compile_flags(),
       "link_flags": tf.sysconfig.get_link_flags(),
       "machine": platform.machine(),
       "sources": custom_op_library.sources_digest(),
-      "cpu_flags": [], "cuda": False, "compiler": "g++"}))
+      "cpu_flags": [], "cuda": False, "compiler": "g++"})
+
+
+def test_build_record_of_the_former_format_is_refused_with_a_rebuild_message(
+    manifest_copy):
+  manifest_copy.write_text(former_format_record())
   with pytest.raises(custom_op_library.CustomOpUnavailable,
                      match="refusing to load .*build record .* older format.*"
                      "must be rebuilt.*rebuild it with .*custom_ops/build.py"):

@@ -321,6 +321,13 @@ def test_paste_reproduces_the_release_masks():
   windows = np.stack([y0, x0, y1, x1], axis=1)
   got = detection_generator.paste_window_masks(masks, sides, windows,
                                                (height, width)).numpy()
+  # The same through the paste of predict.py and evaluation: each image's
+  # masks concatenated, pasted along their edges, kept as runs.
+  cropped = detection_generator.paste_cropped_masks(
+      np.concatenate([masks[d, :m, :m].numpy().ravel()
+                      for d, m in enumerate(sides)]), sides, windows,
+      (height, width))
+  np.testing.assert_array_equal(cropped.dense(), got)
   for d, j in enumerate(index):
     differ = got[d] != pasted[j].astype(bool)
     if differ.any():  # Only pixels at the threshold, within float32 noise.

@@ -292,9 +292,11 @@ def _axis_taps(start, end, side, size):
   return tf.cast(low, tf.int32), position - low
 
 
-# Cells below this cannot put a pixel in a mask of threshold 0.5 + margin:
-# a pasted value is a convex combination of <= 4 cells (weights summing to 1
-# within a few float32 ulps), so it stays below 0.5 when all four do.
+# How far from the threshold the cells a pixel reads must all lie for the
+# pixel to be decided without computing it: its value is a convex
+# combination of those <= 4 cells (weights summing to 1 within a few
+# float32 ulps), below the threshold when all are below threshold - margin,
+# at least the threshold when all are at least threshold + margin.
 _CELL_MARGIN = 1e-3
 
 
