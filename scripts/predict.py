@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 # every input shape they meet, and photos of several aspect ratios give the
 # model several shapes: measured on three 12-24 MP photos with the release
 # R50 (docs/benchmarks.md, issue 29), peak RSS 2.78-3.06 GB with oneDNN,
-# 2.57 GB without, at 1.09x the time. Set TF_ENABLE_ONEDNN_OPTS=1 for the
+# 2.57-2.77 GB without, at 1.09x the time. Set TF_ENABLE_ONEDNN_OPTS=1 for the
 # speed instead.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 

@@ -15,7 +15,6 @@ import io
 import json
 
 from absl import logging
-import numpy as np
 from pycocotools import coco as coco_api
 from pycocotools import cocoeval
 
@@ -85,24 +84,16 @@ class WindowMaskCocoEvaluator:
         (COCO image ids) and "image_info" [N, 4, 2] (Model Garden's:
         original size, scaled size, scale, offset).
     """
-    p = {k: np.asarray(v) for k, v in predictions.items()}
-    mask_values = None
-    if self._include_mask:
-      mask_values = detection_generator.split_mask_values(
-          p.pop("detection_mask_values"), p["detection_mask_sides"])
-    for n, image_id in enumerate(p["source_id"]):
+    for image in detection_generator.unbatch_detections(predictions):
+      image_id = image["source_id"]
       if int(image_id) in self._image_ids:
         # Its detections again would count as duplicates (false positives).
         logging.warning("COCO evaluation: image %d was already evaluated; "
                         "its repeat is left out", int(image_id))
         continue
       self._image_ids.add(int(image_id))
-      image = {k: v[n] for k, v in p.items()
-               if k != "detection_mask_values"}
-      if mask_values is not None:
-        image["detection_mask_values"] = mask_values[n]
       found = detection_generator.detections_in_original_image(
-          image, p["image_info"][n], include_masks=self._include_mask)
+          image, image["image_info"], include_masks=self._include_mask)
       self._results.extend(coco_results(int(image_id), found,
                                         self._category_ids))
 

@@ -47,7 +47,7 @@ def _window_table(spec: windows_lib.WindowSpec, image_size):
     grid_h, grid_w = sizes[k]
     yy, xx, aa = tf.meshgrid(tf.range(grid_h), tf.range(grid_w),
                              tf.range(spec.num_sizes), indexing="ij")
-    level.append(tf.fill(tf.shape(tf.reshape(yy, [-1])), k))
+    level.append(tf.fill([tf.size(yy)], k))
     size_index.append(tf.reshape(aa, [-1]))
     y.append(tf.reshape(yy, [-1]))
     x.append(tf.reshape(xx, [-1]))
@@ -124,7 +124,7 @@ def generate_detections(outputs: dict, mask_logits_fn,
      mask_size 0, else mask_size), "detection_mask_values": [T] float32
      the kept detections' M x M mask probabilities over their windows,
      row-major, concatenated in (image, detection) order, T = sum of M^2
-     (`mask_value_offsets`, `split_mask_values`; `padded_window_masks`
+     (`mask_value_offsets`, `unbatch_detections`; `padded_window_masks`
      gives the [N, D, R, R] layout)}; D = max_detections, entries past
      num_detections are zero.
 
@@ -238,12 +238,21 @@ def mask_value_offsets(mask_sides) -> tf.Tensor:
   return tf.reshape(starts, tf.shape(sides))
 
 
-def split_mask_values(mask_values: np.ndarray, mask_sides: np.ndarray
-                      ) -> list[np.ndarray]:
-  """A batch's `detection_mask_values` [T] cut into each image's, given
-  `detection_mask_sides` [N, D] (numpy)."""
-  ends = np.cumsum((np.asarray(mask_sides, np.int64) ** 2).sum(axis=1))
-  return np.split(np.asarray(mask_values), ends[:-1])
+def unbatch_detections(detections: dict) -> list[dict]:
+  """A batch's numpy `generate_detections` outputs (and any other [N, ...]
+  entries, e.g. source ids) as one dict per image, each holding its own
+  images' `detection_mask_values` when the batch has them."""
+  batched = {k: np.asarray(v) for k, v in detections.items()
+             if k != "detection_mask_values"}
+  images = [{k: v[n] for k, v in batched.items()}
+            for n in range(len(batched["num_detections"]))]
+  if "detection_mask_values" in detections:
+    sizes = (batched["detection_mask_sides"].astype(np.int64) ** 2).sum(1)
+    values = np.split(np.asarray(detections["detection_mask_values"]),
+                      np.cumsum(sizes)[:-1])
+    for image, image_values in zip(images, values):
+      image["detection_mask_values"] = image_values
+  return images
 
 
 def padded_window_masks(mask_values, mask_sides) -> tf.Tensor:
@@ -357,8 +366,8 @@ def _paste(mask, window_box, image_size, threshold: float | None):
   ulps), so pixels whose four cells are all at least threshold + 1e-3 are
   in the mask and those whose four are all below threshold - 1e-3 are not;
   only the others (along the mask's edge) are computed, with grid_sample's
-  float32 arithmetic. Memory grows with the mask's area in the image, time mostly with its
-  edge, not with the image or the window. A window without area or a mask
+  float32 arithmetic. Memory grows with the mask's area in the image,
+  time mostly with its edge, not with the image or the window. A window without area or a mask
   without cells pastes nothing.
 
   Args:
@@ -463,29 +472,57 @@ def _column_changes(columns):
   return tf.reshape(tf.where(tf.reshape(changed, [-1])), [-1])
 
 
+def map_window_masks(function, mask_values, mask_sides, window_boxes,
+                     image_sizes, fn_output_signature):
+  """`tf.map_fn` of `function(mask [M, M], window [4], image size [2])`
+  over detections whose masks are concatenated in `mask_values`, one
+  detection at a time (a window may cover a whole 24 MP photo).
+
+  Args:
+    function: what to compute from one detection's mask (e.g.
+      `paste_window_mask`).
+    mask_values: [T] the masks concatenated in order
+      (`detection_mask_values`).
+    mask_sides: [...] int, each mask's M, in the same order.
+    window_boxes: [..., 4] each detection's window.
+    image_sizes: [..., 2] int, (height, width) of each detection's image.
+    fn_output_signature: as `tf.map_fn`'s.
+
+  Returns:
+    The results stacked over the detections, flattened to one axis.
+  """
+  values = tf.cast(tf.convert_to_tensor(mask_values), tf.float32)
+  sides = tf.cast(tf.convert_to_tensor(mask_sides), tf.int32)
+  starts = tf.reshape(mask_value_offsets(sides), [-1])
+  boxes = tf.reshape(tf.cast(window_boxes, tf.float32), [-1, 4])
+  sizes = tf.reshape(tf.cast(image_sizes, tf.int32), [-1, 2])
+
+  def apply(args):
+    side, start, box, size = args
+    return function(tf.reshape(values[start:start + side * side],
+                               [side, side]), box, size)
+
+  return tf.map_fn(apply, (tf.reshape(sides, [-1]), starts, boxes, sizes),
+                   parallel_iterations=1,
+                   fn_output_signature=fn_output_signature)
+
+
 def _pasted_masks(mask_values, mask_sides, window_boxes, image_size):
   """`_paste` over D detections whose masks are concatenated in
   `mask_values` (the `detection_mask_values` of one image): (changes
   [D, (K)] ragged int64, `_column_changes` of each region; its extent
   [D, 4] int32)."""
-  values = tf.cast(tf.convert_to_tensor(mask_values), tf.float32)
-  sides = tf.cast(tf.convert_to_tensor(mask_sides), tf.int32)
-  boxes = tf.cast(tf.convert_to_tensor(window_boxes), tf.float32)
-  image_size = tf.cast(tf.convert_to_tensor(image_size), tf.int32)
-  starts = mask_value_offsets(sides)
 
-  def paste(args):
-    side, start, box = args
-    mask = tf.reshape(values[start:start + side * side], [side, side])
-    columns, extent = _paste(mask, box, image_size, 0.5)
+  def paste(mask, box, size):
+    columns, extent = _paste(mask, box, size, 0.5)
     return _column_changes(columns), extent
 
-  # One detection at a time: a window may cover a whole 24 MP photo.
-  return tf.map_fn(
-      paste, (sides, starts, boxes), parallel_iterations=1,
-      fn_output_signature=(
-          tf.RaggedTensorSpec([None], tf.int64, ragged_rank=0),
-          tf.TensorSpec([4], tf.int32)))
+  return map_window_masks(
+      paste, mask_values, mask_sides, window_boxes,
+      tf.tile(tf.cast(image_size, tf.int32)[None],
+              [tf.size(mask_sides), 1]),
+      (tf.RaggedTensorSpec([None], tf.int64, ragged_rank=0),
+       tf.TensorSpec([4], tf.int32)))
 
 
 _pasted_masks_function = tf.function(_pasted_masks, reduce_retracing=True)
@@ -590,7 +627,7 @@ def detections_in_original_image(detections: dict, image_info,
   Args:
     detections: numpy `generate_detections` outputs of one image (no batch
       dimension): num_detections, detection_boxes [D, 4], ...,
-      detection_mask_values [T] (this image's: `split_mask_values`) and
+      detection_mask_values [T] (this image's: `unbatch_detections`) and
       detection_mask_sides [D] (only read with include_masks).
     image_info: [4, 2] Model Garden's (original size, scaled size, scale,
       offset) of the image.

@@ -21,11 +21,11 @@ zero):
 - `detection_masks_png_bytes` string [B, D]: each detection's binary mask
   in the input image, pasted as the release does (over its window,
   bilinear at pixel centres, zeros outside its M x M cells, threshold 0.5:
-  `detection_generator.paste_window_mask`), cropped to where the mask can
-  reach inside the image and encoded as a grayscale PNG (255 in the mask,
-  0 outside); empty for entries past num_detections and masks that reach
-  no pixel. A served image with 100 detections costs tens of kilobytes
-  instead of a [100, R, R] float array (docs/serving.md). TF Serving's
+  `detection_generator.paste_window_mask`), cropped to its pixels'
+  bounding box and encoded as a grayscale PNG (255 in the mask, 0
+  outside); empty for entries past num_detections and masks without
+  pixels. A served image with 100 detections costs a few hundred
+  kilobytes instead of a [100, R, R] float array (docs/serving.md). TF Serving's
   REST API sends an output whose name ends in `_bytes` as base64
   (`{"b64": ...}`);
 - `detection_mask_offsets` int32 [B, D, 2]: (row, column) of each PNG's
@@ -176,11 +176,8 @@ class TensorMaskExportModule(tf.Module):
     pasted in the original images (module docstring)."""
     shape = tf.shape(sides)
     sizes = tf.cast(tf.round(image_info[:, 0, :]), tf.int32)  # [B, 2]
-    starts = detection_generator.mask_value_offsets(sides)
 
-    def encode(args):
-      side, start, window, size = args
-      mask = tf.reshape(values[start:start + side * side], [side, side])
+    def encode(mask, window, size):
       crop, extent = detection_generator.paste_window_mask(mask, window,
                                                            size)
       png = tf.cond(
@@ -189,14 +186,10 @@ class TensorMaskExportModule(tf.Module):
           lambda: tf.constant(b""))
       return png, extent[:2]
 
-    flat = lambda t, *rest: tf.reshape(t, [-1, *rest])
-    # One mask at a time: a window may cover a whole 24 MP photo.
-    pngs, offsets = tf.map_fn(
-        encode, (flat(sides), flat(starts), flat(windows, 4),
-                 flat(tf.repeat(sizes, shape[1], axis=0), 2)),
-        parallel_iterations=1,
-        fn_output_signature=(tf.TensorSpec([], tf.string),
-                             tf.TensorSpec([2], tf.int32)))
+    pngs, offsets = detection_generator.map_window_masks(
+        encode, values, sides, windows,
+        tf.repeat(sizes, shape[1], axis=0),
+        (tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32)))
     return (tf.reshape(pngs, shape),
             tf.reshape(offsets, tf.concat([shape, [2]], 0)))
 

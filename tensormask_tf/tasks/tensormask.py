@@ -325,18 +325,18 @@ class TensorMaskTask(base_task.Task):
     class_names = visualization.class_names(
         self.task_config.annotation_file, category_ids)
     pictures = []
-    mask_values = detection_generator.split_mask_values(
-        batch[_MASK_VALUES], batch["detection_mask_sides"])
-    for n in range(min(count, len(batch["images"]))):
-      image = denormalize_image(batch["images"][n])
+    # (Only the first images of a batch leave the device: zip stops there.)
+    per_image = detection_generator.unbatch_detections(
+        {k: batch[k] for k in (*_DETECTION_KEYS, _MASK_VALUES)})
+    for pixels, found in zip(batch["images"][:count], per_image):
+      image = denormalize_image(pixels)
       height, width = image.shape[:2]
       # The padded input itself: scale 1, no offset.
       info = [[height, width], [height, width], [1.0, 1.0], [0.0, 0.0]]
-      found = detection_generator.detections_in_original_image(
-          {**{k: batch[k][n] for k in _DETECTION_KEYS},
-           _MASK_VALUES: mask_values[n]}, info)
       pictures.append(visualization.draw_detections(
-          image, found, class_names, category_ids=category_ids))
+          image, detection_generator.detections_in_original_image(found,
+                                                                  info),
+          class_names, category_ids=category_ids))
     return pictures
 
   def reduce_aggregated_logs(self, aggregated_logs, global_step=None):
