@@ -38,6 +38,7 @@ import tensorflow as tf
 from official.vision.dataloaders import parser
 from official.vision.ops import box_ops
 from official.vision.ops import preprocess_ops
+from tensormask_tf.ops import image_resize
 from tensormask_tf.ops import window_labeler
 from tensormask_tf.ops import windows as windows_lib
 
@@ -148,7 +149,9 @@ def resize_short_side(image, short_side, long_side: int,
   the release's: detectron2 resizes with PIL's bilinear filter, which
   widens with the scale when shrinking (antialiased; Model Garden's
   `tf.image.resize` is not, up to 10 levels off at COCO's sizes), and
-  which `antialias=True` reproduces to within PIL's rounding to uint8.
+  which `antialias=True` reproduces to within PIL's rounding to uint8
+  (`image_resize.antialiased_resize`: the same in standard ops, which
+  export to ONNX).
 
   Args:
     image: [H, W, C] float.
@@ -161,8 +164,7 @@ def resize_short_side(image, short_side, long_side: int,
   scaled = tf.where(
       tf.reduce_max(by_short_side) > long_side,
       tf.math.round(size * long_side / tf.reduce_max(size)), by_short_side)
-  resized = tf.image.resize(image, tf.cast(scaled, tf.int32),
-                            method="bilinear", antialias=True)
+  resized = image_resize.antialiased_resize(image, tf.cast(scaled, tf.int32))
   padded = tf.image.pad_to_bounding_box(resized, 0, 0, *padded_size)
   return padded, tf.stack([size, scaled, scaled / size, tf.zeros([2])])
 

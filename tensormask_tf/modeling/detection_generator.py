@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tensormask_tf.ops import cropped_masks
+from tensormask_tf.ops import image_resize
 from tensormask_tf.ops import window_targets
 from tensormask_tf.ops import windows as windows_lib
 
@@ -211,8 +212,8 @@ def generate_detections(outputs: dict, mask_logits_fn,
       probs = tf.sigmoid(tf.cast(mask_logits_fn(level, a, indices),
                                  tf.float32))
       if mask_size:
-        probs = tf.image.resize(probs[..., None], [mask_size, mask_size],
-                                method="bilinear", antialias=True)[..., 0]
+        probs = image_resize.antialiased_resize(
+            probs[..., None], [mask_size, mask_size])[..., 0]
       side = tf.shape(probs)[1]
       sides = tf.tensor_scatter_nd_update(
           sides, where, tf.fill(tf.shape(where)[:1], side))
