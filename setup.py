@@ -27,6 +27,12 @@ INSTALL_REQUIRES = [
     "pycocotools>=2.0.7",
     "absl-py>=1.0",
     "numpy>=1.26",
+    # ONNX export (scripts/export_onnx.py) and onnxruntime inference
+    # (predict.py --onnx), pinned: tf2onnx's op conversions and
+    # onnxruntime's kernels are what the ONNX tests check.
+    "tf2onnx==1.17.0",
+    "onnx==1.23.2",
+    "onnxruntime==1.32.0",
 ]
 
 class BuildCustomOps(build_ext.build_ext):

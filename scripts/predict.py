@@ -3,8 +3,9 @@
     python scripts/predict.py --model_dir=runs/tensormask_shapes \
         --image=data/shapes/val/000000.png --output_dir=/tmp/predictions
 
---saved_model uses an exported SavedModel; --model_dir the run's params.yaml
-and latest checkpoint; or give --checkpoint with --experiment (and
+--saved_model uses an exported SavedModel; --onnx an ONNX export
+(export_onnx.py) run by onnxruntime; --model_dir the run's params.yaml and
+latest checkpoint; or give --checkpoint with --experiment (and
 --config_file/--params_override).
 Writes <output_dir>/detections.json (one entry per detection: file_name,
 category_id, bbox [x, y, w, h], score, RLE segmentation) and
@@ -53,6 +54,11 @@ from tensormask_tf.serving import predictor as predictor_lib  # noqa: E402
 model_source.define_flags()
 _SAVED_MODEL = flags.DEFINE_string(
     "saved_model", None, "An exported SavedModel (export_saved_model.py).")
+_ONNX = flags.DEFINE_string(
+    "onnx", None, "An ONNX export (export_onnx.py), run by onnxruntime.")
+_ONNX_THREADS = flags.DEFINE_integer(
+    "onnx_threads", 0, "onnxruntime's intra-op threads with --onnx (0: one "
+    "per physical core).")
 _IMAGES = flags.DEFINE_multi_string(
     "image", [], "Image files or globs (repeat the flag for more).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write.",
@@ -108,6 +114,9 @@ def main(_):
     try:
       if _SAVED_MODEL.value:
         predictor = predictor_lib.SavedModelPredictor(_SAVED_MODEL.value)
+      elif _ONNX.value:
+        predictor = predictor_lib.OnnxPredictor(_ONNX.value,
+                                                _ONNX_THREADS.value)
       else:
         predictor = predictor_lib.CheckpointPredictor(*model_source.load())
     except (ValueError, FileNotFoundError) as e:
@@ -116,7 +125,8 @@ def main(_):
 
 
 def _predict(predictor: (predictor_lib.CheckpointPredictor
-                         | predictor_lib.SavedModelPredictor),
+                         | predictor_lib.SavedModelPredictor
+                         | predictor_lib.OnnxPredictor),
              paths: list[str], journal: batch_prediction.Journal) -> None:
   """Predicts this shard's images not in the journal yet, then writes the
   results and the overview of all the shard's images done."""
@@ -148,6 +158,11 @@ def _predict(predictor: (predictor_lib.CheckpointPredictor
     except tf.errors.OpError as e:  # This image only: go on with the rest.
       progress.step()
       print(f"predict.py: skipped {path}: {_reason(e)}", file=sys.stderr)
+      failures += 1
+      continue
+    except predictor_lib.RunError as e:
+      progress.step()
+      print(f"predict.py: skipped {path}: {e}", file=sys.stderr)
       failures += 1
       continue
     entries, picture = predictor_lib.save_prediction(

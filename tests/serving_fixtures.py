@@ -17,6 +17,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from tensormask_tf.modeling import detection_generator
 from tensormask_tf.serving import client
 
 
@@ -87,3 +88,70 @@ def start_grpc_server(saved_model_path: str, model_name: str):
   port = server.add_insecure_port("127.0.0.1:0")
   server.start()
   return server, f"127.0.0.1:{port}"
+
+
+# float32 noise between two runtimes of one graph (TensorFlow and
+# onnxruntime sum convolutions and reductions in different orders).
+SCORE_ABS, BOX_ABS, MASK_ABS = 1e-5, 1e-3, 1e-5
+
+
+def assert_same_detections(found: dict, want: dict, what: str,
+                           flipped: float = 0.0):
+  """The same detections (`detections_in_original_image`), class, score
+  and box to float32 noise; detections whose scores tie to float32 noise
+  may come in either order. Masks pixel for pixel, or with at most a
+  `flipped` fraction of each mask's pixels different (a random model's
+  mask probabilities crowd around 0.5, where float32 noise decides)."""
+  assert len(found["scores"]) == len(want["scores"]) > 0, what
+  unmatched = list(range(len(found["scores"])))
+  for j in range(len(want["scores"])):
+    same = [i for i in unmatched
+            if found["classes"][i] == want["classes"][j]
+            and abs(found["scores"][i] - want["scores"][j]) <= SCORE_ABS
+            and np.abs(found["boxes"][i] - want["boxes"][j]).max() <= BOX_ABS]
+    assert same, f"{what}: detection {j} has no twin"
+    i = same[0]
+    unmatched.remove(i)
+    got, ref = found["masks"].mask(i), want["masks"].mask(j)
+    assert (got != ref).mean() <= flipped, (
+        f"{what}: mask {j}: {(got != ref).sum()} of {ref.size} pixels differ")
+
+
+def assert_same_raw_detections(found: dict, want: dict):
+  """Two runs' `raw_detections` outputs (a batch): the same arrays to
+  float32 noise, each image's detections matched as by
+  assert_same_detections (ties may swap), their masks' values to
+  MASK_ABS."""
+  assert set(found) == set(want)
+  for key, value in want.items():
+    assert found[key].dtype == value.dtype, key
+  np.testing.assert_allclose(found["image_info"], want["image_info"],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(found["num_detections"],
+                                want["num_detections"])
+  for n, (got, ref) in enumerate(zip(
+      detection_generator.unbatch_detections(found),
+      detection_generator.unbatch_detections(want))):
+    count = int(ref["num_detections"])
+    unmatched = list(range(count))
+    offsets = lambda d: np.concatenate(  # noqa: E731
+        [[0], np.cumsum(d["detection_mask_sides"][:count] ** 2)])
+    got_offsets, ref_offsets = offsets(got), offsets(ref)
+    for j in range(count):
+      same = [i for i in unmatched
+              if got["detection_classes"][i] == ref["detection_classes"][j]
+              and abs(got["detection_scores"][i] -
+                      ref["detection_scores"][j]) <= SCORE_ABS
+              and np.abs(got["detection_boxes"][i] -
+                         ref["detection_boxes"][j]).max() <= BOX_ABS
+              and np.abs(got["detection_windows"][i] -
+                         ref["detection_windows"][j]).max() <= BOX_ABS
+              and got["detection_mask_sides"][i] ==
+              ref["detection_mask_sides"][j]]
+      assert same, f"image {n}: detection {j} has no twin"
+      i = same[0]
+      unmatched.remove(i)
+      np.testing.assert_allclose(
+          got["detection_mask_values"][got_offsets[i]:got_offsets[i + 1]],
+          ref["detection_mask_values"][ref_offsets[j]:ref_offsets[j + 1]],
+          rtol=0, atol=MASK_ABS, err_msg=f"image {n}: mask {j}")

@@ -49,7 +49,7 @@ model = tf.saved_model.load(path)
 data = np.load(inputs, allow_pickle=True)
 arrays = {}
 for name, key in (("serving_default", "encoded"), ("image_tensor", "images"),
-                  ("tf_example", "examples")):
+                  ("tf_example", "examples"), ("raw_detections", "images")):
   result = model.signatures[name](inputs=tf.constant(data[key]))
   arrays.update({f"{name}/{k}": v.numpy() for k, v in result.items()})
 np.savez(out, **arrays)
@@ -115,7 +115,7 @@ def test_saved_model_uses_only_stock_tensorflow_ops(exported):
   assert report["ops"] > 20
   assert report["unregistered"] == []
   assert set(report["signatures"]) == {"serving_default", "image_tensor",
-                                       "tf_example"}
+                                       "tf_example", "raw_detections"}
   names = predictor.read_class_names(os.path.join(
       exported["path"], "assets.extra", "class_names.json"))
   assert list(names) == CATEGORY_IDS
@@ -245,6 +245,49 @@ def test_the_three_signatures_agree(exported):
     for key in ("detection_masks_png_bytes", "detection_mask_offsets"):
       np.testing.assert_array_equal(out[f"{name}/{key}"],
                                     out[f"serving_default/{key}"][:2])
+
+
+def test_raw_detections_are_the_served_ones_before_pasting(exported):
+  out = exported["outputs"]
+  raw = {k.split("/")[1]: v for k, v in out.items()
+         if k.startswith("raw_detections/")}
+  served = {k.split("/")[1]: v for k, v in out.items()
+            if k.startswith("image_tensor/")}
+  np.testing.assert_array_equal(raw["num_detections"],
+                                served["num_detections"])
+  np.testing.assert_array_equal(raw["detection_scores"],
+                                served["detection_scores"])
+  np.testing.assert_array_equal(
+      np.asarray(CATEGORY_IDS)[raw["detection_classes"]],
+      served["detection_classes"])
+  np.testing.assert_array_equal(raw["detection_mask_sides"],
+                                served["detection_mask_sides"])
+  np.testing.assert_array_equal(
+      detection_generator.padded_window_masks(
+          raw["detection_mask_values"], raw["detection_mask_sides"]),
+      served["detection_window_masks"])
+  # Model-input pixels: the served boxes are them over the scale.
+  scale = np.tile(raw["image_info"][:, 2:3, :], [1, 1, 2])
+  np.testing.assert_allclose(raw["detection_windows"] / scale,
+                             served["detection_windows"], rtol=1e-6)
+
+
+def test_onnx_export_of_the_saved_model_equals_it(exported, tmp_path):
+  # export_onnx.py --saved_model converts the raw_detections signature;
+  # onnxruntime's outputs equal the fresh process' TensorFlow ones.
+  onnx_path = str(tmp_path / "model.onnx")
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "export_onnx.py"),
+       f"--saved_model={exported['path']}", f"--output={onnx_path}"],
+      capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  session = predictor.OnnxPredictor(onnx_path)
+  assert session.category_ids == CATEGORY_IDS
+  out = exported["outputs"]
+  serving_fixtures.assert_same_raw_detections(
+      session.run(np.stack(exported["images"][:2])),
+      {k.split("/")[1]: v for k, v in out.items()
+       if k.startswith("raw_detections/")})
 
 
 def test_export_refuses_to_overwrite_a_version(exported):

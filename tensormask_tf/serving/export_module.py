@@ -8,7 +8,11 @@ Signatures (all with a dynamic batch; input key "inputs"):
 - `serving_default`: encoded JPEG/PNG/BMP/GIF images, `tf.string [B]`;
 - `image_tensor`: `uint8 [B, H, W, 3]`;
 - `tf_example`: serialized `tf.train.Example`s with `image/encoded`,
-  `tf.string [B]`.
+  `tf.string [B]`;
+- `raw_detections`: `uint8 [B, H, W, 3]` like `image_tensor`, the
+  detections before pasting (model-input pixels, 0-based classes, each
+  mask over its window: the outputs listed in `onnx_export`); what the
+  ONNX export converts.
 
 Outputs (D = the config's `max_detections`, entries past num_detections
 zero):
@@ -45,10 +49,13 @@ zero):
   [B, D, H_max, W_max]: the pasted binary masks at the largest input size of
   the batch (each image's in its top-left corner).
 
-With orientation buckets (the validation parser's `orientation_buckets`),
-a batch of landscape images runs at the landscape bucket and one of
-portrait images at the portrait bucket, as in evaluation; a batch of both
-runs at the square that holds them.
+A model that runs at any size (the release's backbone and FPN) runs at the
+batch's largest resized image rounded up to a multiple of 32, as the
+release and `predict.py --model_dir` pad; other models with orientation
+buckets (the validation parser's `orientation_buckets`) run a batch of
+landscape images at the landscape bucket and one of portrait images at the
+portrait bucket, as in evaluation, a batch of both at the square that holds
+them.
 """
 
 import json
@@ -115,28 +122,48 @@ class TensorMaskExportModule(tf.Module):
             tf.TensorSpec([*image_size, _CHANNELS], tf.float32),
             tf.TensorSpec([4, 2], tf.float32)))
 
-  def _detect_in_bucket(self, images, image_info) -> dict[str, tf.Tensor]:
-    """`_detect` on the batch cropped to its orientation's bucket when all
-    its images share one (orientation buckets), else as it is."""
+  def _model_input(self, images, image_info) -> tf.Tensor:
+    """The batch at the size the model runs at.
+
+    A model that `factory.runs_at_any_size` runs at the batch's largest
+    resized image rounded up to `factory.size_divisibility`, as the release
+    pads (and `CheckpointPredictor`, so their detections are the same);
+    with orientation buckets, a batch of landscape images at the landscape
+    bucket and one of portrait images at the portrait bucket, as in
+    evaluation (a batch of both at the square that holds them); else at
+    the padded input size.
+    """
+    model_config = self._params.task.model
+    if factory.runs_at_any_size(model_config):
+      divisor = factory.size_divisibility(model_config)
+      scaled = tf.reduce_max(
+          tf.cast(tf.round(image_info[:, 1, :]), tf.int32), axis=0)
+      size = -(-scaled // divisor) * divisor
+      return images[:, :size[0], :size[1]]
     if not self._params.task.validation_data.parser.orientation_buckets:
-      return self._detect(images, image_info)
+      return images
     landscape, portrait = tensormask_input.bucket_sizes(
-        factory.padded_input_size(self._params.task.model))
+        factory.padded_input_size(model_config))
     tall = image_info[:, 0, 0] > image_info[:, 0, 1]  # As the parser's.
+    return tf.case(
+        [(tf.reduce_all(tall), lambda: images[:, :portrait[0], :portrait[1]]),
+         (tf.reduce_all(~tall),
+          lambda: images[:, :landscape[0], :landscape[1]])],
+        default=lambda: images)
 
-    def in_bucket(size):
-      return lambda: self._detect(images[:, :size[0], :size[1]], image_info)
-
-    return tf.case([(tf.reduce_all(tall), in_bucket(portrait)),
-                    (tf.reduce_all(~tall), in_bucket(landscape))],
-                   default=lambda: self._detect(images, image_info))
+  def _raw_detections(self, images, image_info) -> dict[str, tf.Tensor]:
+    """`factory.postprocess`'s detections (model-input pixels, masks over
+    their windows) of the batch, with its image_info."""
+    images = self._model_input(images, image_info)
+    size = [images.shape[i] or tf.shape(images)[i] for i in (1, 2)]
+    detections = factory.postprocess(
+        self.model, self.model(images, training=False), size,
+        self._params.task.model, image_info[:, 1, :])
+    return {**detections, "image_info": image_info}
 
   def _detect(self, images, image_info) -> dict[str, tf.Tensor]:
     model_config = self._params.task.model
-    outputs = self.model(images, training=False)
-    size = [images.shape[i] or tf.shape(images)[i] for i in (1, 2)]
-    detections = factory.postprocess(self.model, outputs, size,
-                                     model_config, image_info[:, 1, :])
+    detections = self._raw_detections(images, image_info)
     original = tf.tile(image_info[:, 0:1, :], [1, 1, 2])  # [B, 1, 4]
     valid = tf.sequence_mask(detections["num_detections"],
                              tf.shape(detections["detection_scores"])[1])
@@ -215,12 +242,18 @@ class TensorMaskExportModule(tf.Module):
     def decode(encoded):
       return tf.io.decode_image(encoded, channels=_CHANNELS,
                                 expand_animations=False)
-    return self._detect_in_bucket(*self._preprocess_batch(decode, inputs))
+    return self._detect(*self._preprocess_batch(decode, inputs))
 
   @tf.function(input_signature=[
       tf.TensorSpec([None, None, None, _CHANNELS], tf.uint8)])
   def serve_image_tensors(self, inputs):
-    return self._detect_in_bucket(*self._preprocess_batch(lambda x: x, inputs))
+    return self._detect(*self._preprocess_batch(lambda x: x, inputs))
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None, None, _CHANNELS], tf.uint8)])
+  def serve_raw_detections(self, inputs):
+    return self._raw_detections(
+        *self._preprocess_batch(lambda x: x, inputs))
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
   def serve_tf_examples(self, inputs):
@@ -229,13 +262,14 @@ class TensorMaskExportModule(tf.Module):
           "image/encoded": tf.io.FixedLenFeature((), tf.string)})
       return tf.io.decode_image(features["image/encoded"],
                                 channels=_CHANNELS, expand_animations=False)
-    return self._detect_in_bucket(*self._preprocess_batch(decode, inputs))
+    return self._detect(*self._preprocess_batch(decode, inputs))
 
   def signatures(self) -> dict:
     return {
         "serving_default": self.serve_encoded_images.get_concrete_function(),
         "image_tensor": self.serve_image_tensors.get_concrete_function(),
         "tf_example": self.serve_tf_examples.get_concrete_function(),
+        "raw_detections": self.serve_raw_detections.get_concrete_function(),
     }
 
 

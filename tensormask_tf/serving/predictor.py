@@ -3,7 +3,8 @@
 `load_image` reads JPEG/PNG/... files into RGB uint8 (grayscale, palette
 and RGBA images are converted; empty, unreadable or huge files raise
 `ImageError` with the reason). `CheckpointPredictor` runs the model with
-the evaluation preprocessing and returns detections in original pixels.
+the evaluation preprocessing and returns detections in original pixels;
+`SavedModelPredictor` and `OnnxPredictor` return the same from an export.
 """
 
 import collections
@@ -34,6 +35,10 @@ MAX_IMAGE_PIXELS = 100_000_000
 
 class ImageError(ValueError):
   """An input file is not a usable image."""
+
+
+class RunError(RuntimeError):
+  """The model failed on one image (onnxruntime's error, as its message)."""
 
 
 # The EXIF Orientation tag: how the stored pixels turn into the displayed
@@ -343,3 +348,66 @@ def detections_from_outputs(outputs: dict[str, np.ndarray], index: int,
           pick("detection_masks_png_bytes"), pick("detection_mask_offsets"),
           (height, width)),
   }
+
+
+class OnnxPredictor:
+  """Detections of one image at a time from an ONNX export
+  (`scripts/export_onnx.py`, `onnx_export`) run by onnxruntime on the CPU.
+
+  The masks are pasted by `detections_in_original_image`, as
+  `CheckpointPredictor` pastes them. `category_ids` and `class_names` come
+  from the model's `class_names` metadata.
+  """
+
+  def __init__(self, path: str, threads: int = 0):
+    """Opens the model at `path`.
+
+    Args:
+      path: an .onnx file.
+      threads: onnxruntime's intra-op threads; 0 lets it choose (one per
+        physical core).
+
+    Raises:
+      FileNotFoundError: no file at path.
+      ValueError: the file is not an ONNX model of this project's export.
+    """
+    import onnxruntime  # pylint: disable=g-import-not-at-top
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"no ONNX model {path}")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    try:
+      self._session = onnxruntime.InferenceSession(
+          path, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types.
+      raise ValueError(f"{path}: not a loadable ONNX model ({e})") from e
+    inputs = [i.name for i in self._session.get_inputs()]
+    outputs = {o.name for o in self._session.get_outputs()}
+    missing = {"num_detections", "detection_mask_values",
+               "image_info"} - outputs
+    if inputs != ["inputs"] or missing:
+      raise ValueError(
+          f"{path}: not a TensorMask ONNX export (inputs {inputs}, missing "
+          f"outputs {sorted(missing)}); make one with export_onnx.py")
+    metadata = self._session.get_modelmeta().custom_metadata_map
+    self.class_names, self.category_ids = {}, None
+    if "class_names" in metadata:
+      self.class_names = {int(k): v for k, v in
+                          json.loads(metadata["class_names"]).items()}
+      self.category_ids = list(self.class_names)
+
+  def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The ONNX model's outputs (`onnx_export`) of uint8 [B, H, W, 3]."""
+    names = [o.name for o in self._session.get_outputs()]
+    try:
+      return dict(zip(names, self._session.run(None, {"inputs": images})))
+    except Exception as e:  # onnxruntime raises its own exception types.
+      raise RunError(str(e).splitlines()[0] if str(e) else type(e).__name__
+                     ) from e
+
+  def __call__(self, image: np.ndarray) -> dict:
+    """Like CheckpointPredictor.__call__."""
+    detections, = detection_generator.unbatch_detections(
+        self.run(np.ascontiguousarray(image[None], np.uint8)))
+    return detection_generator.detections_in_original_image(
+        detections, detections["image_info"])
