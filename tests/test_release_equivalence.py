@@ -214,6 +214,36 @@ def test_saved_model_detections_match_release(model_dir, tmp_path):
                           "SavedModel A")
 
 
+def test_onnx_detections_match_release(model_dir, tmp_path):
+  # The converted checkpoint through export_onnx.py's graph in
+  # onnxruntime: A's exact configuration leaves A (256 x 384) and B
+  # (384 x 256) unresized, so both give the release's detections; a third
+  # image is resized (250 x 370 -> 256 x 379) in the graph. onnxruntime
+  # equals --model_dir (CheckpointPredictor) on all three, masks pixel for
+  # pixel but for a pixel whose probability float32 noise puts on either
+  # side of 0.5 (measured: 1 of B's 98,304 in one of its 33 masks).
+  from tensormask_tf.serving import onnx_export  # pylint: disable=g-import-not-at-top
+  from tests import serving_fixtures  # pylint: disable=g-import-not-at-top
+  params, _ = _release_model(model_dir, "A")
+  module = export_module.TensorMaskExportModule(params, model_dir)
+  path = str(tmp_path / "model.onnx")
+  onnx_export.convert(module.serve_raw_detections,
+                      predictor_lib.class_names(params.task), path)
+  session = predictor_lib.OnnxPredictor(path)
+  checkpoint = predictor_lib.CheckpointPredictor(params, model_dir)
+  images = {name: _image(name) for name in IMAGES}
+  images["A cropped"] = _image("A")[:250, :370]
+  for name, image in images.items():
+    found = session(image)
+    if name in IMAGES:
+      assert_detections_match(
+          found, np.load(os.path.join(DATA, f"infer_{name}.npz")),
+          f"ONNX {name}")
+    serving_fixtures.assert_same_detections(
+        found, checkpoint(image), f"ONNX vs --model_dir {name}",
+        flipped=2.1e-5)
+
+
 def test_training_matches_release(model_dir):
   ref = np.load(os.path.join(DATA, "train_A.npz"))
   params, model = _release_model(model_dir, "A")

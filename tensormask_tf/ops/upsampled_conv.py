@@ -50,9 +50,12 @@ def bilinear_tap_matrix(out_size, in_size, scale: int,
     inside = tf.cast((position >= 0) & (position < tf.cast(out_size,
                                                            tf.float64)),
                      tf.float64)[:, None]
+    # (Indicator matrices compared against a range, not tf.one_hot, which
+    # tf2onnx 1.17 fails to convert with a run-time depth.)
+    coarse = tf.range(in_size)[None, :]
     columns.append(inside * (
-        tf.one_hot(low, in_size, dtype=tf.float64) * (1.0 - frac)[:, None] +
-        tf.one_hot(high, in_size, dtype=tf.float64) * frac[:, None]))
+        tf.cast(low[:, None] == coarse, tf.float64) * (1.0 - frac)[:, None] +
+        tf.cast(high[:, None] == coarse, tf.float64) * frac[:, None]))
   return tf.cast(tf.concat(columns, axis=1), dtype)
 
 
