@@ -7,6 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tensormask_tf import ops
+from tensormask_tf.ops import mask_representation
+from tensormask_tf.ops import window_taps
 from tests import cases
 from tests import reference
 
@@ -376,9 +378,14 @@ def test_bad_input_raises_value_error(name):
 
 
 def test_dynamic_spatial_shape_is_refused_with_a_clear_error():
+  # The dense ops need static H and W; the gathered op only the channels.
   fn = tf.function(lambda x: ops.swap_align2nat(x, 2), input_signature=[
       tf.TensorSpec([None, None, None, 9], tf.float32)])
-  with pytest.raises(ValueError, match="must be static"):
+  with pytest.raises(ValueError, match="H, W and the channel count"):
+    fn.get_concrete_function()
+  fn = tf.function(lambda x: ops.swap_align2nat_gather(x, [[0, 0, 0]], 2),
+                   input_signature=[tf.TensorSpec([None] * 4, tf.float32)])
+  with pytest.raises(ValueError, match="the channel count of x must be stat"):
     fn.get_concrete_function()
 
 
@@ -413,3 +420,129 @@ def test_int64_gather_indices_are_checked_before_narrowing(index, message,
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
     ops.swap_align2nat_gather(x, np.array([index], np.int64), 2,
                               backend=backend)
+
+
+# ---------------------------------------------------------------------------
+# The gathered op at sizes known only at run time.
+# ---------------------------------------------------------------------------
+def _tap_matrix(spatial, window, weight, size, s):
+  """[P, T, size, S] weight of each (spatial, window) input cell."""
+  p, t, k = weight.shape
+  out = np.zeros((p, t, size, s))
+  pp, tt, _ = np.meshgrid(np.arange(p), np.arange(t), np.arange(k),
+                          indexing="ij")
+  np.add.at(out, (pp, tt, spatial, np.broadcast_to(window, weight.shape)),
+            weight)
+  return out
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 4, 11])
+def test_run_time_taps_equal_the_static_tables_at_every_position(s):
+  # The in-graph taps of the gathered op read the same input cells with the
+  # same weights as the static tables of swap_align2nat, and have the same
+  # outside sums bit for bit, for every position of inputs of every size.
+  for lam in (1, 2, 3, 4, 8):
+    strided = window_taps.strided_axis_taps(
+        *mask_representation._align2nat_coords(s, lam), s)
+    for size in (1, 2, 3, 7, 13):
+      static = mask_representation._align2nat_taps(size, s, lam, stride=lam)
+      positions = tf.range(-(-size // lam))
+      spatial, window, weight, outside = (
+          t.numpy() for t in mask_representation._gathered_axis_taps(
+              strided, positions, lam, tf.constant(size), tf.float64,
+              tf.int64))
+      assert spatial.min() >= 0 and spatial.max() < size
+      assert window.min() >= 0 and window.max() < s
+      np.testing.assert_array_equal(
+          outside.view(np.uint64), static.outside.view(np.uint64))
+      np.testing.assert_array_equal(
+          _tap_matrix(spatial, window, weight, size, s),
+          _tap_matrix(static.spatial, static.window, static.weight, size, s))
+
+
+def _bits(a):
+  a = np.asarray(a)
+  return a.view(np.uint64 if a.dtype == np.float64 else np.uint32)
+
+
+# (S, lam, pad, (H, W)): windows larger than the input, lam 1 to 8, odd and
+# even S and T = lam*S, pad 0 and not.
+RUN_TIME_SIZE_CASES = [(3, 1, -6.0, (1, 1)), (2, 2, 0.0, (2, 3)),
+                       (5, 4, -6.0, (9, 6)), (4, 8, 0.0, (5, 12)),
+                       (15, 4, 0.5, (12, 11)), (1, 3, 0.0, (8, 13)),
+                       (11, 2, -6.0, (3, 2))]
+
+
+@pytest.mark.parametrize("case", RUN_TIME_SIZE_CASES, ids=_case_id)
+def test_gather_traced_for_any_size_equals_the_static_trace(case):
+  # One function traced with static shapes and with run-time H and W (and
+  # batch): the same bits, values and gradients, and the reference's values.
+  s, lam, pad, (h, w) = case
+  x = _random((2, h, w, s * s), seed=20)
+  ref = reference.swap_align2nat(x, lam, pad)
+  rng = np.random.RandomState(21)
+  indices = np.stack([rng.randint(0, 2, 7), rng.randint(0, ref.shape[1], 7),
+                      rng.randint(0, ref.shape[2], 7)], axis=1).astype(np.int32)
+  t = lam * s
+  want = ref[indices[:, 0], indices[:, 1], indices[:, 2]].reshape(7, t, t)
+  dy = _random((7, t, t), seed=22)
+
+  def forward_and_vjp(x, indices):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = ops.swap_align2nat_gather(x, indices, lam, pad, backend="tf")
+    return y, tape.gradient(y, x, output_gradients=tf.cast(dy, y.dtype))
+
+  for dtype, atol in ((tf.float64, 1e-12), (tf.float32, 1e-5)):
+    runs = {}
+    for name, shape in (("static", [2, h, w]), ("any size", [None] * 3),
+                        ("batch of two", [2, None, None])):
+      fn = tf.function(forward_and_vjp, input_signature=[
+          tf.TensorSpec(shape + [s * s], dtype),
+          tf.TensorSpec([None, 3], tf.int32)])
+      runs[name] = [r.numpy() for r in fn(tf.cast(x, dtype), indices)]
+    y, dx = runs["any size"]
+    np.testing.assert_allclose(y, want, rtol=0, atol=atol)
+    if dtype == tf.float64:  # The gradient is the reference's adjoint.
+      shift = reference.swap_align2nat(np.zeros_like(x), lam, pad)[
+          indices[:, 0], indices[:, 1], indices[:, 2]].reshape(7, t, t)
+      np.testing.assert_allclose(np.sum(x * dx), np.sum((want - shift) * dy),
+                                 rtol=1e-10)
+    for name in ("static", "batch of two"):
+      for got, expected in zip(runs[name], runs["any size"]):
+        np.testing.assert_array_equal(_bits(got), _bits(expected))
+
+
+def test_one_trace_serves_every_size():
+  fn = tf.function(
+      lambda x, i: ops.swap_align2nat_gather(x, i, 2, backend="tf"),
+      input_signature=[tf.TensorSpec([1, None, None, 9], tf.float64),
+                       tf.TensorSpec([None, 3], tf.int32)])
+  for h, w in ((1, 1), (4, 5), (9, 6), (2, 16)):
+    x = _random((1, h, w, 9), seed=h * w)
+    grid = np.stack(np.meshgrid([0], np.arange(-(-h // 2)),
+                                np.arange(-(-w // 2)), indexing="ij"),
+                    axis=-1).reshape(-1, 3).astype(np.int32)
+    np.testing.assert_allclose(
+        fn(x, grid).numpy().reshape(1, -(-h // 2), -(-w // 2), 36),
+        reference.swap_align2nat(x, 2), rtol=0, atol=1e-12)
+  assert fn.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("index,message", [
+    ([2, 0, 0], "outside the batch"),       # N = 2
+    ([0, 2, 0], "row y outside"),           # ceil(4/2) = 2 rows
+    ([0, 0, 3], "column x outside"),        # ceil(5/2) = 3 columns
+    ([0, -1, 0], "negative index"),
+])
+def test_gather_indices_outside_a_run_time_grid_raise(index, message,
+                                                      backend):
+  fn = tf.function(
+      lambda x, i: ops.swap_align2nat_gather(x, i, 2, backend=backend),
+      input_signature=[tf.TensorSpec([None, None, None, 9], tf.float64),
+                       tf.TensorSpec([None, 3], tf.int32)])
+  x = np.zeros((2, 4, 5, 9))
+  assert fn(x, [[1, 1, 2]]).shape == (1, 6, 6)  # The last row and column.
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    fn(x, np.array([[0, 0, 0], index], np.int32))

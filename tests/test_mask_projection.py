@@ -332,3 +332,86 @@ def test_many_rejects_inconsistent_inputs(change, message):
   with pytest.raises(ValueError, match=message):
     ops.project_swap_align2nat_gather_many(features, kernels, [None],
                                            requests, backend="custom")
+
+
+# ---------------------------------------------------------------------------
+# Features whose H and W are known only at run time.
+# ---------------------------------------------------------------------------
+def _bits(a):
+  a = np.asarray(a)
+  return a.view(np.uint64 if a.dtype == np.float64 else np.uint32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("s,lam,h,w,c", [CASES[0], CASES[3], CASES[6],
+                                         CASES[7]])
+def test_traced_for_any_size_equals_the_static_trace(backend, s, lam, h, w,
+                                                     c):
+  features, kernel, bias, indices = _problem(s, lam, h, w, c, seed=11)
+  dy = np.random.RandomState(12).uniform(-1, 1, (len(indices), lam * s,
+                                                 lam * s))
+  weights = [tf.constant(kernel), tf.constant(bias)]
+
+  def masks_and_gradients(f):
+    with tf.GradientTape() as tape:
+      tape.watch([f] + weights)
+      masks = ops.project_swap_align2nat_gather(
+          f, *weights, indices, lam, pad=-6.0, backend=backend)
+    return [masks] + tape.gradient(masks, [f] + weights, output_gradients=dy)
+
+  runs = {}
+  for name, shape in (("static", [2, h, w, c]),
+                      ("any size", [None, None, None, c]),
+                      ("batch of two", [2, None, None, c])):
+    fn = tf.function(masks_and_gradients,
+                     input_signature=[tf.TensorSpec(shape, tf.float64)])
+    runs[name] = [r.numpy() for r in fn(features)]
+  np.testing.assert_allclose(
+      runs["any size"][0], _reference(features, kernel, bias, indices, lam,
+                                      -6.0), rtol=0, atol=1e-10)
+  for name in ("static", "batch of two"):
+    for got, want in zip(runs[name], runs["any size"]):
+      np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+@pytest.mark.parametrize("backend", ["tf", "custom"])
+def test_many_traced_for_any_size_equals_the_static_trace(backend):
+  features, kernels, biases, requests, dys = _many_problem(seed=1)
+
+  def masks_and_gradients(f0, f1, f2):
+    with tf.GradientTape() as tape:
+      tape.watch([f0, f2])
+      masks = ops.project_swap_align2nat_gather_many(
+          [f0, f1, f2], kernels, biases, requests, pad=-2.0, backend=backend)
+      loss = tf.add_n([tf.reduce_sum(m * dy) for m, dy in zip(masks, dys)])
+    return masks + tape.gradient(loss, [f0, f2])
+
+  runs = {}
+  for name, shape in (("static", [2, 9, 11, 5]),
+                      ("any size", [None, None, None, 5])):
+    fn = tf.function(masks_and_gradients, input_signature=[
+        tf.TensorSpec(shape, tf.float64)] * 3)
+    runs[name] = [r.numpy() for r in fn(*features)]
+  for r, got in zip(requests, runs["any size"]):
+    np.testing.assert_allclose(
+        got, _reference(features[r.features], kernels[r.kernel],
+                        biases[r.kernel], r.indices, r.lam, -2.0),
+        rtol=0, atol=1e-10)
+  for got, want in zip(runs["static"], runs["any size"]):
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("index,message", [([0, 3, 0], "row y outside"),
+                                           ([0, 0, 3], "column x outside"),
+                                           ([2, 0, 0], "outside the batch")])
+def test_indices_outside_a_run_time_grid_raise(backend, index, message):
+  fn = tf.function(
+      lambda f, i: ops.project_swap_align2nat_gather(
+          f, np.zeros((4, 9)), None, i, 2, backend=backend),
+      input_signature=[tf.TensorSpec([None, None, None, 4], tf.float64),
+                       tf.TensorSpec([None, 3], tf.int32)])
+  features = np.zeros((2, 6, 5, 4))  # A 3 x 3 output grid.
+  assert fn(features, [[1, 2, 2]]).shape == (1, 6, 6)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    fn(features, np.array([index], np.int32))

@@ -236,6 +236,55 @@ def test_training_step_compiles_with_xla_on_the_pure_tf_backend():
   assert float(second["total_loss"]) < float(first["total_loss"])
 
 
+def test_detections_traced_for_any_input_size_equal_the_static_run():
+  # The gathered masks take run-time H and W, so inference (model and
+  # post-processing) traces with the image size unknown, as an export for
+  # any size does. (This model's backbone then runs at its built size only:
+  # factory.runs_at_any_size.)
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  from tests import tiny_experiment  # pylint: disable=g-import-not-at-top
+  params = exp_factory.get_exp_config("tensormask_shapes")
+  params.override(tiny_experiment.TINY_OVERRIDES, is_strict=True)
+  config = params.task.model
+  config.ops_backend = "tf"  # What exported graphs use.
+  # Random weights: every window is a candidate. Natural masks (mask_size
+  # 0) are the gathered op's output as it is.
+  config.detection_generator.override({"score_threshold": 0.0,
+                                       "max_detections": 20,
+                                       "mask_size": 0})
+  tf_keras.utils.set_random_seed(6)
+  model = tiny_experiment.build_model(params)
+  images = tf.random.stateless_uniform([1, *config.input_size[:2], 3],
+                                       [6, 7], -1.0, 1.0)
+  any_size = tf.function(
+      lambda images: factory.detect(model, images, config),
+      input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
+  got = any_size(images)
+  want = factory.detect(model, images, config)  # Static shapes, eagerly.
+  assert set(got) == set(want)
+  assert int(want["num_detections"][0]) == 20
+  for key, value in want.items():
+    np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-5,
+                               err_msg=key)
+
+  # Random weights' detections may all be on one level (here level 2): the
+  # masks of two windows (one at the grid's far corner) of every level and
+  # size as well.
+  features = model(images, training=False)["mask_features"]  # P2 grid.
+  windows = [(level, a, tf.constant([[0, 1, 2], [0, grid - 1, grid - 1]]))
+             for level, grid in ((int(k), config.input_size[0] // 2**int(k))
+                                 for k in features)
+             for a in range(2)]
+  masks = lambda features: [model.head.mask_logits(features, *w)
+                            for w in windows]
+  any_size = tf.function(masks, input_signature=[{
+      k: tf.TensorSpec([1, None, None, f.shape[-1]]) for k, f in
+      features.items()}])
+  for got, want in zip(any_size(features), masks(features)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_default_input_size_fits_the_coarsest_level():
   config = tensormask_config.TensorMaskModel()
   stride = 2**config.max_level

@@ -1,5 +1,6 @@
 """Builds a TensorMask model from its config with Model Garden's factories."""
 
+import tensorflow as tf
 import tf_keras
 
 from official.vision.modeling.backbones import factory as backbone_factory
@@ -114,10 +115,14 @@ def detect(model: tensormask_model.TensorMaskModel, images,
   """Runs the model and the configured post-processing on a batch.
 
   Returns generate_detections' outputs (window-relative masks; see
-  detection_generator.paste_window_masks).
+  detection_generator.paste_window_masks). The images' height and width may
+  be known only at run time (a graph traced for any size).
   """
   outputs = model(images, training=training)
-  return postprocess(model, outputs, tuple(images.shape[1:3]), model_config)
+  run_time = tf.shape(images)
+  image_size = tuple(images.shape[i] if images.shape[i] is not None
+                     else run_time[i] for i in (1, 2))
+  return postprocess(model, outputs, image_size, model_config)
 
 
 def postprocess(model: tensormask_model.TensorMaskModel, outputs: dict,
@@ -125,9 +130,9 @@ def postprocess(model: tensormask_model.TensorMaskModel, outputs: dict,
                 model_config: tensormask_config.TensorMaskModel,
                 image_sizes=None) -> dict:
   """The configured post-processing of the model's outputs on a batch of
-  (padded) input size `image_size` (height, width); `image_sizes` [N, 2]
-  are the images' sizes inside it (image_info[:, 1]), None for all of
-  it."""
+  (padded) input size `image_size` (height, width: ints, or scalar int32
+  tensors for a size known only at run time); `image_sizes` [N, 2] are the
+  images' sizes inside it (image_info[:, 1]), None for all of it."""
   generator = model_config.detection_generator
   return detection_generator.generate_detections(
       outputs,

@@ -24,26 +24,26 @@ _OP_NAME = "project_swap_align2nat_gather"
 
 
 def _check_features(features) -> tf.Tensor:
+  """[N, H, W, C] features with a static C (N, H and W may be dynamic)."""
   features = tf.convert_to_tensor(features)
   if features.dtype not in mask_representation.FLOAT_DTYPES:
     raise ValueError(
         f"{_OP_NAME}: features must be float16, bfloat16, float32 or float64, "
         f"got {features.dtype.name}.")
-  if features.shape.rank != 4 or None in features.shape.as_list()[1:]:
+  if features.shape.rank != 4 or features.shape[-1] is None:
     raise ValueError(
-        f"{_OP_NAME}: features must have rank 4 [N, H, W, C] with static H, "
-        f"W and C, got shape {features.shape}.")
-  if min(features.shape[1:3]) < 1:
+        f"{_OP_NAME}: features must have rank 4 [N, H, W, C] with static C, "
+        f"got shape {features.shape}.")
+  if min(features.shape[1] or 1, features.shape[2] or 1) < 1:
     raise ValueError(
         f"{_OP_NAME}: H and W must be >= 1, got shape {features.shape}.")
   return features
 
 
 def _check_indices(indices, features: tf.Tensor, lam: int) -> tf.Tensor:
-  """int32 [K, 3] rows checked against the batch and the output grid."""
-  _, height, width, _ = features.shape.as_list()
-  return mask_representation.check_gather_indices(
-      indices, tf.shape(features)[0], -(-height // lam), -(-width // lam))
+  """int32 [K, 3] rows checked against the batch and the output grid (of
+  the run-time size where H or W is not static)."""
+  return mask_representation.check_gather_indices(indices, features, lam)
 
 
 def _check_kernel(kernel, bias, channels: int) -> tuple[tf.Tensor, tf.Tensor,
@@ -80,7 +80,8 @@ def project_swap_align2nat_gather(features, kernel, bias, indices, lam: int,
 
   Args:
     features: [N, H, W, C] features (the bipyramid's fused P2-grid feature of
-      one level).
+      one level); C must be static, N, H and W may be known only at run
+      time.
     kernel: [C, S*S] conv1x1 kernel to the aligned channels `c*S + d`, or the
       Keras Conv2D kernel [1, 1, C, S*S].
     bias: [S*S] bias of the projection, or None for none.

@@ -17,7 +17,9 @@ upsampling the window by an integer factor `lam`:
 - `align2nat(x)` = `up_align2nat(x, 1)`; `nat2align(x)` is its inverse shift.
 
 These are standard TF ops (gather, transpose, multiply-add), differentiable
-and XLA-compilable; H, W and the channel count must be static.
+and XLA-compilable. The channel count must be static, and so must H and W
+except for `swap_align2nat_gather`, which takes sizes known only at run time
+(a graph traced for any image size).
 `swap_align2nat` and `swap_align2nat_gather` also have a compiled custom-op
 backend with the same numbers, chosen by their `backend` argument
 (`backend.py`).
@@ -53,17 +55,29 @@ def _window_offsets(lam: int, window: int) -> np.ndarray:
   return np.arange(lam * window, dtype=np.float64)
 
 
-def _align2nat_taps(size: int, window: int, lam: int, stride: int,
-                    interpolation: str = "bilinear") -> window_taps.AxisTaps:
-  """Taps of `oy = stride*y + v - T/2 + 0.5`, `ov = (v + 0.5)/lam - 0.5`."""
+def _align2nat_coords(window: int, lam: int, interpolation: str = "bilinear"
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """[T] `oy - stride*y = v - T/2 + 0.5` and [T] `ov = (v + 0.5)/lam - 0.5`.
+
+  The spatial coordinate of output position y is `stride*y` plus the first;
+  every value is a multiple of 1/2, so the sum is exact.
+  """
   t = lam * window
   v = _window_offsets(lam, window)
-  positions = np.arange(-(-size // stride), dtype=np.float64)
-  spatial = stride * positions[:, None] + v[None, :] - t / 2.0 + 0.5
+  offset = v - t / 2.0 + 0.5
   if interpolation == "nearest":
     window_coord = np.floor(v / lam)
   else:
     window_coord = (v + 0.5) / lam - 0.5
+  return offset, window_coord
+
+
+def _align2nat_taps(size: int, window: int, lam: int, stride: int,
+                    interpolation: str = "bilinear") -> window_taps.AxisTaps:
+  """Taps of `oy = stride*y + v - T/2 + 0.5`, `ov` as `_align2nat_coords`."""
+  offset, window_coord = _align2nat_coords(window, lam, interpolation)
+  positions = np.arange(-(-size // stride), dtype=np.float64)
+  spatial = stride * positions[:, None] + offset[None, :]
   return window_taps.axis_taps(spatial, window_coord, size, window)
 
 
@@ -103,8 +117,13 @@ def compute_dtype(dtype: tf.DType) -> tf.DType:
   return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
 
 
-def _check_input(x, op_name: str) -> tuple[tf.Tensor, int]:
-  """Validates x and casts it to the compute dtype; returns (x, S)."""
+def _check_input(x, op_name: str,
+                 static_size: bool = True) -> tuple[tf.Tensor, int]:
+  """Validates x and casts it to the compute dtype; returns (x, S).
+
+  H and W must be static unless `static_size` is False (the channel count
+  always must be: it gives S).
+  """
   x = tf.convert_to_tensor(x)
   if x.dtype not in FLOAT_DTYPES:
     raise ValueError(
@@ -114,11 +133,11 @@ def _check_input(x, op_name: str) -> tuple[tf.Tensor, int]:
     raise ValueError(
         f"{op_name}: x must have rank 4 [N, H, W, S*S], got shape {x.shape}.")
   _, height, width, channels = x.shape.as_list()
-  if height is None or width is None or channels is None:
+  if channels is None or (static_size and None in (height, width)):
+    what = "H, W and the channel count" if static_size else "the channel count"
     raise ValueError(
-        f"{op_name}: H, W and the channel count of x must be static, got "
-        f"shape {x.shape}.")
-  if height < 1 or width < 1:
+        f"{op_name}: {what} of x must be static, got shape {x.shape}.")
+  if min(height or 1, width or 1) < 1:
     raise ValueError(f"{op_name}: H and W must be >= 1, got shape {x.shape}.")
   window = math.isqrt(channels)
   if window < 1 or window * window != channels:
@@ -128,9 +147,18 @@ def _check_input(x, op_name: str) -> tuple[tf.Tensor, int]:
   return tf.cast(x, compute_dtype(x.dtype)), window
 
 
-def check_gather_indices(indices, batch: tf.Tensor, out_height: int,
-                          out_width: int) -> tf.Tensor:
-  """Validates `[K, 3]` rows `(n, y, x)` against the batch and output grid."""
+def spatial_size(x: tf.Tensor) -> tuple[int | tf.Tensor, int | tf.Tensor]:
+  """(H, W) of an [N, H, W, C] tensor: ints where static, else scalar int32
+  tensors."""
+  dynamic = tf.shape(x)
+  return tuple(x.shape[i] if x.shape[i] is not None else dynamic[i]
+               for i in (1, 2))
+
+
+def check_gather_indices(indices, x: tf.Tensor, lam: int) -> tf.Tensor:
+  """Validates `[K, 3]` rows `(n, y, x)` against the batch of the
+  [N, H, W, C] tensor x and its output grid `[ceil(H/lam), ceil(W/lam)]`
+  (run-time sizes where they are not static); returns them as int32."""
   indices = tf.convert_to_tensor(indices)
   if indices.dtype not in (tf.int32, tf.int64):
     raise ValueError(
@@ -140,22 +168,26 @@ def check_gather_indices(indices, batch: tf.Tensor, out_height: int,
     raise ValueError(
         "swap_align2nat_gather: indices must have shape [K, 3] with rows "
         f"(n, y, x), got shape {indices.shape}.")
+  out_height, out_width = (-(-size // lam) for size in spatial_size(x))
+  # The grid's extent in the message where it is static (the assert shows
+  # the compared values either way).
+  extent = lambda size: f" {size}" if isinstance(size, int) else ""
   # Checked in their own dtype: int64 rows past int32 would wrap when cast.
-  n, y, x = tf.unstack(indices, axis=1)
+  n, y, x_pos = tf.unstack(indices, axis=1)
   checks = [
       tf.debugging.assert_non_negative(
           indices, message="swap_align2nat_gather: negative index in indices"),
       tf.debugging.assert_less(
-          n, tf.cast(batch, indices.dtype),
+          n, tf.cast(tf.shape(x)[0], indices.dtype),
           message="swap_align2nat_gather: batch index n outside the batch"),
       tf.debugging.assert_less(
           y, tf.cast(out_height, indices.dtype),
           message=("swap_align2nat_gather: row y outside the output grid of "
-                   f"height {out_height}")),
+                   f"height{extent(out_height)}")),
       tf.debugging.assert_less(
-          x, tf.cast(out_width, indices.dtype),
+          x_pos, tf.cast(out_width, indices.dtype),
           message=("swap_align2nat_gather: column x outside the output grid "
-                   f"of width {out_width}")),
+                   f"of width{extent(out_width)}")),
   ]
   with tf.control_dependencies(checks):
     # identity: a cast to the same dtype makes no op to carry the checks.
@@ -355,6 +387,46 @@ def nat2align(x, pad: float = DEFAULT_PAD,
     return _dense_op("nat2align", x, pad, _nat2align_taps)
 
 
+def _gathered_axis_taps(taps: window_taps.StridedAxisTaps, positions,
+                        stride: int, size, dtype: tf.DType,
+                        index_dtype: tf.DType):
+  """The taps of one axis at K run-time output positions.
+
+  Args:
+    taps: the axis' position-free tables (`window_taps.strided_axis_taps`),
+      Kt tap slots.
+    positions: [K] int32 output positions (y or x).
+    stride: output window spacing in input cells (lam).
+    size: the input's extent along the axis (H or W): int or scalar tensor.
+    dtype: the compute dtype.
+    index_dtype: int32 or int64, the dtype of the flat input offsets.
+
+  Returns:
+    spatial: [K, T, Kt] index_dtype spatial input index of each tap,
+      clamped into the input (its weight is zero when clamped).
+    window: [T, Kt] index_dtype window input index of each tap.
+    weight: [K, T, Kt] dtype interpolation weight, zero outside the input.
+    outside: [K, T] dtype summed weight of the taps outside the input.
+  """
+  size = tf.cast(size, index_dtype)
+  base = tf.cast(positions, index_dtype)[:, None] * stride  # [K, 1]
+  inside = lambda index: (index >= 0) & (index < size)
+  spatial = base[:, :, None] + tf.constant(taps.spatial, index_dtype)
+  weight = tf.where(inside(spatial), tf.constant(taps.weight, dtype),
+                    tf.zeros([], dtype))
+  # The outside sum depends on the position only through which of the low
+  # and high spatial taps are inside: a lookup in its [T, 2, 2] table.
+  low_inside = inside(base + tf.constant(taps.low, index_dtype))  # [K, T]
+  high_inside = inside(base + tf.constant(taps.high, index_dtype))
+  t = taps.low.shape[0]
+  outside = tf.gather(
+      tf.constant(taps.outside.reshape(-1), dtype),
+      tf.constant(np.arange(t, dtype=np.int32) * 4) +
+      tf.cast(low_inside, tf.int32) * 2 + tf.cast(high_inside, tf.int32))
+  spatial = tf.minimum(tf.maximum(spatial, 0), size - 1)
+  return spatial, tf.constant(taps.window, index_dtype), weight, outside
+
+
 def swap_align2nat_gather(x, indices, lam: int, pad: float = DEFAULT_PAD,
                           backend: str = "auto",
                           name: str | None = None) -> tf.Tensor:
@@ -362,6 +434,8 @@ def swap_align2nat_gather(x, indices, lam: int, pad: float = DEFAULT_PAD,
 
   Costs O(K * (lam*S)**2) time and memory and never builds the dense output:
   each output pixel reads its taps straight from x through flat indices.
+  H, W and the batch may be known only at run time (a graph traced for any
+  image size); the channel count must be static.
 
   Args:
     x: [N, H, W, S*S] aligned mask tensor, as for `swap_align2nat`.
@@ -384,44 +458,50 @@ def swap_align2nat_gather(x, indices, lam: int, pad: float = DEFAULT_PAD,
   pad = check_pad(pad, op_name)
   with tf.name_scope(name or op_name):
     out_dtype = tf.convert_to_tensor(x).dtype
-    x, window = _check_input(x, op_name)
+    x, window = _check_input(x, op_name, static_size=False)
     dtype = x.dtype
-    batch_static, height, width, _ = x.shape.as_list()
-    indices = check_gather_indices(indices, tf.shape(x)[0],
-                                    -(-height // lam), -(-width // lam))
+    indices = check_gather_indices(indices, x, lam)
     if backend_lib.resolve(backend) == "custom":
       return tf.cast(custom_op_library.load().swap_align2_nat_gather(
           x, indices, lam=lam, pad=pad), out_dtype)
 
-    rows = _align2nat_taps(height, window, lam, stride=lam)
-    cols = _align2nat_taps(width, window, lam, stride=lam)
+    # The tables that do not depend on the position or the input's size are
+    # static (both axes have the same); the rest is computed for the K
+    # windows, so one graph serves every H and W, and static shapes use it
+    # too (as fast as static [P, T, K] tables: one rule, one graph). Slots
+    # that the static tables of a small input would drop (outside it at
+    # every position) stay with weight zero and add x * 0: the sums are the
+    # same, up to the sign of a sum that is zero (pad 0, every tap outside).
+    taps = window_taps.strided_axis_taps(*_align2nat_coords(window, lam),
+                                         window)
+    height, width = spatial_size(x)
     # Flat offset of x[n, a, b, c, d] = n*H*W*S*S + (a*W*S*S + c*S) +
-    # (b*S*S + d): a row part and a column part, each a static table.
-    image_size = height * width * window * window
-    small = batch_static is not None and batch_static * image_size < 2**31
+    # (b*S*S + d): int32 where the whole input is known to fit, else int64
+    # (a run-time size; about 3% slower forward, 30% backward on a CPU).
+    static = [x.shape[0], height, width]
+    small = (all(isinstance(v, int) for v in static) and
+             math.prod(static) * window * window < 2**31)
     index_dtype = tf.int32 if small else tf.int64
-    row_offset = rows.spatial * (width * window * window) + rows.window * window
-    col_offset = cols.spatial * (window * window) + cols.window
     n, y, x_pos = tf.unstack(indices, axis=1)
-    row_offset = tf.gather(tf.constant(row_offset, index_dtype), y)  # [K,T,Kr]
-    col_offset = tf.gather(tf.constant(col_offset, index_dtype), x_pos)
-    row_weight = tf.gather(tf.constant(rows.weight, dtype), y)  # [K, T, Kr]
-    col_weight = tf.gather(tf.constant(cols.weight, dtype), x_pos)
-    base = tf.cast(n, index_dtype) * image_size
+    row_spatial, row_window, row_weight, row_outside = _gathered_axis_taps(
+        taps, y, lam, height, dtype, index_dtype)  # [K, T, Kt] ...
+    col_spatial, col_window, col_weight, col_outside = _gathered_axis_taps(
+        taps, x_pos, lam, width, dtype, index_dtype)
+    row_size = tf.cast(width, index_dtype) * (window * window)  # W*S*S
+    row_offset = row_spatial * row_size + row_window * window
+    col_offset = col_spatial * (window * window) + col_window
+    base = tf.cast(n, index_dtype) * (tf.cast(height, index_dtype) * row_size)
 
     flat = tf.reshape(x, [-1])
     out = None
-    for i in range(rows.num_taps):
+    for i in range(taps.num_taps):
       row = (base[:, None] + row_offset[..., i])[:, :, None]  # [K, T, 1]
       row_w = row_weight[:, :, None, i]
-      for j in range(cols.num_taps):
+      for j in range(taps.num_taps):
         term = (tf.gather(flat, row + col_offset[:, None, :, j]) *
                 (row_w * col_weight[:, None, :, j]))  # [K, T, T]
         out = term if out is None else out + term
 
     if pad != 0.0:
-      out += _pad_term(
-          pad,
-          tf.gather(tf.constant(rows.outside, dtype), y)[:, :, None],
-          tf.gather(tf.constant(cols.outside, dtype), x_pos)[:, None, :])
+      out += _pad_term(pad, row_outside[:, :, None], col_outside[:, None, :])
     return tf.cast(out, out_dtype)
