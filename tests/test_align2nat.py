@@ -287,18 +287,39 @@ def test_gradients_of_both_backends_agree_on_every_case(case):
 # ---------------------------------------------------------------------------
 # dtypes and XLA.
 # ---------------------------------------------------------------------------
+# Mantissa bits: one unit in the last place of x is at most |x| * 2**-bits.
+_MANTISSA_BITS = {tf.float16: 10, tf.bfloat16: 7}
+
+
+def _assert_rounded_once(out, expected: np.ndarray, dtype):
+  """out equals float64 `expected` rounded once to dtype, to one unit in
+  the last place, and exactly for 99% of the values: what a float32
+  computation cast at the end gives. Accumulating the 16 taps in half
+  precision is off by several units in most values (checked by computing
+  in float16, or bfloat16, throughout: 36% of the values off, by up to
+  200 units near cancellations)."""
+  out = tf.cast(out, tf.float64).numpy()
+  rounded = tf.cast(tf.cast(expected, dtype), tf.float64).numpy()
+  unit = np.maximum(np.abs(rounded), 1e-3) * 2.0**-_MANTISSA_BITS[dtype]
+  assert np.all(np.abs(out - rounded) <= unit), np.abs(out - rounded).max()
+  assert np.mean(out != rounded) <= 0.01, np.mean(out != rounded)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype,atol", [(tf.float16, 2e-2), (tf.bfloat16, 1e-1)])
-def test_half_precision_is_computed_in_float32(dtype, atol, backend):
-  x = tf.cast(_random((1, 6, 6, 9)), dtype)
-  expected = reference.swap_align2nat(tf.cast(x, tf.float64).numpy(), 2)
-  out = ops.swap_align2nat(x, 2, backend=backend)
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_half_precision_is_computed_in_float32(dtype, backend):
+  # lam = 4: fractional window coordinates, up to 16 taps per value; the
+  # values span [-300, 300] so that sums cancel.
+  x = tf.cast(100.0 * _random((1, 12, 12, 9)), dtype)
+  expected = reference.swap_align2nat(tf.cast(x, tf.float64).numpy(), 4)
+  out = ops.swap_align2nat(x, 4, backend=backend)
   assert out.dtype == dtype
-  np.testing.assert_allclose(tf.cast(out, tf.float64), expected, atol=atol)
-  gathered = ops.swap_align2nat_gather(x, [[0, 1, 2]], 2, backend=backend)
+  _assert_rounded_once(out, expected, dtype)
+  gathered = ops.swap_align2nat_gather(x, [[0, 1, 2], [0, 2, 0]], 4,
+                                       backend=backend)
   assert gathered.dtype == dtype
-  np.testing.assert_allclose(tf.cast(gathered, tf.float64),
-                             expected[0, 1, 2].reshape(1, 6, 6), atol=atol)
+  _assert_rounded_once(gathered, expected[0, [1, 2], [2, 0]].reshape(
+      2, 12, 12), dtype)
 
 
 XLA_OPS = {  # Custom ops cannot be XLA-compiled: XLA code asks for "tf".
