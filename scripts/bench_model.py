@@ -4,9 +4,12 @@
         [--sections train,model_garden,coco_epoch,train_profile,inference,
                     memory,profile,input]
         [--train_runs 3] [--branch_runs 3] [--variants gathered,dense_held]
-        [--batch 1]
+        [--batch 1] [--backbone model_garden|release]
 
-All in one run on this machine, random-initialised weights, R50-FPN, batch 1,
+All in one run on this machine, random-initialised weights, R50-FPN (for
+TensorMask Model Garden's ResNet-50 and FPN, the model config's default, or
+with --backbone release the release's msra_resnet and detectron2_fpn, as the
+COCO experiments build it), batch 1,
 an input of --size x --size (800 means 896x1408: an 800x1333 image padded
 to the P7 stride, as the COCO pipeline does), median of
 --repeats timed calls after one warm-up call; --precision bfloat16 (or
@@ -62,7 +65,7 @@ the measured calls.
    previous stage's outputs with a fixed random output gradient, and the
    whole step beside their sum.
 2. inference: latency of this project's TensorMask (custom-op backend;
-   the same with direct convolutions instead of the head's Winograd ones,
+   the same with direct convolutions instead of the Winograd ones,
    "_direct"; pure-TF backend, as exported) vs Model Garden's
    RetinaNet and Mask R-CNN (R50-FPN, from Model Garden's own experiment
    configs), all keeping 100 detections (score threshold 0); network and
@@ -119,10 +122,17 @@ def _peak_mb() -> float:
 # ---------------------------------------------------------------------------
 # Children: each prints one JSON line.
 # ---------------------------------------------------------------------------
-def _tensormask_config(size: int, max_detections: int = 100):
+def _tensormask_config(size: int, max_detections: int = 100,
+                       backbone: str = "model_garden"):
+  """TensorMask's model config; `backbone` "model_garden" (the config's
+  default: Model Garden's ResNet-50 and FPN) or "release" (the release's
+  msra_resnet and detectron2_fpn, as the COCO experiments)."""
   from tensormask_tf.configs import tensormask_config  # pylint: disable=g-import-not-at-top
   config = tensormask_config.TensorMaskModel(
       num_classes=80, input_size=_input_size(size) + [3])
+  if backbone == "release":
+    config.backbone = tensormask_config.Backbone(type="msra_resnet")
+    config.decoder = tensormask_config.Decoder(type="detectron2_fpn")
   config.detection_generator.override({"score_threshold": 0.0,
                                        "max_detections": max_detections})
   return config
@@ -216,7 +226,8 @@ def _natural_masks_mb(model, spec, config, labels, mask_branch) -> float:
 
 
 def child_train(size: int, mask_branch: str, repeats: int,
-                branch_only: bool = False) -> dict:
+                branch_only: bool = False,
+                backbone: str = "model_garden") -> dict:
   """One SGD step; mask_branch: gathered, dense, dense_held, or features (the
   mask features are computed and back-propagated, no masks)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -226,7 +237,7 @@ def child_train(size: int, mask_branch: str, repeats: int,
   from tensormask_tf.ops import window_labeler  # pylint: disable=g-import-not-at-top
   from tensormask_tf.configs import tensormask_config  # pylint: disable=g-import-not-at-top
   from tensormask_tf.tasks import tensormask as tensormask_task  # pylint: disable=g-import-not-at-top
-  config = _tensormask_config(size)
+  config = _tensormask_config(size, backbone=backbone)
   # The compiled op, as training on CPU uses by default; "auto" would fall
   # back to pure TF (one warning) on a stale library and measure that.
   config.ops_backend = "custom"
@@ -628,7 +639,8 @@ def _profile_flops(concrete_function, freeze: bool = True) -> float:
 
 
 def child_inference(size: int, model_name: str, repeats: int,
-                    max_detections: int = 100) -> dict:
+                    max_detections: int = 100,
+                    backbone: str = "model_garden") -> dict:
   """Latency (network, post-processing), FLOPs and peak memory."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
@@ -637,9 +649,12 @@ def child_inference(size: int, model_name: str, repeats: int,
   images = tf.random.normal([1, height, width, 3], seed=1)
   if model_name.startswith("tensormask"):
     from tensormask_tf.modeling import factory  # pylint: disable=g-import-not-at-top
-    config = _tensormask_config(size, max_detections)
+    config = _tensormask_config(size, max_detections, backbone)
     config.ops_backend = "tf" if model_name == "tensormask_tf" else "custom"
-    config.head.winograd_at_inference = not model_name.endswith("_direct")
+    winograd = not model_name.endswith("_direct")
+    config.head.winograd_at_inference = winograd
+    config.backbone.msra_resnet.winograd_at_inference = winograd
+    config.decoder.detectron2_fpn.winograd_at_inference = winograd
     model = factory.build_tensormask_model(
         tf_keras.layers.InputSpec(shape=[1, height, width, 3]), config)
     network = tf.function(lambda x: model(x, training=False))
@@ -696,7 +711,8 @@ def child_inference(size: int, model_name: str, repeats: int,
   return result
 
 
-def child_profile(size: int, repeats: int) -> dict:
+def child_profile(size: int, repeats: int,
+                  backbone: str = "model_garden") -> dict:
   """Seconds and FLOPs of each stage of TensorMask inference."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
@@ -704,7 +720,7 @@ def child_profile(size: int, repeats: int) -> dict:
   tf_keras.utils.set_random_seed(0)
   height, width = _input_size(size)
   images = tf.random.normal([1, height, width, 3], seed=1)
-  config = _tensormask_config(size)
+  config = _tensormask_config(size, backbone=backbone)
   config.ops_backend = "custom"
   model = factory.build_tensormask_model(
       tf_keras.layers.InputSpec(shape=[1, height, width, 3]), config)
@@ -772,16 +788,19 @@ def _child(args) -> dict:
     import tf_keras  # pylint: disable=g-import-not-at-top
     tf_keras.mixed_precision.set_global_policy(f"mixed_{args.precision}")
   if kind.startswith("train:"):
-    return child_train(size, kind.split(":")[1], repeats)
+    return child_train(size, kind.split(":")[1], repeats,
+                       backbone=args.backbone)
   if kind.startswith("mask_branch:"):
-    return child_train(size, kind.split(":")[1], repeats, branch_only=True)
+    return child_train(size, kind.split(":")[1], repeats, branch_only=True,
+                       backbone=args.backbone)
   if kind.startswith("inference:"):
     _, name, detections = kind.split(":")
-    return child_inference(size, name, repeats, int(detections))
+    return child_inference(size, name, repeats, int(detections),
+                           args.backbone)
   if kind == "input":
     return child_input(size, repeats)
   if kind == "profile":
-    return child_profile(size, repeats)
+    return child_profile(size, repeats, args.backbone)
   if kind.startswith("train_profile:"):
     height, width = (int(v) for v in kind.split(":")[1].split("x"))
     return child_train_profile(height, width, repeats, args.precision)
@@ -799,7 +818,7 @@ def _child(args) -> dict:
 def _run_child(kind: str, args) -> dict:
   command = [sys.executable, __file__, f"--child={kind}", f"--size={args.size}",
              f"--repeats={args.repeats}", f"--precision={args.precision}",
-             f"--batch={args.batch}"]
+             f"--batch={args.batch}", f"--backbone={args.backbone}"]
   result = subprocess.run(command, capture_output=True, text=True,
                           check=False, cwd=REPO,
                           env={**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"})
@@ -1003,6 +1022,13 @@ def main():
                       "(default: the benchmark input, 896x1408 at --size "
                       "800); the square is its long side squared, the "
                       "portrait bucket its transpose")
+  parser.add_argument("--backbone", default="model_garden",
+                      choices=("model_garden", "release"),
+                      help="TensorMask's backbone and FPN in the train, "
+                      "inference, memory and profile sections: Model "
+                      "Garden's ResNet-50 and FPN (the model config's "
+                      "default) or the release's msra_resnet and "
+                      "detectron2_fpn (the COCO experiments')")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -1018,7 +1044,8 @@ def main():
   variants = tuple(v for v in TRAIN_VARIANTS if v in asked)
   sections = args.sections.split(",")
   height, width = _input_size(args.size)
-  print(f"# bench_model: R50-FPN, batch 1 (the COCO experiments' steps: "
+  print(f"# bench_model: R50-FPN ({args.backbone} backbone and FPN), "
+        f"batch 1 (the COCO experiments' steps: "
         f"{args.batch}), input {height}x{width}, {args.precision}, "
         f"{os.cpu_count()} CPUs, median of {args.repeats}")
   train = {}

@@ -151,6 +151,8 @@ def prepare_params(params: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
     # Winograd form built of gathers and matrix products.
     model.head.winograd_at_inference = False
     model.head.winograd_in_training = False
+    model.backbone.msra_resnet.winograd_at_inference = False
+    model.decoder.detectron2_fpn.winograd_at_inference = False
   if runtime.enable_xla or runtime.distribution_strategy == "tpu":
     if model.ops_backend == "custom":
       raise ConfigError("runtime.enable_xla and TPUs need "

@@ -119,6 +119,31 @@ def test_reads_a_conv2d_checkpoint_and_round_trips_its_config(tmp_path):
 def test_refuses_arguments_it_fixes():
   with pytest.raises(ValueError, match="\\['strides'\\] cannot be set"):
     layers.Conv3x3(4, strides=2)
+  with pytest.raises(ValueError, match="padding must be one of"):
+    layers.Conv3x3(4, padding="causal")
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_valid_padding_on_a_padded_input(training):
+  # The release's backbone and FPN: ZeroPadding2D, then a "valid" conv; the
+  # rule judges the output's grid (40x32 here).
+  layer = _layer(padding="valid")
+  x = np.random.RandomState(1).normal(size=WIDE)
+  padded = tf.constant(np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))),
+                       tf.float32)
+  types = _op_types(lambda v: layer(v, training=training), padded)
+  assert ("GatherNd" in types) is not training
+  want = _reference(layer, x)
+  got = layer(padded, training=training)
+  assert got.shape == WIDE
+  if training:
+    np.testing.assert_array_equal(got, tf.nn.relu(tf.nn.conv2d(
+        padded, layer.kernel, 1, "VALID") + layer.bias))
+  np.testing.assert_allclose(got, want, rtol=0,
+                             atol=2e-5 * np.abs(want).max())
+  config = layer.get_config()
+  assert config["padding"] == "valid"
+  assert layers.Conv3x3.from_config(config).get_config() == config
 
 
 def test_winograd_inference_survives_a_savedmodel(tmp_path):

@@ -396,7 +396,10 @@ def test_sides_not_multiples_of_32_are_padded_as_the_release_pads(model_dir):
       {k: v.numpy() if k == "detection_mask_values" else v[0].numpy()
        for k, v in detections.items()}, info)
   assert 0 < len(found["scores"]) == len(expected["scores"])
-  np.testing.assert_allclose(found["scores"], expected["scores"], atol=1e-6)
+  # The predictor's resize (at scale 1) moves the inputs by ~7e-7; through
+  # the Winograd convolutions (each rounding to ~1e-5 of its largest
+  # output) the scores move by up to ~2e-6.
+  np.testing.assert_allclose(found["scores"], expected["scores"], atol=1e-5)
   np.testing.assert_allclose(found["boxes"], expected["boxes"], atol=1e-3)
   assert found["masks"].shape[1:] == (250, 370)
   assert (found["masks"].dense() == expected["masks"].dense()).mean() > 0.9999

@@ -187,11 +187,16 @@ def test_winograd_inference_only_on_cpu_runtimes(strategy, num_gpus,
   from official.core import exp_factory  # pylint: disable=g-import-not-at-top
   from tensormask_tf import train  # pylint: disable=g-import-not-at-top
   params = exp_factory.get_exp_config("tensormask_shapes")
-  assert params.task.model.head.winograd_at_inference
+  model = params.task.model
+  flags = lambda: (model.head.winograd_at_inference,  # noqa: E731
+                   model.backbone.msra_resnet.winograd_at_inference,
+                   model.decoder.detectron2_fpn.winograd_at_inference)
+  assert flags() == (True, True, True)
   params.runtime.distribution_strategy = strategy
   params.runtime.num_gpus = num_gpus
   params = train.prepare_params(params)
-  assert params.task.model.head.winograd_at_inference is winograd
+  model = params.task.model
+  assert flags() == (winograd,) * 3
 
 
 def test_a_runs_params_take_config_files_and_overrides(tmp_path):

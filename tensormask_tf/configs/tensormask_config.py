@@ -22,9 +22,16 @@ COCO_CATEGORY_IDS = tuple(
 class MsraResNet(hyperparams.Config):
   """The release's ResNet (modeling/backbones/msra_resnet.py): stride in the
   first 1x1 conv, explicit padding, frozen BN; `freeze_at` 2 leaves the stem
-  and res2 untrained (the release's FREEZE_AT)."""
+  and res2 untrained (the release's FREEZE_AT).
+
+  winograd_at_inference: run the bottlenecks' 3x3 convolutions as Winograd
+    F(4x4, 3x3) when not training, where it is faster on the CPU
+    (tensormask_tf/layers/conv3x3.py); `train.prepare_params` turns it off
+    for runtimes with GPUs or TPUs. Training runs them directly.
+  """
   model_id: int = 50
   freeze_at: int = 2
+  winograd_at_inference: bool = True
 
 
 @dataclasses.dataclass
@@ -37,9 +44,14 @@ class Backbone(backbones.Backbone):
 class Detectron2FPN(hyperparams.Config):
   """The release's FPN (modeling/decoders/detectron2_fpn.py): lateral and
   top-down features averaged ("avg") or summed ("sum"), no norm, P6 from C5,
-  P7 from relu(P6)."""
+  P7 from relu(P6).
+
+  winograd_at_inference: the output convolutions (3x3, stride 1) as
+    Winograd F(4x4, 3x3), as MsraResNet's.
+  """
   num_filters: int = 256
   fuse_type: str = "avg"
+  winograd_at_inference: bool = True
 
 
 @dataclasses.dataclass

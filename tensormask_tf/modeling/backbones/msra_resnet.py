@@ -10,6 +10,10 @@ weights were trained with in ways that change every number:
   statistics, `(x - mean) / sqrt(var + 1e-5) * gamma + beta`;
 - the stem and the first `freeze_at - 1` stages are not trained (the
   release's FREEZE_AT = 2: stem and res2).
+The bottlenecks' 3x3 convs (all stride 1 in this layout) are
+`layers.Conv3x3`, which with `winograd_at_inference` runs them as Winograd
+F(4x4, 3x3) when not training, where `ops.winograd_pays_off`; training runs
+them as tf.nn.conv2d, and the weights and checkpoints are Conv2D's.
 Layer names follow the release's parameter names (`res3_0_conv1`,
 `res3_0_conv1_norm`, `stem_conv1`, ...), which the checkpoint converter maps
 one to one. Registered as backbone type "msra_resnet".
@@ -20,6 +24,7 @@ import tf_keras
 
 from official.modeling import hyperparams
 from official.vision.modeling.backbones import factory
+from tensormask_tf import layers
 
 # Bottleneck blocks per stage res2..res5.
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -64,25 +69,38 @@ class _Builder:
   release's parameters."""
 
   def __init__(self, freeze_at: int,
-               l2_regularizer: tf_keras.regularizers.Regularizer | None):
+               l2_regularizer: tf_keras.regularizers.Regularizer | None,
+               winograd_at_inference: bool):
     self._freeze_at = freeze_at
     self._regularizer = l2_regularizer
+    self._winograd_at_inference = winograd_at_inference
 
   def conv_norm(self, x, filters: int, kernel_size: int, strides: int,
                 name: str, stage: int, relu: bool):
     """Explicitly padded conv (no bias) + frozen BN (+ ReLU); `stage` 1 is
-    the stem, 2..5 res2..res5, not trained when stage <= freeze_at."""
+    the stem, 2..5 res2..res5, not trained when stage <= freeze_at.
+
+    A stride-1 3x3 conv is a `layers.Conv3x3` ("valid" after the same
+    ZeroPadding2D: the model's layers, and so its checkpoints, unchanged).
+    """
     trainable = stage > self._freeze_at
     padding = (kernel_size - 1) // 2
     if padding:
       x = tf_keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
-    x = tf_keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="valid",
-        use_bias=False, trainable=trainable,
+    kwargs = dict(
+        padding="valid", use_bias=False, trainable=trainable,
         kernel_initializer=tf_keras.initializers.VarianceScaling(
             2.0, mode="fan_out", distribution="untruncated_normal"),
         kernel_regularizer=self._regularizer if trainable else None,
-        name=name)(x)
+        name=name)
+    if kernel_size == 3 and strides == 1:
+      conv = layers.Conv3x3(
+          filters, winograd_at_inference=self._winograd_at_inference,
+          **kwargs)
+    else:
+      conv = tf_keras.layers.Conv2D(filters, kernel_size, strides=strides,
+                                    **kwargs)
+    x = conv(x)
     x = FrozenBatchNorm(name=f"{name}_norm")(x)
     return tf_keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
@@ -106,8 +124,8 @@ class _Builder:
 
 def msra_resnet(input_specs: tf_keras.layers.InputSpec, model_id: int = 50,
                 freeze_at: int = 2,
-                l2_regularizer: tf_keras.regularizers.Regularizer | None = None
-                ) -> tf_keras.Model:
+                l2_regularizer: tf_keras.regularizers.Regularizer | None = None,
+                winograd_at_inference: bool = True) -> tf_keras.Model:
   """The release's ResNet-50/101 bottom-up network.
 
   Args:
@@ -118,6 +136,9 @@ def msra_resnet(input_specs: tf_keras.layers.InputSpec, model_id: int = 50,
     freeze_at: 0 trains everything, 1 freezes the stem, k >= 2 the stem and
       res2..res{k} (the release's FREEZE_AT).
     l2_regularizer: kernel regularizer of the trained convs.
+    winograd_at_inference: let the bottlenecks' 3x3 convs run as Winograd
+      F(4x4, 3x3) when not training, where it is faster on the CPU
+      (`layers.Conv3x3`; False on GPUs and TPUs).
 
   Returns:
     A Keras model {"2": C2 [N, H/4, W/4, 256], "3": C3 (512 channels),
@@ -130,7 +151,7 @@ def msra_resnet(input_specs: tf_keras.layers.InputSpec, model_id: int = 50,
   if not 0 <= freeze_at <= 5:
     raise ValueError(f"msra_resnet: freeze_at must be in 0..5, got "
                      f"{freeze_at}.")
-  builder = _Builder(freeze_at, l2_regularizer)
+  builder = _Builder(freeze_at, l2_regularizer, winograd_at_inference)
   # Any height and width (multiples of 32): the model runs at each image's
   # own padded size, as the release does (serving.predictor).
   inputs = tf_keras.Input(shape=[None, None, input_specs.shape[-1]],
@@ -166,4 +187,5 @@ def build_msra_resnet(input_specs: tf_keras.layers.InputSpec,
   config = backbone_config.get()
   return msra_resnet(input_specs, model_id=config.model_id,
                      freeze_at=config.freeze_at,
-                     l2_regularizer=l2_regularizer)
+                     l2_regularizer=l2_regularizer,
+                     winograd_at_inference=config.winograd_at_inference)

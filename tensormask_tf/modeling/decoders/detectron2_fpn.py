@@ -8,6 +8,10 @@ backbone's 2048 channels, not P5) and P7 one of relu(P6), each padded by
 one pixel on every side. Layer names follow the release's parameters
 (`fpn_lateral3`, `fpn_output3`, `top_block_p6`, ...). Registered as decoder
 type "detectron2_fpn".
+
+The output convs (3x3, stride 1) are `layers.Conv3x3`, which with
+`winograd_at_inference` run as Winograd F(4x4, 3x3) when not training,
+where `ops.winograd_pays_off`; the weights and checkpoints are Conv2D's.
 """
 
 import tensorflow as tf
@@ -16,6 +20,7 @@ import tf_keras
 from official.modeling import hyperparams
 from official.vision.modeling.decoders import factory
 from official.vision.ops import spatial_transform_ops
+from tensormask_tf import layers
 
 FUSE_TYPES = ("avg", "sum")
 
@@ -24,7 +29,8 @@ def detectron2_fpn(input_specs: dict[str, tf.TensorShape], min_level: int,
                    max_level: int, num_filters: int = 256,
                    fuse_type: str = "avg",
                    l2_regularizer: tf_keras.regularizers.Regularizer | None
-                   = None) -> tf_keras.Model:
+                   = None, winograd_at_inference: bool = True
+                   ) -> tf_keras.Model:
   """Builds the FPN on backbone features C{min_level}..C5.
 
   Args:
@@ -37,6 +43,9 @@ def detectron2_fpn(input_specs: dict[str, tf.TensorShape], min_level: int,
     num_filters: output channels of every level.
     fuse_type: "avg" or "sum" of the lateral and top-down features.
     l2_regularizer: kernel regularizer.
+    winograd_at_inference: let the output convs run as Winograd F(4x4, 3x3)
+      when not training, where it is faster on the CPU (`layers.Conv3x3`;
+      False on GPUs and TPUs).
 
   Returns:
     A Keras model {str(level): [N, H_k, W_k, num_filters]} for
@@ -62,7 +71,15 @@ def detectron2_fpn(input_specs: dict[str, tf.TensorShape], min_level: int,
         kernel_regularizer=l2_regularizer, name=name)
 
   def padded_conv3x3(x, strides, name):
+    # The same ZeroPadding2D either way: the model's layers, and so its
+    # checkpoints, do not depend on the conv's class.
     x = tf_keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+    if strides == 1:
+      return layers.Conv3x3(
+          num_filters, padding="valid",
+          winograd_at_inference=winograd_at_inference,
+          kernel_initializer=tf_keras.initializers.HeUniform(),
+          kernel_regularizer=l2_regularizer, name=name)(x)
     return conv(num_filters, 3, strides, name)(x)
 
   outputs = {}
@@ -112,4 +129,5 @@ def build_detectron2_fpn(input_specs: dict[str, tf.TensorShape],
                         model_config.max_level,
                         num_filters=config.num_filters,
                         fuse_type=config.fuse_type,
-                        l2_regularizer=l2_regularizer)
+                        l2_regularizer=l2_regularizer,
+                        winograd_at_inference=config.winograd_at_inference)
