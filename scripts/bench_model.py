@@ -70,7 +70,12 @@ the measured calls.
    RetinaNet and Mask R-CNN (R50-FPN, from Model Garden's own experiment
    configs), all keeping 100 detections (score threshold 0); network and
    post-processing timed separately where the model allows; FLOPs of the
-   whole inference function from the TF profiler.
+   whole inference function from the TF profiler. Then the pure-TF
+   function (with the Winograd convolutions, "tensormask_onnx", and
+   without, "_direct") converted to ONNX by tf2onnx and run by onnxruntime
+   with its default session options and with ONNXRUNTIME_TUNED; their
+   memory is the process' RSS growth from creating the session (weights
+   included), not TensorFlow's allocator peak.
 3. memory: TensorMask inference peak memory keeping 50, 100 and 200
    detections.
    profile: TensorMask inference stage by stage (backbone, FPN, the head's
@@ -97,6 +102,10 @@ from bench_ops import median_time  # noqa: E402  (scripts/ is on sys.path)
 REPO = os.path.join(os.path.dirname(__file__), "..")
 # The train section's mask branches, gathered (what the task runs) first.
 TRAIN_VARIANTS = ("gathered", "gathered_per_pair", "dense", "dense_held")
+# onnxruntime's session options of the "tuned" rows (issue 30): see
+# docs/benchmarks.md for what each was measured to do on this CPU.
+ONNXRUNTIME_TUNED = {"intra_op_num_threads": 2,
+                     "session.set_denormal_as_zero": "1"}
 # COCO train2017: about 75% of images are wider than tall (width >= height
 # goes to the landscape bucket).
 COCO_TRAIN2017_LANDSCAPE_FRACTION = 0.75
@@ -711,6 +720,79 @@ def child_inference(size: int, model_name: str, repeats: int,
   return result
 
 
+def _onnx_path(size: int, model_name: str) -> str:
+  """Where the onnx_export child writes a model for the onnxruntime
+  children of the same run (a per-run folder, removed at the end)."""
+  return os.path.join(os.environ["BENCH_ONNX_DIR"], f"{model_name}_{size}.onnx")
+
+
+def child_onnx_export(size: int, model_name: str, backbone: str) -> dict:
+  """Converts the pure-TF inference function of child_inference (the same
+  random weights) to ONNX with tf2onnx; the seconds it took."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  import tf2onnx  # pylint: disable=g-import-not-at-top
+  from tensormask_tf.modeling import factory  # pylint: disable=g-import-not-at-top
+  tf_keras.utils.set_random_seed(0)
+  height, width = _input_size(size)
+  config = _tensormask_config(size, 100, backbone)
+  config.ops_backend = "tf"
+  config.head.winograd_at_inference = not model_name.endswith("_direct")
+  model = factory.build_tensormask_model(
+      tf_keras.layers.InputSpec(shape=[1, height, width, 3]), config)
+  full = tf.function(lambda x: factory.postprocess(
+      model, model(x, training=False), (height, width), config),
+      input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32)])
+  start = time.perf_counter()
+  tf2onnx.convert.from_function(full, input_signature=full.input_signature,
+                                opset=17,
+                                output_path=_onnx_path(size, model_name))
+  return {"seconds": time.perf_counter() - start}
+
+
+def child_onnxruntime(size: int, model_name: str, settings: str,
+                      repeats: int) -> dict:
+  """Latency and memory of an onnx_export child's model in onnxruntime on
+  the same input as child_inference: peak RSS growth from before the
+  session was created (the process has TensorFlow imported, unused);
+  settings "default" (SessionOptions() as they come) or "tuned"
+  (ONNXRUNTIME_TUNED)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  options = onnxruntime.SessionOptions()
+  if settings == "tuned":
+    for key, value in ONNXRUNTIME_TUNED.items():
+      if key.startswith("session."):
+        options.add_session_config_entry(key, value)
+      else:
+        setattr(options, key, value)
+  base_mb = _rss_mb()
+  session = onnxruntime.InferenceSession(
+      _onnx_path(size, model_name), options,
+      providers=["CPUExecutionProvider"])
+  height, width = _input_size(size)
+  images = np.random.default_rng(1).normal(
+      size=(1, height, width, 3)).astype(np.float32)
+  feed = {session.get_inputs()[0].name: images}
+  names = [o.name for o in session.get_outputs()]
+  total = median_time(lambda: session.run(None, feed), repeats)
+  outputs = dict(zip(names, session.run(None, feed)))
+  return {"seconds": total,
+          "peak_rss_mb": resource.getrusage(
+              resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mb,
+          "detections": int(outputs["num_detections"][0])}
+
+
+def _rss_mb() -> float:
+  """The process' resident memory now, MB (Linux)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1]) / 1024
+  return 0.0
+
+
 def child_profile(size: int, repeats: int,
                   backbone: str = "model_garden") -> dict:
   """Seconds and FLOPs of each stage of TensorMask inference."""
@@ -793,6 +875,11 @@ def _child(args) -> dict:
   if kind.startswith("mask_branch:"):
     return child_train(size, kind.split(":")[1], repeats, branch_only=True,
                        backbone=args.backbone)
+  if kind.startswith("onnx_export:"):
+    return child_onnx_export(size, kind.split(":")[1], args.backbone)
+  if kind.startswith("onnxruntime:"):
+    _, name, settings = kind.split(":")
+    return child_onnxruntime(size, name, settings, repeats)
   if kind.startswith("inference:"):
     _, name, detections = kind.split(":")
     return child_inference(size, name, repeats, int(detections),
@@ -1127,19 +1214,33 @@ def main():
     models = ("tensormask_custom", "tensormask_custom_direct",
               "tensormask_tf", "maskrcnn", "retinanet")
     results = {m: _run_child(f"inference:{m}:100", args) for m in models}
+    # The pure-TF graph (with and without the Winograd convolutions)
+    # converted to ONNX, in onnxruntime with its default and tuned session
+    # options; the models live in a folder of this run.
+    with tempfile.TemporaryDirectory() as folder:
+      os.environ["BENCH_ONNX_DIR"] = folder
+      for name in ("tensormask_onnx", "tensormask_onnx_direct"):
+        exported = _run_child(f"onnx_export:{name}", args)
+        for settings in ("default", "tuned"):
+          results[f"{name} ({settings})"] = (
+              _run_child(f"onnxruntime:{name}:{settings}", args)
+              if exported else {})
     ref = results["maskrcnn"]
     print("\n## 2. Inference, 100 detections kept (score threshold 0)")
     print("| model | total s | network s | post-processing s | GFLOPs | "
           "time / Mask R-CNN | FLOPs / Mask R-CNN | peak MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for m in models:
-      r = results[m]
+    for m, r in results.items():
+      flops = r.get("flops") if r else None
+      # onnxruntime: the process' RSS growth from creating the session
+      # to the end (weights included), not TensorFlow's allocator peak.
+      peak = r.get("peak_mb", r.get("peak_rss_mb")) if r else None
       print(f"| {m} | {_fmt(r.get('seconds'))} | "
             f"{_fmt(r.get('network_seconds'))} | {_fmt(r.get('post_seconds'))} | "
-            f"{_fmt(r.get('flops', 0) / 1e9, digits=0) if r else '-'} | "
+            f"{_fmt(flops / 1e9, digits=0) if flops else '-'} | "
             f"{_fmt(r['seconds'] / ref['seconds']) if r and ref else '-'} | "
-            f"{_fmt(r['flops'] / ref['flops']) if r and ref else '-'} | "
-            f"{_fmt(r.get('peak_mb'), digits=0)} |")
+            f"{_fmt(flops / ref['flops']) if flops and ref else '-'} | "
+            f"{_fmt(peak, digits=0)}{' (RSS)' if r and 'peak_rss_mb' in r else ''} |")
   if "memory" in sections:
     print("\n## 3. TensorMask inference peak memory vs kept detections")
     print("| detections kept | total s | peak MB |")
