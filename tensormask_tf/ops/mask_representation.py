@@ -168,7 +168,9 @@ def check_gather_indices(indices, x: tf.Tensor, lam: int) -> tf.Tensor:
     raise ValueError(
         "swap_align2nat_gather: indices must have shape [K, 3] with rows "
         f"(n, y, x), got shape {indices.shape}.")
-  out_height, out_width = (-(-size // lam) for size in spatial_size(x))
+  # (Not -(-size // lam): ONNX's integer Div truncates, see windows.py.)
+  out_height, out_width = ((size + lam - 1) // lam
+                           for size in spatial_size(x))
   # The grid's extent in the message where it is static (the assert shows
   # the compared values either way).
   extent = lambda size: f" {size}" if isinstance(size, int) else ""

@@ -99,8 +99,12 @@ def feature_sizes(spec: WindowSpec, image_size: tuple[int, int]
   for an image padded to a multiple of the coarsest stride. (Ints, or
   scalar int tensors for sizes known only when the graph runs.)"""
   height, width = image_size
-  return {level: (-(-height // spec.stride(level)),
-                  -(-width // spec.stride(level))) for level in spec.levels}
+  # (n + s - 1) // s, not -(-n // s): tf2onnx converts an integer FloorDiv
+  # to ONNX's Div, which truncates, so a negated quotient rounds the wrong
+  # way in an exported graph.
+  return {level: ((height + spec.stride(level) - 1) // spec.stride(level),
+                  (width + spec.stride(level) - 1) // spec.stride(level))
+          for level in spec.levels}
 
 
 def window_boxes(spec: WindowSpec, image_size) -> dict[int, tf.Tensor]:

@@ -138,7 +138,8 @@ class TensorMaskExportModule(tf.Module):
       divisor = factory.size_divisibility(model_config)
       scaled = tf.reduce_max(
           tf.cast(tf.round(image_info[:, 1, :]), tf.int32), axis=0)
-      size = -(-scaled // divisor) * divisor
+      # (Not -(-scaled // divisor): ONNX's integer Div truncates.)
+      size = (scaled + divisor - 1) // divisor * divisor
       return images[:, :size[0], :size[1]]
     if not self._params.task.validation_data.parser.orientation_buckets:
       return images
