@@ -1,4 +1,5 @@
-"""Local stand-ins of TF Serving for the client tests (not tests).
+"""Local stand-ins of TF Serving for the client tests, and comparisons of
+two runtimes' detections (not tests).
 
 Both serve a SavedModel in-process on 127.0.0.1 with TF Serving's wire
 formats: REST `POST /v1/models/<name>:predict` with row-format JSON
@@ -95,13 +96,60 @@ def start_grpc_server(saved_model_path: str, model_name: str):
 SCORE_ABS, BOX_ABS, MASK_ABS = 1e-5, 1e-3, 1e-5
 
 
+def pasted_probabilities(raw: dict, i: int) -> np.ndarray:
+  """[H, W] float32: detection i's mask probability at each pixel of its
+  original image, as `detections_in_original_image` pastes it before the
+  0.5 threshold, from one image's raw outputs (`unbatch_detections` of a
+  `raw_detections` run, with its `image_info`)."""
+  image_info = np.asarray(raw["image_info"], np.float32)
+  height, width = (int(round(v)) for v in image_info[0])
+  sides = np.asarray(raw["detection_mask_sides"], np.int64)
+  start = int((sides[:i] ** 2).sum())
+  mask = np.asarray(raw["detection_mask_values"][start:start + sides[i] ** 2],
+                    np.float32).reshape(sides[i], sides[i])
+  window = detection_generator.to_original_pixels(
+      raw["detection_windows"][i:i + 1], image_info)[0]
+  crop, (top, left, h, w) = (
+      v.numpy() for v in detection_generator.paste_window_mask(
+          mask, window, tf.constant([height, width]), threshold=None))
+  full = np.zeros([height, width], np.float32)
+  full[top:top + h, left:left + w] = crop
+  return full
+
+
+def detections_and_raw(session, image: np.ndarray) -> tuple[dict, dict]:
+  """(`session(image)`'s detections, the raw outputs they were pasted
+  from) of an `OnnxPredictor` and one [H, W, 3] uint8 image."""
+  raw, = detection_generator.unbatch_detections(
+      session.run(np.ascontiguousarray(image[None], np.uint8)))
+  return detection_generator.detections_in_original_image(
+      raw, raw["image_info"]), raw
+
+
+def assert_flips_are_ties(got: np.ndarray, ref: np.ndarray,
+                          probabilities: np.ndarray | None, what: str):
+  """Two binary masks [H, W] equal, but where `probabilities` (one side's
+  pasted probabilities, `pasted_probabilities`) is within float32 noise of
+  the 0.5 threshold: the two runtimes' window masks agree to MASK_ABS and
+  pasting interpolates them, so only such a pixel may land on either
+  side."""
+  flipped = got != ref
+  if probabilities is None:
+    assert not flipped.any(), f"{what}: {flipped.sum()} pixels differ"
+    return
+  off = np.abs(probabilities[flipped] - 0.5)
+  assert (off <= 2 * MASK_ABS).all(), (
+      f"{what}: {flipped.sum()} pixels differ, probabilities up to "
+      f"{off.max():.2e} from 0.5")
+
+
 def assert_same_detections(found: dict, want: dict, what: str,
-                           flipped: float = 0.0):
+                           found_raw: dict | None = None):
   """The same detections (`detections_in_original_image`), class, score
   and box to float32 noise; detections whose scores tie to float32 noise
-  may come in either order. Masks pixel for pixel, or with at most a
-  `flipped` fraction of each mask's pixels different (a random model's
-  mask probabilities crowd around 0.5, where float32 noise decides)."""
+  may come in either order. Masks pixel for pixel, or, given `found_raw`
+  (the raw outputs `found` was pasted from), but for pixels whose
+  probability is 0.5 to float32 noise (`assert_flips_are_ties`)."""
   assert len(found["scores"]) == len(want["scores"]) > 0, what
   unmatched = list(range(len(found["scores"])))
   for j in range(len(want["scores"])):
@@ -113,8 +161,9 @@ def assert_same_detections(found: dict, want: dict, what: str,
     i = same[0]
     unmatched.remove(i)
     got, ref = found["masks"].mask(i), want["masks"].mask(j)
-    assert (got != ref).mean() <= flipped, (
-        f"{what}: mask {j}: {(got != ref).sum()} of {ref.size} pixels differ")
+    assert_flips_are_ties(
+        got, ref, None if found_raw is None or (got == ref).all()
+        else pasted_probabilities(found_raw, i), f"{what}: mask {j}")
 
 
 def assert_same_raw_detections(found: dict, want: dict):
