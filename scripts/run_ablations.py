@@ -1,13 +1,16 @@
-"""The paper's Table 2 (mask-representation ablations) on `shapes_large`.
+"""The paper's Tables 1 and 2 (mask-representation ablations) on
+`shapes_large`.
 
     python scripts/run_ablations.py --table all --repeats 2
 
-Trains and evaluates each row of the chosen sub-table(s) once per seed
-(0..repeats-1; runs already in --output_root are reused), then writes
-docs/ablations.md and docs/ablations.json from every finished run, and the
-natural-vs-aligned picture (the paper's Fig. 9) once both lam = 5 runs of
-seed 0 exist. Generates the dataset in --data_dir first if it is missing.
-About 5 minutes a run on a 2-core CPU.
+Trains and evaluates each row of the chosen table(s) once per seed
+(0..repeats-1; runs already in --output_root, or in the previous report
+docs/ablations.json, are reused), then writes docs/ablations.md and
+docs/ablations.json from every finished run, and the natural-vs-aligned
+picture (the paper's Fig. 9) once both lam = 5 runs of seed 0 exist in
+--output_root. Text after the FINDINGS_MARKER line of docs/ablations.md is
+kept. Generates the dataset in --data_dir first if it is missing. About 5
+minutes a run on a 2-core CPU.
 """
 
 import json
@@ -25,7 +28,8 @@ import tensormask_tf  # noqa: E402,F401  (log level before TF loads)
 from tensormask_tf import ablations  # noqa: E402
 
 _TABLE = flags.DEFINE_enum("table", "all", list(ablations.TABLES) + ["all"],
-                           "Which sub-table of Table 2 to run.")
+                           "Which table to run: 1, a sub-table of Table 2, "
+                           "or all.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Seeds per row (0..N-1).",
                                 lower_bound=1)
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/shapes_large",
@@ -36,6 +40,9 @@ _DOCS_DIR = flags.DEFINE_string("docs_dir", "docs",
                                 "Where ablations.md/.json and the picture go.")
 
 FIGURE = "ablations_natural_vs_aligned_lam5.png"
+# docs/ablations.md from this line on is written by hand (the findings) and
+# kept when the tables are rewritten.
+FINDINGS_MARKER = "<!-- Findings: written by hand, kept by run_ablations.py -->"
 FIGURE_IMAGE_IDS = (1, 2, 3, 4)
 NUM_TRAIN, NUM_VAL, SIZE = 1000, 200, 192
 
@@ -71,26 +78,36 @@ def main(_):
     print(f"[ablations] generating the shapes_large dataset in {data_dir}")
     _make_dataset(data_dir)
   start = time.time()
+  report_path = os.path.join(_DOCS_DIR.value, "ablations.json")
+  previous = ablations.read_report(report_path)
   ablations.run_table(_TABLE.value, _REPEATS.value, data_dir,
-                      _OUTPUT_ROOT.value)
+                      _OUTPUT_ROOT.value, previous=previous)
   results = ablations.collect(_OUTPUT_ROOT.value, _REPEATS.value,
-                              os.path.join(data_dir, "val.json"))
+                              os.path.join(data_dir, "val.json"), previous)
   os.makedirs(_DOCS_DIR.value, exist_ok=True)
   natural, aligned = (
       ablations.run_dir(_OUTPUT_ROOT.value, ablations.ROWS[
           f"tensormask_shapes_large_upscale_{r}_lam5"], 0)
       for r in ("natural", "aligned"))
-  figure = None
+  figure_path = os.path.join(_DOCS_DIR.value, FIGURE)
   if all(ablations.read_run(d) for d in (natural, aligned)):
     ablations.natural_vs_aligned_figure(
-        natural, aligned, data_dir, FIGURE_IMAGE_IDS,
-        os.path.join(_DOCS_DIR.value, FIGURE))
-    figure = FIGURE
+        natural, aligned, data_dir, FIGURE_IMAGE_IDS, figure_path)
+  figure = FIGURE if os.path.isfile(figure_path) else None
   command = (f"python scripts/run_ablations.py --table {_TABLE.value} "
              f"--repeats {_REPEATS.value}")
-  with open(os.path.join(_DOCS_DIR.value, "ablations.md"), "w") as f:
+  markdown_path = os.path.join(_DOCS_DIR.value, "ablations.md")
+  findings = ""
+  if os.path.isfile(markdown_path):
+    with open(markdown_path) as f:
+      old = f.read()
+    if FINDINGS_MARKER in old:
+      findings = old[old.index(FINDINGS_MARKER):]
+  with open(markdown_path, "w") as f:
     f.write(ablations.markdown(results, command, _machine(), figure))
-  with open(os.path.join(_DOCS_DIR.value, "ablations.json"), "w") as f:
+    if findings:
+      f.write("\n" + findings)
+  with open(report_path, "w") as f:
     json.dump(ablations.report_rows(results), f, indent=1)
   print(f"[ablations] done in {time.time() - start:.0f} s: "
         f"{_DOCS_DIR.value}/ablations.md, {_DOCS_DIR.value}/ablations.json")

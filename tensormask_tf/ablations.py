@@ -1,12 +1,13 @@
-"""The paper's Table 2 (its mask-representation ablations), measured on the
-synthetic `shapes_large` dataset: the rows, one seeded run per row and
-seed, and the report (docs/ablations.md, docs/ablations.json).
+"""The paper's Tables 1 and 2 (its mask-representation ablations),
+measured on the synthetic `shapes_large` dataset: the rows, one seeded run
+per row and seed, and the report (docs/ablations.md, docs/ablations.json).
 
 `scripts/run_ablations.py` is the command. Each run trains and evaluates a
-registered experiment of `configs.experiments.TABLE2_EXPERIMENTS` in a child
-process (a fresh TensorFlow, its log in `<run_dir>/train.log`) and leaves
-`<run_dir>/metrics.json`; a run that has one is not run again, so a table
-can be extended (more seeds, more tables) without repeating work.
+registered experiment of `configs.experiments.ABLATION_EXPERIMENTS` in a
+child process (a fresh TensorFlow, its log in `<run_dir>/train.log`) and
+leaves `<run_dir>/metrics.json`; a run that has one, or whose row and seed
+the previous report (docs/ablations.json) holds, is not run again, so a
+table can be extended (more seeds, more rows) without repeating work.
 """
 
 import dataclasses
@@ -21,8 +22,7 @@ from tensormask_tf import train
 from tensormask_tf.configs import experiments
 
 # Sub-tables and what they compare, with the paper's numbers (COCO val2017,
-# R50-FPN, 72 epochs; AP in percent). lam = 1.5 is left out: the upscale
-# heads need an integer lam that divides S = 15.
+# R50-FPN, 72 epochs; AP in percent).
 FEATURE_PYRAMID = "feature pyramid"
 
 
@@ -31,7 +31,7 @@ class Row:
   """One configuration: a registered experiment."""
   experiment: str
   head: str  # head_type
-  lam: int | None  # upscale_factor of the upscale heads
+  lam: int | float | None  # upscale_factor of the upscale heads
   interpolation: str | None  # of the upscale heads
   window_sides: tuple[int, ...]  # S of each window size, in mask pixels
 
@@ -40,7 +40,9 @@ class Row:
     if self.head == "bipyramid":
       sides = ", ".join(f"{s}x{s}" for s in self.window_sides)
       return f"tensor bipyramid ({sides})"
-    representation = self.head.split("_")[1]
+    kind, representation = self.head.split("_")
+    if kind == "simple":
+      return f"simple {representation}"
     return f"{representation}, {self.interpolation}, lam={self.lam}"
 
 
@@ -51,7 +53,7 @@ class Comparison:
   name: str
   baseline: str  # experiment, or FEATURE_PYRAMID: the best of them
   variant: str
-  paper_ap_delta: float
+  paper_ap_delta: float  # 0: the paper finds the two equal
   paper: str  # the paper's numbers, as text
 
 
@@ -61,14 +63,16 @@ def _row(experiment: str) -> Row:
   head = model.head
   upscale = head.head_type.startswith("upscale")
   stride = 2**model.min_level
+  lam = head.upscale_factor
   return Row(experiment, head.head_type,
-             head.upscale_factor if upscale else None,
+             (int(lam) if float(lam).is_integer() else lam) if upscale
+             else None,
              head.upscale_interpolation if upscale else None,
              tuple(sorted(side // stride
                           for side in model.windows.base_sides)))
 
 
-ROWS = {name: _row(name) for name in experiments.TABLE2_EXPERIMENTS}
+ROWS = {name: _row(name) for name in experiments.ABLATION_EXPERIMENTS}
 FEATURE_PYRAMID_ROWS = tuple(row for row in ROWS.values()
                              if row.head != "bipyramid")
 _PREFIX = "tensormask_shapes_large"
@@ -76,6 +80,13 @@ BIPYRAMID_15 = f"{_PREFIX}_bipyramid_15"
 BIPYRAMID_15_11 = _PREFIX
 
 COMPARISONS = (
+    Comparison("1", "aligned - natural, simple heads",
+               f"{_PREFIX}_simple_natural", f"{_PREFIX}_simple_aligned", 0.0,
+               "equal within 0.2 AP"),
+    Comparison("2a", "aligned - natural, lam=1.5",
+               f"{_PREFIX}_upscale_natural_lam1.5",
+               f"{_PREFIX}_upscale_aligned_lam1.5", 0.9,
+               "+0.9 AP (natural 28.8, aligned 29.7)"),
     Comparison("2a", "aligned - natural, lam=3",
                f"{_PREFIX}_upscale_natural_lam3",
                f"{_PREFIX}_upscale_aligned_lam3", 4.1, "+4.1 AP"),
@@ -83,6 +94,10 @@ COMPARISONS = (
                f"{_PREFIX}_upscale_natural_lam5",
                f"{_PREFIX}_upscale_aligned_lam5", 15.6,
                "+15.6 AP (natural 13.5, aligned 29.1)"),
+    Comparison("2b", "bilinear - nearest (aligned), lam=1.5",
+               f"{_PREFIX}_upscale_aligned_nearest_lam1.5",
+               f"{_PREFIX}_upscale_aligned_lam1.5", 0.3,
+               "+0.3 AP (nearest 29.4, bilinear 29.7)"),
     Comparison("2b", "bilinear - nearest (aligned), lam=3",
                f"{_PREFIX}_upscale_aligned_nearest_lam3",
                f"{_PREFIX}_upscale_aligned_lam3", 1.0, "+1.0 AP"),
@@ -95,10 +110,14 @@ COMPARISONS = (
                BIPYRAMID_15, BIPYRAMID_15_11, 1.6, "+1.6 AP"),
 )
 # The paper's AP of rows whose absolute numbers it states for this layout
-# (2a at lam = 5); its other rows are compared by their differences.
-PAPER_AP = {f"{_PREFIX}_upscale_natural_lam5": 13.5,
+# (2a and 2b at lam = 1.5 and 5); its other rows are compared by their
+# differences.
+PAPER_AP = {f"{_PREFIX}_upscale_natural_lam1.5": 28.8,
+            f"{_PREFIX}_upscale_aligned_lam1.5": 29.7,
+            f"{_PREFIX}_upscale_aligned_nearest_lam1.5": 29.4,
+            f"{_PREFIX}_upscale_natural_lam5": 13.5,
             f"{_PREFIX}_upscale_aligned_lam5": 29.1}
-TABLES = ("2a", "2b", "2c", "2d")
+TABLES = ("1", "2a", "2b", "2c", "2d")
 FIGURE_MIN_SCORE = 0.3
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 MASK_IOU = ("IoUs", "IoUm", "IoUl")  # matched_mask_iou's
@@ -191,12 +210,16 @@ def run(row: Row, seed: int, data_dir: str, output_root: str) -> dict:
 
 
 def run_table(table: str, repeats: int, data_dir: str, output_root: str,
-              report: Callable[[str], None] = print) -> None:
-  """Runs every (row, seed) of a sub-table not run yet, reporting progress
-  and an ETA (from this call's mean run time) after each."""
+              report: Callable[[str], None] = print,
+              previous: dict[str, dict[int, dict]] | None = None) -> None:
+  """Runs every (row, seed) of a sub-table not run yet (in output_root or
+  `previous`, `read_report`'s), reporting progress and an ETA (from this
+  call's mean run time) after each."""
+  previous = previous or {}
   jobs = [(row, seed) for row in table_rows(table) for seed in range(repeats)]
   todo = [(row, seed) for row, seed in jobs
-          if read_run(run_dir(output_root, row, seed)) is None]
+          if read_run(run_dir(output_root, row, seed)) is None
+          and seed not in previous.get(row.experiment, {})]
   report(f"[ablations] table {table}: {len(jobs)} runs, "
          f"{len(jobs) - len(todo)} already done, {len(todo)} to run")
   start = time.time()
@@ -251,28 +274,64 @@ def matched_mask_iou(annotation_file: str, detections_file: str
           ious.items()}
 
 
+def read_report(path: str | None) -> dict[str, dict[int, dict]]:
+  """The runs a previous report (docs/ablations.json) holds: {experiment:
+  {seed: {"per_seed": {metric: value}, "wall_s": seconds}}} (a row's time
+  shared equally by its seeds); {} without a report."""
+  if not path or not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    rows = json.load(f)
+  runs = {}
+  for row in rows:
+    seeds = row["seeds"]
+    runs[row["experiment"]] = {
+        seed: {"per_seed": {m: v[i] for m, v in row["per_seed"].items()},
+               "wall_s": row["wall_s"] / len(seeds)}
+        for i, seed in enumerate(seeds)}
+  return runs
+
+
+def _run_result(output_root: str, row: Row, run: dict,
+                annotation_file: str | None) -> dict:
+  """read_run's dict as read_report's: metrics in percent, rounded."""
+  per_seed = {m: round(100 * run["metrics"][f"mask_{m}"], 2)
+              for m in METRICS}
+  if annotation_file:
+    ious = matched_mask_iou(annotation_file, os.path.join(
+        run_dir(output_root, row, run["seed"]), "coco_detections.json"))
+    per_seed.update({m: round(ious[m], 2) for m in MASK_IOU})
+  return {"per_seed": per_seed, "wall_s": run["wall_s"]}
+
+
 def collect(output_root: str, repeats: int,
-            annotation_file: str | None = None) -> dict[str, dict]:
+            annotation_file: str | None = None,
+            previous: dict[str, dict[int, dict]] | None = None
+            ) -> dict[str, dict]:
   """{experiment: {metric: mean in percent, "seeds", "per_seed", "wall_s"}}
-  of the rows with at least one finished run among seeds 0..repeats-1;
-  with an annotation file, `matched_mask_iou`'s too (MASK_IOU)."""
+  of the rows with at least one finished run among seeds 0..repeats-1:
+  runs in output_root, else those of `previous` (`read_report`); with an
+  annotation file, `matched_mask_iou`'s too (MASK_IOU)."""
+  previous = previous or {}
   results = {}
   for row in ROWS.values():
-    runs = [r for r in (read_run(run_dir(output_root, row, seed))
-                        for seed in range(repeats)) if r is not None]
+    runs = {}
+    for seed in range(repeats):
+      run = read_run(run_dir(output_root, row, seed))
+      if run is not None:
+        runs[seed] = _run_result(output_root, row, run, annotation_file)
+      elif seed in previous.get(row.experiment, {}):
+        runs[seed] = previous[row.experiment][seed]
     if not runs:
       continue
-    per_seed = {m: [round(100 * r["metrics"][f"mask_{m}"], 2) for r in runs]
-                for m in METRICS}
-    if annotation_file:
-      ious = [matched_mask_iou(annotation_file, os.path.join(
-          run_dir(output_root, row, r["seed"]), "coco_detections.json"))
-              for r in runs]
-      per_seed.update({m: [round(i[m], 2) for i in ious] for m in MASK_IOU})
+    metrics = [m for m in METRICS + MASK_IOU
+               if all(m in r["per_seed"] for r in runs.values())]
+    per_seed = {m: [r["per_seed"][m] for r in runs.values()]
+                for m in metrics}
     results[row.experiment] = {
         **{m: round(sum(v) / len(v), 2) for m, v in per_seed.items()},
-        "seeds": [r["seed"] for r in runs], "per_seed": per_seed,
-        "wall_s": round(sum(r["wall_s"] for r in runs), 1)}
+        "seeds": list(runs), "per_seed": per_seed,
+        "wall_s": round(sum(r["wall_s"] for r in runs.values()), 1)}
   return results
 
 
@@ -314,9 +373,10 @@ def markdown(results: dict[str, dict], command: str, machine: str,
   runs = sum(len(r["seeds"]) for r in results.values())
   wall = sum(r["wall_s"] for r in results.values())
   lines = [
-      "# The paper's Table 2, measured",
+      "# The paper's Tables 1 and 2, measured",
       "",
-      "TensorMask's mask-representation ablations (the paper's Table 2), "
+      "TensorMask's mask-representation ablations (the paper's Tables 1 "
+      "and 2), "
       "trained and evaluated here on the synthetic `shapes_large` dataset "
       "(192-px images of rings, stars, crescents and wavy blobs, 24 px to "
       "95% of the image; 1000 training and 200 validation images) rather "
@@ -330,10 +390,11 @@ def markdown(results: dict[str, dict], command: str, machine: str,
       "",
       "Rows (registered experiments, `tensormask_tf/configs/experiments.py`"
       "): the feature-pyramid heads predict 15 x 15 masks (one window size, "
-      "60 px at P2) on each level's own grid, upscaled by lam from "
-      "(15/lam) x (15/lam); the tensor bipyramid predicts 15 * 2**k masks "
-      "at level k. The paper's lam = 1.5 rows are left out: the upscale "
-      "heads need an integer lam that divides 15.",
+      "60 px at P2) on each level's own grid: the simple heads (Table 1) "
+      "directly, the upscale heads from (15/lam) x (15/lam) upscaled by "
+      "lam (1.5: 10 x 10, 3: 5 x 5, 5: 3 x 3); the tensor bipyramid "
+      "predicts 15 * 2**k masks at level k. docs/model.md describes the "
+      "heads.",
       "",
       "Matched-mask IoU measures the masks apart from the detector: the "
       "mean mask IoU between each ground truth and its best detection "
@@ -343,7 +404,7 @@ def markdown(results: dict[str, dict], command: str, machine: str,
       "",
       "## Differences (the paper's claims)",
       "",
-      "| table | comparison | ours: delta AP | per seed | paper | same sign |",
+      "| table | comparison | ours: delta AP | per seed | paper | agrees |",
       "| --- | --- | --- | --- | --- | --- |",
   ]
   for c in COMPARISONS:
@@ -363,7 +424,7 @@ def markdown(results: dict[str, dict], command: str, machine: str,
     lines.append(
         f"| {c.table} | {c.name} | {delta:+.1f}{extra} | "
         f"{', '.join(f'{d:+.1f}' for d in per_seed)} | {c.paper} | "
-        f"{'yes' if delta * c.paper_ap_delta > 0 else 'NO'} |")
+        f"{_agrees(c, delta, per_seed)} |")
   for table in TABLES:
     lines += ["", f"## Table {table}", "",
               "| row | AP | AP50 | AP75 | AP_S | AP_M | AP_L | matched-mask "
@@ -389,6 +450,17 @@ def markdown(results: dict[str, dict], command: str, machine: str,
               "`upscale_natural`, right: `upscale_aligned` (seed 0 of each).",
               "", f"![natural vs aligned]({figure})"]
   return "\n".join(lines) + "\n"
+
+
+def _agrees(comparison: Comparison, delta: float,
+            per_seed: list[float]) -> str:
+  """Whether a difference agrees with the paper's: the same sign, or for
+  a pair the paper finds equal, a difference no larger than the seeds'
+  own spread (or 0.5 AP)."""
+  if comparison.paper_ap_delta:
+    return "yes" if delta * comparison.paper_ap_delta > 0 else "NO"
+  spread = max(per_seed) - min(per_seed) if per_seed else 0.0
+  return "yes" if abs(delta) <= max(spread, 0.5) else "NO"
 
 
 def _per_seed_deltas(results, baseline: str, variant: str,

@@ -43,7 +43,7 @@ def _interpolate(x, n, oy, ox, ov, ou, pad):
 
 def _grid(x, lam, out_h, out_w):
   """Broadcastable index arrays n, y, x, v, u of an [N, P, Q, T, T] output."""
-  t = lam * math.isqrt(x.shape[-1])
+  t = round(lam * math.isqrt(x.shape[-1]))  # lam may be 1.5 (S = 10: 15)
   n = np.arange(x.shape[0]).reshape(-1, 1, 1, 1, 1)
   y = np.arange(out_h, dtype=np.float64).reshape(1, -1, 1, 1, 1)
   xx = np.arange(out_w, dtype=np.float64).reshape(1, 1, -1, 1, 1)

@@ -1,4 +1,4 @@
-"""Table 2's ablations: the shapes_large data, every row's experiment through
+"""Tables 1 and 2's ablations: the shapes_large data, every row's experiment through
 the task, and the report of scripts/run_ablations.py."""
 
 import json
@@ -63,9 +63,13 @@ def test_every_row_is_its_registered_experiment():
     if row.lam:
       assert model.head.upscale_factor == row.lam
       assert model.head.upscale_interpolation == row.interpolation
-  assert set(ablations.ROWS) == set(experiments.TABLE2_EXPERIMENTS)
+  assert set(ablations.ROWS) == set(experiments.ABLATION_EXPERIMENTS)
   names = lambda table: [r.experiment for r in ablations.table_rows(table)]
+  assert names("1") == ["tensormask_shapes_large_simple_natural",
+                        "tensormask_shapes_large_simple_aligned"]
   assert names("2a") == [
+      "tensormask_shapes_large_upscale_natural_lam1.5",
+      "tensormask_shapes_large_upscale_aligned_lam1.5",
       "tensormask_shapes_large_upscale_natural_lam3",
       "tensormask_shapes_large_upscale_aligned_lam3",
       "tensormask_shapes_large_upscale_natural_lam5",
@@ -93,7 +97,7 @@ def shapes_large_records(tmp_path_factory):
   return str(root)
 
 
-@pytest.mark.parametrize("experiment", sorted(experiments.TABLE2_EXPERIMENTS))
+@pytest.mark.parametrize("experiment", sorted(experiments.ABLATION_EXPERIMENTS))
 def test_every_ablation_experiment_trains_and_evaluates(
     shapes_large_records, experiment):
   root = shapes_large_records

@@ -7,8 +7,8 @@
   dataset at 128 px, sized to train on a 2-core CPU in minutes (the
   quickstart).
 - `tensormask_shapes_large` and `tensormask_shapes_large_<head>`: the rows
-  of the paper's Table 2 (the mask representations' ablations) on the
-  `shapes_large` dataset at 192 px; `TABLE2_EXPERIMENTS` lists them and
+  of the paper's Tables 1 and 2 (the mask representations' ablations) on the
+  `shapes_large` dataset at 192 px; `ABLATION_EXPERIMENTS` lists them and
   `scripts/run_ablations.py` runs them (docs/ablations.md).
 
 Paths are relative to `COCO_DIR` / `SHAPES_DIR` / `SHAPES_LARGE_DIR`;
@@ -183,9 +183,9 @@ def tensormask_shapes() -> cfg.ExperimentConfig:
 
 def _shapes_large(head_type: str = "bipyramid",
                   base_sides: tuple[int, ...] = (44, 60),
-                  upscale_factor: int = 1,
+                  upscale_factor: float = 1,
                   interpolation: str = "bilinear") -> cfg.ExperimentConfig:
-  """One row of Table 2 on 192-px `shapes_large` images, P2..P4.
+  """One row of Table 1 or 2 on 192-px `shapes_large` images, P2..P4.
 
   Window sides 60 px at P2 (stride 4) are the paper's V x U = 15 x 15 (44
   px: 11 x 11); P4's 240-px windows hold the largest objects, so higher
@@ -225,21 +225,26 @@ def _shapes_large(head_type: str = "bipyramid",
   return params
 
 
-# Table 2's rows (docs/ablations.md): the feature-pyramid heads predict one
-# window size, 15 x 15, as in the paper's 2a-2c; lam 3 and 5 divide 15.
-TABLE2_EXPERIMENTS = {
+# Tables 1 and 2's rows (docs/ablations.md): the feature-pyramid heads
+# predict one window size, 15 x 15, as in the paper's Table 1 and 2a-2c:
+# the simple heads directly, the upscale heads from (15/lam) x (15/lam)
+# (lam 1.5: 10 x 10, 3: 5 x 5, 5: 3 x 3).
+ABLATION_EXPERIMENTS = {
     "tensormask_shapes_large": dict(),  # Bipyramid, 15 x 15 and 11 x 11.
     "tensormask_shapes_large_bipyramid_15": dict(base_sides=(60,)),
+    **{f"tensormask_shapes_large_simple_{representation}":
+       dict(head_type=f"simple_{representation}", base_sides=(60,))
+       for representation in ("natural", "aligned")},
     **{f"tensormask_shapes_large_upscale_{representation}{suffix}_lam{lam}":
        dict(head_type=f"upscale_{representation}", base_sides=(60,),
             upscale_factor=lam, interpolation=interpolation)
-       for lam in (3, 5)
+       for lam in (1.5, 3, 5)
        for representation, interpolation, suffix in (
            ("natural", "bilinear", ""), ("aligned", "bilinear", ""),
            ("aligned", "nearest", "_nearest"))},
 }
 
-for _name, _kwargs in TABLE2_EXPERIMENTS.items():
+for _name, _kwargs in ABLATION_EXPERIMENTS.items():
   exp_factory.register_config_factory(_name)(
       lambda kwargs=_kwargs: _shapes_large(**kwargs))
 

@@ -77,7 +77,9 @@ class TensorMaskHead(hyperparams.Config):
     baseline heads of the paper's Fig. 6 on a plain feature pyramid:
     "simple_natural", "simple_aligned", "upscale_natural", "upscale_aligned"
     (the latter two predict masks `upscale_factor` times coarser and upscale
-    them; `upscale_interpolation` "bilinear" or "nearest").
+    them, by any lam >= 1 that leaves a whole number of coarse pixels, e.g.
+    1.5 for 15 x 15 masks; `upscale_interpolation` "bilinear" or
+    "nearest").
   winograd_at_inference: run the head's 3x3 convolutions as Winograd
     F(4x4, 3x3) when not training, on the grids where it is faster on the
     CPU (tensormask_tf/layers/conv3x3.py); `train.prepare_params` turns it
@@ -93,7 +95,7 @@ class TensorMaskHead(hyperparams.Config):
   mask_filters: int = 128
   prior_prob: float = 0.01
   mask_pad: float = -6.0
-  upscale_factor: int = 1
+  upscale_factor: float = 1
   upscale_interpolation: str = "bilinear"
   winograd_at_inference: bool = True
   winograd_in_training: bool = False

@@ -10,6 +10,7 @@ from tensormask_tf.ops.mask_representation import nat2align
 from tensormask_tf.ops.mask_representation import swap_align2nat
 from tensormask_tf.ops.mask_representation import swap_align2nat_gather
 from tensormask_tf.ops.mask_representation import up_align2nat
+from tensormask_tf.ops.mask_representation import up_align2nat_gather
 from tensormask_tf.ops.upsampled_conv import upsampled_conv3x3
 from tensormask_tf.ops.winograd_conv import winograd_conv3x3
 from tensormask_tf.ops.winograd_conv import winograd_pays_off
@@ -37,6 +38,7 @@ __all__ = [
     "swap_align2nat",
     "swap_align2nat_gather",
     "up_align2nat",
+    "up_align2nat_gather",
     "upsampled_conv3x3",
     "window_mask_targets",
     "winograd_conv3x3",

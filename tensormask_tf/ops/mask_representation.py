@@ -5,7 +5,7 @@ is the offset inside a window of side S. The ops move between the *aligned*
 representation (channel (v, u) at (y, x) is the mask pixel at image offset
 (v, u) relative to the pixel (y, x)) and the *natural* one (channel (v, u) at
 (y, x) is pixel (v, u) of the window *centred* at (y, x)), optionally
-upsampling the window by an integer factor `lam`:
+upsampling the window by a factor `lam`:
 
 - `swap_align2nat(x, lam)`: aligned input whose (V, U) unit is `lam` times
   coarser than its (H, W) unit -> natural output on a `lam` times coarser grid,
@@ -14,12 +14,14 @@ upsampling the window by an integer factor `lam`:
   output windows only, `[K, lam*S, lam*S]`.
 - `up_align2nat(x, lam)`: every input position is a window,
   `[N, H, W, (lam*S)**2]`; `interpolation="nearest"` repeats window pixels.
+  lam may be a fraction where lam * S is whole (1.5: 10 x 10 -> 15 x 15).
+- `up_align2nat_gather(x, indices, lam)`: its values at K windows only.
 - `align2nat(x)` = `up_align2nat(x, 1)`; `nat2align(x)` is its inverse shift.
 
 These are standard TF ops (gather, transpose, multiply-add), differentiable
 and XLA-compilable. The channel count must be static, and so must H and W
-except for `swap_align2nat_gather`, which takes sizes known only at run time
-(a graph traced for any image size).
+except for the gathered ops, which take sizes known only at run time (a
+graph traced for any image size).
 `swap_align2nat` and `swap_align2nat_gather` also have a compiled custom-op
 backend with the same numbers, chosen by their `backend` argument
 (`backend.py`).
@@ -50,20 +52,40 @@ _INTERPOLATIONS = ("bilinear", "nearest")
 # the spacing of the output windows in input cells (lam for swap_align2nat, 1
 # otherwise); T = lam * S is the output window side.
 # ---------------------------------------------------------------------------
-def _window_offsets(lam: int, window: int) -> np.ndarray:
+def output_window_side(lam, window: int, op_name: str) -> int:
+  """T = lam * S, the output window side, which must be a whole number.
+
+  Raises:
+    ValueError: lam * S is not an integer (e.g. lam = 1.5 with S = 11).
+  """
+  side = lam * window
+  if isinstance(lam, numbers.Integral):
+    return int(side)
+  if abs(side - round(side)) > 1e-9 * max(1.0, side):
+    raise ValueError(
+        f"{op_name}: lam * S must be a whole number of output mask pixels, "
+        f"got lam={lam} and S={window} (lam * S = {side:g}).")
+  return int(round(side))
+
+
+def _window_offsets(lam, window: int) -> np.ndarray:
   """[T] output window offsets v (or u), float64."""
-  return np.arange(lam * window, dtype=np.float64)
+  return np.arange(output_window_side(lam, window, "align2nat"),
+                   dtype=np.float64)
 
 
-def _align2nat_coords(window: int, lam: int, interpolation: str = "bilinear"
+def _align2nat_coords(window: int, lam, interpolation: str = "bilinear"
                       ) -> tuple[np.ndarray, np.ndarray]:
   """[T] `oy - stride*y = v - T/2 + 0.5` and [T] `ov = (v + 0.5)/lam - 0.5`.
 
   The spatial coordinate of output position y is `stride*y` plus the first;
-  every value is a multiple of 1/2, so the sum is exact.
+  every value is a multiple of 1/2, so the sum is exact. lam may be a
+  fraction (up_align2nat): `ov` is then the window coordinate of the fine
+  pixel centre `v + 0.5` in coarse pixels of lam fine ones, as for an
+  integer lam.
   """
-  t = lam * window
   v = _window_offsets(lam, window)
+  t = v.size
   offset = v - t / 2.0 + 0.5
   if interpolation == "nearest":
     window_coord = np.floor(v / lam)
@@ -72,7 +94,7 @@ def _align2nat_coords(window: int, lam: int, interpolation: str = "bilinear"
   return offset, window_coord
 
 
-def _align2nat_taps(size: int, window: int, lam: int, stride: int,
+def _align2nat_taps(size: int, window: int, lam, stride: int,
                     interpolation: str = "bilinear") -> window_taps.AxisTaps:
   """Taps of `oy = stride*y + v - T/2 + 0.5`, `ov` as `_align2nat_coords`."""
   offset, window_coord = _align2nat_coords(window, lam, interpolation)
@@ -92,15 +114,34 @@ def _nat2align_taps(size: int, window: int) -> window_taps.AxisTaps:
 # ---------------------------------------------------------------------------
 # Argument checks.
 # ---------------------------------------------------------------------------
-def check_lam(lam, op_name: str) -> int:
-  """Returns lam as an int, or raises ValueError unless it is an integer >= 1."""
-  if isinstance(lam, bool) or not isinstance(lam, numbers.Integral):
+def check_lam(lam, op_name: str, integer: bool = True):
+  """Returns lam as an int (a float for a fractional lam where `integer`
+  is False), or raises ValueError unless it is a real number >= 1 (an
+  integer where `integer`)."""
+  if isinstance(lam, bool) or not isinstance(
+      lam, numbers.Integral if integer else numbers.Real):
+    kind = "integer" if integer else "number"
     raise ValueError(
-        f"{op_name}: lam must be a Python integer >= 1, got {lam!r} "
+        f"{op_name}: lam must be a Python {kind} >= 1, got {lam!r} "
         f"({type(lam).__name__}).")
-  if lam < 1:
+  if not lam >= 1 or not math.isfinite(lam):
     raise ValueError(f"{op_name}: lam must be >= 1, got {lam}.")
-  return int(lam)
+  if isinstance(lam, numbers.Integral) or float(lam).is_integer():
+    return int(lam)
+  return float(lam)
+
+
+def _checked_lam(lam, window: int, op_name: str):
+  """lam, once lam * S is known to be a whole number (else ValueError)."""
+  output_window_side(lam, window, op_name)
+  return lam
+
+
+def check_interpolation(interpolation: str, op_name: str) -> None:
+  if interpolation not in _INTERPOLATIONS:
+    raise ValueError(
+        f"{op_name}: interpolation must be one of {_INTERPOLATIONS}, got "
+        f"{interpolation!r}.")
 
 
 def check_pad(pad, op_name: str) -> float:
@@ -155,18 +196,21 @@ def spatial_size(x: tf.Tensor) -> tuple[int | tf.Tensor, int | tf.Tensor]:
                for i in (1, 2))
 
 
-def check_gather_indices(indices, x: tf.Tensor, lam: int) -> tf.Tensor:
+def check_gather_indices(indices, x: tf.Tensor, lam: int,
+                         op_name: str = "swap_align2nat_gather"
+                         ) -> tf.Tensor:
   """Validates `[K, 3]` rows `(n, y, x)` against the batch of the
   [N, H, W, C] tensor x and its output grid `[ceil(H/lam), ceil(W/lam)]`
-  (run-time sizes where they are not static); returns them as int32."""
+  (lam: the output windows' spacing in input cells; run-time sizes where
+  they are not static); returns them as int32."""
   indices = tf.convert_to_tensor(indices)
   if indices.dtype not in (tf.int32, tf.int64):
     raise ValueError(
-        "swap_align2nat_gather: indices must be int32 or int64, got "
+        f"{op_name}: indices must be int32 or int64, got "
         f"{indices.dtype.name}.")
   if indices.shape.rank != 2 or indices.shape[-1] != 3:
     raise ValueError(
-        "swap_align2nat_gather: indices must have shape [K, 3] with rows "
+        f"{op_name}: indices must have shape [K, 3] with rows "
         f"(n, y, x), got shape {indices.shape}.")
   # (Not -(-size // lam): ONNX's integer Div truncates, see windows.py.)
   out_height, out_width = ((size + lam - 1) // lam
@@ -178,17 +222,17 @@ def check_gather_indices(indices, x: tf.Tensor, lam: int) -> tf.Tensor:
   n, y, x_pos = tf.unstack(indices, axis=1)
   checks = [
       tf.debugging.assert_non_negative(
-          indices, message="swap_align2nat_gather: negative index in indices"),
+          indices, message=f"{op_name}: negative index in indices"),
       tf.debugging.assert_less(
           n, tf.cast(tf.shape(x)[0], indices.dtype),
-          message="swap_align2nat_gather: batch index n outside the batch"),
+          message=f"{op_name}: batch index n outside the batch"),
       tf.debugging.assert_less(
           y, tf.cast(out_height, indices.dtype),
-          message=("swap_align2nat_gather: row y outside the output grid of "
+          message=(f"{op_name}: row y outside the output grid of "
                    f"height{extent(out_height)}")),
       tf.debugging.assert_less(
           x_pos, tf.cast(out_width, indices.dtype),
-          message=("swap_align2nat_gather: column x outside the output grid "
+          message=(f"{op_name}: column x outside the output grid "
                    f"of width{extent(out_width)}")),
   ]
   with tf.control_dependencies(checks):
@@ -319,32 +363,33 @@ def swap_align2nat(x, lam: int, pad: float = DEFAULT_PAD,
         custom_op)
 
 
-def up_align2nat(x, lam: int, interpolation: str = "bilinear",
+def up_align2nat(x, lam, interpolation: str = "bilinear",
                  pad: float = DEFAULT_PAD,
                  name: str | None = None) -> tf.Tensor:
   """Aligned -> natural representation, upsampling windows by `lam`.
 
   Args:
-    x: [N, H, W, S*S] aligned mask tensor.
-    lam: Python int >= 1, the window upscale factor.
+    x: [N, H, W, S*S] aligned mask tensor; its (V, U) unit is lam times its
+      (H, W) unit.
+    lam: Python number >= 1, the window upscale factor; lam * S must be a
+      whole number T (e.g. 1.5 with S = 10: 10 x 10 -> 15 x 15 windows).
     interpolation: "bilinear" (the aligned upscale of SPEC.md 2) or
       "nearest" (window taps `floor(v/lam)`, the unaligned ablation).
     pad: value read for taps outside the input.
     name: optional name scope.
 
   Returns:
-    [N, H, W, (lam*S)**2] natural masks, one window per input position.
+    [N, H, W, T*T] natural masks, one window per input position, channel
+    `v*T + u`.
   """
-  lam = check_lam(lam, "up_align2nat")
-  if interpolation not in _INTERPOLATIONS:
-    raise ValueError(
-        f"up_align2nat: interpolation must be one of {_INTERPOLATIONS}, got "
-        f"{interpolation!r}.")
+  lam = check_lam(lam, "up_align2nat", integer=False)
+  check_interpolation(interpolation, "up_align2nat")
   with tf.name_scope(name or "up_align2nat"):
     return _dense_op(
         "up_align2nat", x, pad,
         lambda size, window: _align2nat_taps(
-            size, window, lam, stride=1, interpolation=interpolation))
+            size, window, _checked_lam(lam, window, "up_align2nat"),
+            stride=1, interpolation=interpolation))
 
 
 def align2nat(x, pad: float = DEFAULT_PAD,
@@ -461,49 +506,106 @@ def swap_align2nat_gather(x, indices, lam: int, pad: float = DEFAULT_PAD,
   with tf.name_scope(name or op_name):
     out_dtype = tf.convert_to_tensor(x).dtype
     x, window = _check_input(x, op_name, static_size=False)
-    dtype = x.dtype
     indices = check_gather_indices(indices, x, lam)
     if backend_lib.resolve(backend) == "custom":
       return tf.cast(custom_op_library.load().swap_align2_nat_gather(
           x, indices, lam=lam, pad=pad), out_dtype)
+    return tf.cast(_gather(x, window, indices, lam,
+                           _align2nat_coords(window, lam), pad), out_dtype)
 
-    # The tables that do not depend on the position or the input's size are
-    # static (both axes have the same); the rest is computed for the K
-    # windows, so one graph serves every H and W, and static shapes use it
-    # too (as fast as static [P, T, K] tables: one rule, one graph). Slots
-    # that the static tables of a small input would drop (outside it at
-    # every position) stay with weight zero and add x * 0: the sums are the
-    # same, up to the sign of a sum that is zero (pad 0, every tap outside).
-    taps = window_taps.strided_axis_taps(*_align2nat_coords(window, lam),
-                                         window)
-    height, width = spatial_size(x)
-    # Flat offset of x[n, a, b, c, d] = n*H*W*S*S + (a*W*S*S + c*S) +
-    # (b*S*S + d): int32 where the whole input is known to fit, else int64
-    # (a run-time size; about 3% slower forward, 30% backward on a CPU).
-    static = [x.shape[0], height, width]
-    small = (all(isinstance(v, int) for v in static) and
-             math.prod(static) * window * window < 2**31)
-    index_dtype = tf.int32 if small else tf.int64
-    n, y, x_pos = tf.unstack(indices, axis=1)
-    row_spatial, row_window, row_weight, row_outside = _gathered_axis_taps(
-        taps, y, lam, height, dtype, index_dtype)  # [K, T, Kt] ...
-    col_spatial, col_window, col_weight, col_outside = _gathered_axis_taps(
-        taps, x_pos, lam, width, dtype, index_dtype)
-    row_size = tf.cast(width, index_dtype) * (window * window)  # W*S*S
-    row_offset = row_spatial * row_size + row_window * window
-    col_offset = col_spatial * (window * window) + col_window
-    base = tf.cast(n, index_dtype) * (tf.cast(height, index_dtype) * row_size)
 
-    flat = tf.reshape(x, [-1])
-    out = None
-    for i in range(taps.num_taps):
-      row = (base[:, None] + row_offset[..., i])[:, :, None]  # [K, T, 1]
-      row_w = row_weight[:, :, None, i]
-      for j in range(taps.num_taps):
-        term = (tf.gather(flat, row + col_offset[:, None, :, j]) *
-                (row_w * col_weight[:, None, :, j]))  # [K, T, T]
-        out = term if out is None else out + term
+def _gather(x: tf.Tensor, window: int, indices: tf.Tensor, stride: int,
+            coords: tuple[np.ndarray, np.ndarray], pad: float) -> tf.Tensor:
+  """The pure-TF gathered ops: the output windows at `indices` of the
+  align2nat arithmetic whose per-axis coordinates are `coords`
+  (`_align2nat_coords`: spatial offsets from `stride * y`, window
+  coordinates).
 
-    if pad != 0.0:
-      out += _pad_term(pad, row_outside[:, :, None], col_outside[:, None, :])
-    return tf.cast(out, out_dtype)
+  Args:
+    x: [N, H, W, S*S] in the compute dtype; H and W may be run-time sizes.
+    window: S.
+    indices: [K, 3] int32 checked rows (n, y, x).
+    stride: the output windows' spacing in input cells.
+    coords: ([T] spatial offsets, [T] window coordinates), float64.
+    pad: value read outside the input.
+
+  Returns:
+    [K, T, T] in the compute dtype.
+  """
+  dtype = x.dtype
+  # The tables that do not depend on the position or the input's size are
+  # static (both axes have the same); the rest is computed for the K
+  # windows, so one graph serves every H and W, and static shapes use it
+  # too (as fast as static [P, T, K] tables: one rule, one graph). Slots
+  # that the static tables of a small input would drop (outside it at
+  # every position) stay with weight zero and add x * 0: the sums are the
+  # same, up to the sign of a sum that is zero (pad 0, every tap outside).
+  taps = window_taps.strided_axis_taps(*coords, window)
+  height, width = spatial_size(x)
+  # Flat offset of x[n, a, b, c, d] = n*H*W*S*S + (a*W*S*S + c*S) +
+  # (b*S*S + d): int32 where the whole input is known to fit, else int64
+  # (a run-time size; about 3% slower forward, 30% backward on a CPU).
+  static = [x.shape[0], height, width]
+  small = (all(isinstance(v, int) for v in static) and
+           math.prod(static) * window * window < 2**31)
+  index_dtype = tf.int32 if small else tf.int64
+  n, y, x_pos = tf.unstack(indices, axis=1)
+  row_spatial, row_window, row_weight, row_outside = _gathered_axis_taps(
+      taps, y, stride, height, dtype, index_dtype)  # [K, T, Kt] ...
+  col_spatial, col_window, col_weight, col_outside = _gathered_axis_taps(
+      taps, x_pos, stride, width, dtype, index_dtype)
+  row_size = tf.cast(width, index_dtype) * (window * window)  # W*S*S
+  row_offset = row_spatial * row_size + row_window * window
+  col_offset = col_spatial * (window * window) + col_window
+  base = tf.cast(n, index_dtype) * (tf.cast(height, index_dtype) * row_size)
+
+  flat = tf.reshape(x, [-1])
+  out = None
+  for i in range(taps.num_taps):
+    row = (base[:, None] + row_offset[..., i])[:, :, None]  # [K, T, 1]
+    row_w = row_weight[:, :, None, i]
+    for j in range(taps.num_taps):
+      term = (tf.gather(flat, row + col_offset[:, None, :, j]) *
+              (row_w * col_weight[:, None, :, j]))  # [K, T, T]
+      out = term if out is None else out + term
+
+  if pad != 0.0:
+    out += _pad_term(pad, row_outside[:, :, None], col_outside[:, None, :])
+  return out
+
+
+def up_align2nat_gather(x, indices, lam, interpolation: str = "bilinear",
+                        pad: float = DEFAULT_PAD,
+                        name: str | None = None) -> tf.Tensor:
+  """`up_align2nat` evaluated at K selected windows only.
+
+  Costs O(K * T**2) (T = lam * S) and never builds the dense output; H, W
+  and the batch may be known only at run time, as for
+  `swap_align2nat_gather`.
+
+  Args:
+    x: [N, H, W, S*S] aligned mask tensor, as for `up_align2nat`.
+    indices: [K, 3] int32 (or int64) rows `(n, y, x)`, a batch index and a
+      position of x's grid [H, W]; outside ones raise InvalidArgumentError
+      (outside XLA).
+    lam: Python number >= 1 with lam * S whole, as for `up_align2nat`.
+    interpolation: "bilinear" or "nearest", as for `up_align2nat`.
+    pad: value read for taps outside the input.
+    name: optional name scope.
+
+  Returns:
+    [K, T, T] natural masks; row k equals
+    `reshape(up_align2nat(x, lam, interpolation, pad)[n_k, y_k, x_k],
+    [T, T])`.
+  """
+  op_name = "up_align2nat_gather"
+  lam = check_lam(lam, op_name, integer=False)
+  check_interpolation(interpolation, op_name)
+  pad = check_pad(pad, op_name)
+  with tf.name_scope(name or op_name):
+    out_dtype = tf.convert_to_tensor(x).dtype
+    x, window = _check_input(x, op_name, static_size=False)
+    coords = _align2nat_coords(window, _checked_lam(lam, window, op_name),
+                               interpolation)
+    indices = check_gather_indices(indices, x, 1, op_name)
+    return tf.cast(_gather(x, window, indices, 1, coords, pad), out_dtype)

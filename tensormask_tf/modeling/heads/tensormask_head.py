@@ -45,6 +45,13 @@ HEAD_TYPES = ("bipyramid", "simple_natural", "simple_aligned",
 _FUSE_ON_COARSE_GRID_FROM_SCALE = 4
 
 
+def _coarse_side(side: int, lam: float) -> int | None:
+  """side / lam where it is a whole number (the upscale heads' predicted
+  mask side: 15 / 1.5 = 10), else None."""
+  coarse = round(side / lam)
+  return coarse if coarse >= 1 and abs(coarse * lam - side) < 1e-9 else None
+
+
 @tf_keras.utils.register_keras_serializable(package="TensorMask")
 class TensorMaskHead(tf_keras.layers.Layer):
   """The class, box and mask heads of TensorMask."""
@@ -61,7 +68,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
                mask_filters: int = 128,
                prior_prob: float = 0.01,
                mask_pad: float = ops.DEFAULT_PAD,
-               upscale_factor: int = 1,
+               upscale_factor: float = 1,
                upscale_interpolation: str = "bilinear",
                ops_backend: str = "auto",
                winograd_at_inference: bool = True,
@@ -80,7 +87,8 @@ class TensorMaskHead(tf_keras.layers.Layer):
       class_filters, box_filters, mask_filters: tower widths.
       prior_prob: initial foreground probability of the class logits.
       mask_pad: value read outside the tensors by the representation ops.
-      upscale_factor: lam of the "upscale_*" heads; must divide every S.
+      upscale_factor: lam of the "upscale_*" heads: every S / lam must be
+        a whole number (the predicted masks' side), e.g. 1.5 for S = 15.
       upscale_interpolation: "bilinear" or "nearest" for "upscale_*".
       ops_backend: swap_align2nat backend ("auto", "tf", "custom").
       winograd_at_inference: let the 3x3 convolutions run as Winograd
@@ -99,10 +107,12 @@ class TensorMaskHead(tf_keras.layers.Layer):
     if not mask_sides or any(s < 1 for s in mask_sides):
       raise ValueError(f"mask_sides must be positive, got {mask_sides}.")
     if head_type.startswith("upscale"):
-      if upscale_factor < 1 or any(s % upscale_factor for s in mask_sides):
+      if not upscale_factor >= 1 or any(
+          _coarse_side(s, upscale_factor) is None for s in mask_sides):
         raise ValueError(
             f"{head_type} needs an upscale_factor >= 1 that divides every "
-            f"mask side, got {upscale_factor} for sides {tuple(mask_sides)}.")
+            f"mask side into a whole number of pixels, got {upscale_factor} "
+            f"for sides {tuple(mask_sides)}.")
       if upscale_interpolation not in ("bilinear", "nearest"):
         raise ValueError("upscale_interpolation must be 'bilinear' or "
                          f"'nearest', got {upscale_interpolation!r}.")
@@ -180,7 +190,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
   def _coarse_side(self, side: int) -> int:
     """Side of the predicted (pre-upscale) masks of a window size."""
     if self._config_dict["head_type"].startswith("upscale"):
-      return side // self._config_dict["upscale_factor"]
+      return _coarse_side(side, self._config_dict["upscale_factor"])
     return side
 
   # -------------------------------------------------------------------------
