@@ -36,7 +36,10 @@ from tensormask_tf.ops import custom_op_library  # noqa: E402
 KERNELS = ROOT / "custom_ops" / "kernels"
 # Compiled by nvcc, one object each, linked into the op library.
 CUDA_SOURCES = ("swap_align2nat_cuda.cu.cc",
-                "project_swap_align2nat_cuda.cu.cc")
+                "project_swap_align2nat_cuda.cu.cc",
+                "up_align2nat_cuda.cu.cc")
+# The op definitions and CPU kernels, compiled by the host compiler.
+CXX_SOURCES = ("swap_align2nat_ops.cc", "up_align2nat_ops.cc")
 # x86-64-v3 (AVX2 + FMA) when the building CPU has it; recorded, and checked
 # by the loader, so the library never runs on a CPU without them.
 _ISA = {"avx2": "-mavx2", "fma": "-mfma"}
@@ -126,7 +129,8 @@ def _compile(out: pathlib.Path, nvcc: str | None,
       link_flags += [f"-L{cuda_home / 'lib64'}", "-lcudart_static",
                      "-ldl", "-lrt", "-lpthread"]
     tmp_library = pathlib.Path(tmp) / out.name
-    _run([cxx, *cxx_flags, str(KERNELS / "swap_align2nat_ops.cc"), *objects,
+    _run([cxx, *cxx_flags, *(str(KERNELS / source) for source in CXX_SOURCES),
+          *objects,
           "-o", str(tmp_library), *link_flags])
     # Replaced, not rewritten: a process that has the old one loaded keeps
     # its copy.

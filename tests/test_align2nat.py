@@ -326,9 +326,11 @@ XLA_OPS = {  # Custom ops cannot be XLA-compiled: XLA code asks for "tf".
     "swap": lambda x: ops.swap_align2nat(x, 4, backend="tf"),
     "gather": lambda x: ops.swap_align2nat_gather(
         x, tf.constant([[0, 1, 2], [1, 0, 0]]), 4, backend="tf"),
-    "up_nearest": lambda x: ops.up_align2nat(x, 2, "nearest"),
-    "up_bilinear": lambda x: ops.up_align2nat(x, 2),
-    "align2nat": ops.align2nat,
+    "up_nearest": lambda x: ops.up_align2nat(x, 2, "nearest", backend="tf"),
+    "up_bilinear": lambda x: ops.up_align2nat(x, 2, backend="tf"),
+    "up_gather": lambda x: ops.up_align2nat_gather(
+        x, tf.constant([[0, 1, 2], [1, 0, 0]]), 5 / 3, backend="tf"),
+    "align2nat": lambda x: ops.align2nat(x, backend="tf"),
     "nat2align": ops.nat2align,
 }
 
@@ -368,7 +370,7 @@ BAD_CALLS = {
     "lam_float": (lambda: ops.swap_align2nat(np.zeros((1, 4, 4, 9)), 2.0),
                   "lam must be a Python integer"),
     "lam_bool": (lambda: ops.up_align2nat(np.zeros((1, 4, 4, 9)), True),
-                 "lam must be a Python integer"),
+                 "lam must be a Python number"),
     "rank_3": (lambda: ops.swap_align2nat(np.zeros((4, 4, 9)), 1),
                "rank 4"),
     "int_input": (lambda: ops.align2nat(np.zeros((1, 4, 4, 9), np.int32)),

@@ -68,8 +68,14 @@ def test_auto_builds_the_cpu_library_when_nvcc_fails(build_module):
 
 def test_auto_links_the_cuda_kernels_when_nvcc_works(build_module):
   build_module.build(cuda="auto")
-  assert [c[0] for c in build_module.calls] == ["/opt/cuda/nvcc"] * 2 + ["g++"]
+  # One nvcc call per CUDA source (swap_align2nat, the fused projection,
+  # up_align2nat), then the host compiler over the op files and objects.
+  assert [c[0] for c in build_module.calls] == ["/opt/cuda/nvcc"] * 3 + ["g++"]
+  assert [c[-3].rsplit("/", 1)[-1] for c in build_module.calls[:3]] == [
+      "swap_align2nat_cuda.cu.cc", "project_swap_align2nat_cuda.cu.cc",
+      "up_align2nat_cuda.cu.cc"]
   assert "-DGOOGLE_CUDA=1" in build_module.calls[-1]
+  assert sum(arg.endswith("_ops.cc") for arg in build_module.calls[-1]) == 2
   assert _record()["cuda"] is True
   assert custom_op_library.LIBRARY_PATH.read_bytes() == b"library"
 

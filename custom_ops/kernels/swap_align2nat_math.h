@@ -54,6 +54,15 @@ TM_HOST_DEVICE Geometry MakeGeometry(int64_t batch, int64_t height,
   return g;
 }
 
+// Window side S from a channel count, or -1 if it is not a non-zero square
+// (host code: the op wrappers' shape checks).
+inline int64_t WindowSide(int64_t channels) {
+  if (channels < 1) return -1;
+  int64_t s = 1;
+  while ((s + 1) * (s + 1) <= channels) ++s;
+  return s * s == channels ? s : -1;
+}
+
 // project_swap_align2nat_gather: the geometry of the projected
 // [N, H, W, S*S] tensor it never forms, and the features' channel count C.
 struct ProjectionGeometry {

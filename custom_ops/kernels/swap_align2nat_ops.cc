@@ -52,15 +52,6 @@ constexpr char kPoisonDoc[] =
     "poison_output: test hook: fill the output with NaN before the kernel "
     "writes it, so a test can prove that every element is written.";
 
-// Window side S from a channel count, or -1 if it is not a non-zero square.
-int64_t WindowSide(int64_t channels) {
-  if (channels < 1) return -1;
-  int64_t s = static_cast<int64_t>(std::llround(std::sqrt(double(channels))));
-  while (s * s > channels) --s;
-  while ((s + 1) * (s + 1) <= channels) ++s;
-  return s * s == channels ? s : -1;
-}
-
 Status SwapAlign2NatShape(InferenceContext* c) {
   ShapeHandle x;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));

@@ -1,4 +1,5 @@
-"""Loading the compiled swap_align2nat custom op and registering its gradients.
+"""Loading the compiled custom ops (swap_align2nat, up_align2nat and the
+fused projection) and registering their gradients.
 
 The library `_swap_align2nat_ops.so` is built next to this file by
 `custom_ops/build.py` (run by `pip install`, `scripts/venv.sh`, or by hand)
@@ -217,3 +218,33 @@ def _swap_align2nat_grad_grad(op, ddx):
 def _swap_align2nat_gather_grad_grad(op, ddx):
   return load().swap_align2_nat_gather(
       ddx, op.inputs[1], lam=op.get_attr("lam"), pad=0.0), None, None
+
+
+def _up_attrs(op) -> dict:
+  return {name: op.get_attr(name)
+          for name in ("lam_num", "lam_den", "interpolation")}
+
+
+@tf.RegisterGradient("UpAlign2Nat")
+def _up_align2nat_grad(op, dy):
+  return load().up_align2_nat_grad(
+      dy, tf.shape(op.inputs[0], out_type=tf.int64), **_up_attrs(op))
+
+
+@tf.RegisterGradient("UpAlign2NatGather")
+def _up_align2nat_gather_grad(op, dy):
+  dx = load().up_align2_nat_gather_grad(
+      dy, op.inputs[1], tf.shape(op.inputs[0], out_type=tf.int64),
+      **_up_attrs(op))
+  return dx, None
+
+
+@tf.RegisterGradient("UpAlign2NatGrad")
+def _up_align2nat_grad_grad(op, ddx):
+  return load().up_align2_nat(ddx, pad=0.0, **_up_attrs(op)), None
+
+
+@tf.RegisterGradient("UpAlign2NatGatherGrad")
+def _up_align2nat_gather_grad_grad(op, ddx):
+  return load().up_align2_nat_gather(ddx, op.inputs[1], pad=0.0,
+                                     **_up_attrs(op)), None, None

@@ -22,14 +22,15 @@ These are standard TF ops (gather, transpose, multiply-add), differentiable
 and XLA-compilable. The channel count must be static, and so must H and W
 except for the gathered ops, which take sizes known only at run time (a
 graph traced for any image size).
-`swap_align2nat` and `swap_align2nat_gather` also have a compiled custom-op
-backend with the same numbers, chosen by their `backend` argument
-(`backend.py`).
+`swap_align2nat`, `up_align2nat` and their gathered forms also have a
+compiled custom-op backend with the same numbers, chosen by their `backend`
+argument (`backend.py`).
 float16 and bfloat16 inputs are computed in float32 and returned in their own
 dtype. Taps outside the input read `pad` (default -6.0: sigmoid(-6) ~ 0, "no
 mask there"), including window taps past the border of the window.
 """
 
+import fractions
 import math
 import numbers
 
@@ -363,8 +364,18 @@ def swap_align2nat(x, lam: int, pad: float = DEFAULT_PAD,
         custom_op)
 
 
+def _lam_fraction(lam, op_name: str) -> tuple[int, int]:
+  """(lam_num, lam_den): lam as a fraction in lowest terms, for the custom
+  op's exact integer arithmetic (1.5 -> (3, 2))."""
+  fraction = fractions.Fraction(lam).limit_denominator(1 << 16)
+  if abs(float(fraction) - lam) > 1e-12 * lam:
+    raise ValueError(f"{op_name}: the custom-op backend needs lam as a "
+                     f"fraction with a denominator <= 65536, got {lam!r}.")
+  return fraction.numerator, fraction.denominator
+
+
 def up_align2nat(x, lam, interpolation: str = "bilinear",
-                 pad: float = DEFAULT_PAD,
+                 pad: float = DEFAULT_PAD, backend: str = "auto",
                  name: str | None = None) -> tf.Tensor:
   """Aligned -> natural representation, upsampling windows by `lam`.
 
@@ -376,23 +387,38 @@ def up_align2nat(x, lam, interpolation: str = "bilinear",
     interpolation: "bilinear" (the aligned upscale of SPEC.md 2) or
       "nearest" (window taps `floor(v/lam)`, the unaligned ablation).
     pad: value read for taps outside the input.
+    backend: "auto", "tf" or "custom" (see `backend.py`); use "tf" inside
+      XLA-compiled functions.
     name: optional name scope.
 
   Returns:
     [N, H, W, T*T] natural masks, one window per input position, channel
     `v*T + u`.
   """
-  lam = check_lam(lam, "up_align2nat", integer=False)
-  check_interpolation(interpolation, "up_align2nat")
-  with tf.name_scope(name or "up_align2nat"):
+  op_name = "up_align2nat"
+  lam = check_lam(lam, op_name, integer=False)
+  check_interpolation(interpolation, op_name)
+  with tf.name_scope(name or op_name):
+    custom_op = None
+    if backend_lib.resolve(backend) == "custom":
+      library = custom_op_library.load()
+      lam_num, lam_den = _lam_fraction(lam, op_name)
+
+      def custom_op(x, pad):
+        output_window_side(lam, math.isqrt(x.shape[-1]), op_name)
+        return library.up_align2_nat(
+            x, lam_num=lam_num, lam_den=lam_den,
+            interpolation=interpolation, pad=pad)
+
     return _dense_op(
-        "up_align2nat", x, pad,
+        op_name, x, pad,
         lambda size, window: _align2nat_taps(
-            size, window, _checked_lam(lam, window, "up_align2nat"),
-            stride=1, interpolation=interpolation))
+            size, window, _checked_lam(lam, window, op_name),
+            stride=1, interpolation=interpolation),
+        custom_op)
 
 
-def align2nat(x, pad: float = DEFAULT_PAD,
+def align2nat(x, pad: float = DEFAULT_PAD, backend: str = "auto",
               name: str | None = None) -> tf.Tensor:
   """Aligned -> natural representation at the same scale: `up_align2nat(x, 1)`.
 
@@ -402,12 +428,14 @@ def align2nat(x, pad: float = DEFAULT_PAD,
   Args:
     x: [N, H, W, S*S] aligned mask tensor.
     pad: value read for taps outside the input.
+    backend: "auto", "tf" or "custom", as for `up_align2nat`.
     name: optional name scope.
 
   Returns:
     [N, H, W, S*S] natural masks.
   """
-  return up_align2nat(x, 1, pad=pad, name=name or "align2nat")
+  return up_align2nat(x, 1, pad=pad, backend=backend,
+                      name=name or "align2nat")
 
 
 def nat2align(x, pad: float = DEFAULT_PAD,
@@ -575,7 +603,7 @@ def _gather(x: tf.Tensor, window: int, indices: tf.Tensor, stride: int,
 
 
 def up_align2nat_gather(x, indices, lam, interpolation: str = "bilinear",
-                        pad: float = DEFAULT_PAD,
+                        pad: float = DEFAULT_PAD, backend: str = "auto",
                         name: str | None = None) -> tf.Tensor:
   """`up_align2nat` evaluated at K selected windows only.
 
@@ -591,6 +619,8 @@ def up_align2nat_gather(x, indices, lam, interpolation: str = "bilinear",
     lam: Python number >= 1 with lam * S whole, as for `up_align2nat`.
     interpolation: "bilinear" or "nearest", as for `up_align2nat`.
     pad: value read for taps outside the input.
+    backend: "auto", "tf" or "custom" (see `backend.py`); use "tf" inside
+      XLA-compiled functions.
     name: optional name scope.
 
   Returns:
@@ -608,4 +638,9 @@ def up_align2nat_gather(x, indices, lam, interpolation: str = "bilinear",
     coords = _align2nat_coords(window, _checked_lam(lam, window, op_name),
                                interpolation)
     indices = check_gather_indices(indices, x, 1, op_name)
+    if backend_lib.resolve(backend) == "custom":
+      lam_num, lam_den = _lam_fraction(lam, op_name)
+      return tf.cast(custom_op_library.load().up_align2_nat_gather(
+          x, indices, lam_num=lam_num, lam_den=lam_den,
+          interpolation=interpolation, pad=pad), out_dtype)
     return tf.cast(_gather(x, window, indices, 1, coords, pad), out_dtype)

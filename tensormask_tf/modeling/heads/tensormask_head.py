@@ -90,7 +90,8 @@ class TensorMaskHead(tf_keras.layers.Layer):
       upscale_factor: lam of the "upscale_*" heads: every S / lam must be
         a whole number (the predicted masks' side), e.g. 1.5 for S = 15.
       upscale_interpolation: "bilinear" or "nearest" for "upscale_*".
-      ops_backend: swap_align2nat backend ("auto", "tf", "custom").
+      ops_backend: the representation ops' backend ("auto", "tf",
+        "custom").
       winograd_at_inference: let the 3x3 convolutions run as Winograd
         F(4x4, 3x3) when not training, where it pays (layers.Conv3x3); False
         on GPUs and TPUs.
@@ -327,15 +328,20 @@ class TensorMaskHead(tf_keras.layers.Layer):
     projected = projection(feature)
     side = self.mask_side(level, size_index)
     # Baselines: masks are S x S on the level's own grid, so computing them
-    # densely is cheap; windows are gathered afterwards.
+    # densely is cheap; windows are gathered afterwards (the aligned heads'
+    # up_align2nat computes only the windows asked for).
+    if head_type in ("simple_aligned", "upscale_aligned"):
+      lam, interpolation = 1, "bilinear"
+      if head_type == "upscale_aligned":
+        lam, interpolation = c["upscale_factor"], c["upscale_interpolation"]
+      if indices is None:
+        return ops.up_align2nat(projected, lam, interpolation=interpolation,
+                                pad=c["mask_pad"], backend=c["ops_backend"])
+      return ops.up_align2nat_gather(
+          projected, indices, lam, interpolation=interpolation,
+          pad=c["mask_pad"], backend=c["ops_backend"])
     if head_type == "simple_natural":
       dense = projected
-    elif head_type == "simple_aligned":
-      dense = ops.align2nat(projected, pad=c["mask_pad"])
-    elif head_type == "upscale_aligned":
-      dense = ops.up_align2nat(projected, c["upscale_factor"],
-                               interpolation=c["upscale_interpolation"],
-                               pad=c["mask_pad"])
     else:  # upscale_natural: resize each window's coarse natural mask.
       coarse = self._coarse_side(c["mask_sides"][size_index])
       shape = tf.shape(projected)
