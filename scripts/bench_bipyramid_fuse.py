@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_bipyramid_fuse.py [--repeats 7]
 
-SPEC 3's fuse for level k is ReLU(conv3x3(up_k(F_k) + P2m) + b) on the P2
+docs/model.md's fuse for level k is ReLU(conv3x3(up_k(F_k) + P2m) + b) on the P2
 grid, up_k the bilinear upsampling by 2^k (cropped to P2's size). The head
 computes it, for 2^k >= 4, as ReLU(ops.upsampled_conv3x3(F_k) +
 conv3x3(P2m) + b), with conv3x3(P2m) computed once for every level

@@ -4,7 +4,7 @@
         [--repeats 5] [--network head|backbone_fpn]
 
 --network head (the default): every 3x3 convolution shape of TensorMask's
-head (SPEC.md 3: class tower 256 -> 256 and logits 256 -> A*K = 160 for
+head (docs/model.md: class tower 256 -> 256 and logits 256 -> A*K = 160 for
 COCO; box and mask towers 256 -> 128 then 128 -> 128; box deltas 128 -> 8;
 the bipyramid's fuse 128 -> 128 on the P2 grid) on each pyramid level
 P2..P7, "same" padding.

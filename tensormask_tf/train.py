@@ -172,7 +172,7 @@ def prepare_params(params: cfg.ExperimentConfig) -> cfg.ExperimentConfig:
     logging.warning(
         "task.init_checkpoint is empty: the backbone starts from random "
         "weights, not from the ImageNet-pretrained ResNet of the paper's "
-        "recipe (SPEC.md 4); set task.init_checkpoint to one.")
+        "recipe (docs/training.md); set task.init_checkpoint to one.")
   trainer = params.trainer
   for name in ("summary_interval", "checkpoint_interval"):
     interval = getattr(trainer, name)

@@ -1,4 +1,4 @@
-"""numpy float64 references of the head's dense layers (SPEC.md 3): 'same'
+"""numpy float64 references of the head's dense layers (docs/model.md): 'same'
 3x3 convolution and bilinear upsampling by an integer factor, NHWC."""
 
 import numpy as np

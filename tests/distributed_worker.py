@@ -54,7 +54,7 @@ def _run_mirrored(records: dict, out: str):
         initial = {v.name: v.numpy() for v in model.weights}
       for variable in model.weights:
         variable.assign(initial[variable.name])
-      # The COCO recipe's learning rate (SPEC.md 4).
+      # The COCO recipe's learning rate (docs/training.md).
       optimizer = tf_keras.optimizers.SGD(0.02, momentum=0.9)
       metrics = task.build_metrics(training=True)
     data = strategy.experimental_distribute_dataset(

@@ -1,4 +1,4 @@
-"""Independent numpy float64 reference of the representation ops (SPEC.md 2).
+"""Independent numpy float64 reference of the representation ops (docs/ops.md).
 
 Written from the formulas, not from the TensorFlow code: every output element
 evaluates its four fractional coordinates and sums the 16 tap combinations,

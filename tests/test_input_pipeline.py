@@ -188,7 +188,7 @@ def test_flip_and_scale_jitter_are_independent(shapes, short_side):
 
 
 def test_short_side_jitter_scales_image_boxes_and_masks_together(shapes):
-  # SPEC.md 4's "short-side scale jitter 640..800", at this test's size.
+  # docs/training.md's "short-side scale jitter 640..800", at this test's size.
   decoded, objects = shapes
   parser = tensormask_input.Parser(
       (2 * SIZE, 2 * SIZE), SPEC, CAPS, short_side=SIZE, long_side=2 * SIZE,

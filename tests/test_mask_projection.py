@@ -1,5 +1,5 @@
 """project_swap_align2nat_gather: the bipyramid's conv1x1 fused into the
-gather, on both backends, against the numpy float64 reference of SPEC.md 2
+gather, on both backends, against the numpy float64 reference of docs/ops.md
 applied to a numpy projection."""
 
 import numpy as np

@@ -37,7 +37,7 @@ def test_experiments_are_registered_and_valid(name):
 ])
 def test_coco_experiments_follow_the_spec_recipe(name, depth, steps,
                                                  boundaries, jitter):
-  # SPEC.md 4: SGD momentum 0.9, weight decay 1e-4, batch 16, LR 0.02 with
+  # docs/training.md: SGD momentum 0.9, weight decay 1e-4, batch 16, LR 0.02 with
   # warm-up, x0.1 steps; short side 800 (640..800 for 6x), long side 1333.
   params = exp_factory.get_exp_config(name)
   task, trainer = params.task, params.trainer

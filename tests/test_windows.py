@@ -97,7 +97,7 @@ def test_no_ground_truth_gives_all_negatives():
 
 
 def _assign_loops(gt, windows, units, min_window):
-  """The rule of SPEC.md 3 as plain loops (independent reference)."""
+  """The rule of docs/model.md as plain loops (independent reference)."""
   labels, matched = [], []
   for w, u in zip(windows, units):
     hits = []

@@ -2,7 +2,7 @@
 
 - `tensormask`: the bare task with defaults (set data paths yourself).
 - `tensormask_r50_fpn_coco_1x`, `tensormask_r50_fpn_coco_6x`,
-  `tensormask_r101_fpn_coco_6x`: the COCO recipe of SPEC.md 4.
+  `tensormask_r101_fpn_coco_6x`: the COCO recipe of docs/training.md.
 - `tensormask_shapes`: a half-width ResNet-18 on the synthetic shapes
   dataset at 128 px, sized to train on a 2-core CPU in minutes (the
   quickstart).
@@ -57,7 +57,7 @@ def tensormask() -> cfg.ExperimentConfig:
 
 
 def _coco(depth: int, schedule: int) -> cfg.ExperimentConfig:
-  """SPEC.md 4: batch 16, LR 0.02, 90k steps per "1x"; 6x adds jitter."""
+  """docs/training.md: batch 16, LR 0.02, 90k steps per "1x"; 6x adds jitter."""
   batch_size, eval_batch_size = 16, 8
   steps = 90_000 * schedule
   boundaries = [60_000, 80_000] if schedule == 1 else [480_000, 520_000]

@@ -63,7 +63,7 @@ class Decoder(decoders.Decoder):
 
 @dataclasses.dataclass
 class Windows(hyperparams.Config):
-  """Window sides in pixels at min_level, one per window size (SPEC: 44,
+  """Window sides in pixels at min_level, one per window size (docs/model.md: 44,
   60); each level doubles them. Sides must be multiples of the min_level
   stride."""
   base_sides: list[int] = dataclasses.field(default_factory=lambda: [44, 60])
@@ -73,7 +73,7 @@ class Windows(hyperparams.Config):
 class TensorMaskHead(hyperparams.Config):
   """The heads.
 
-  head_type: "bipyramid" (the tensor bipyramid of SPEC.md 3) or one of the
+  head_type: "bipyramid" (the tensor bipyramid of docs/model.md) or one of the
     baseline heads of the paper's Fig. 6 on a plain feature pyramid:
     "simple_natural", "simple_aligned", "upscale_natural", "upscale_aligned"
     (the latter two predict masks `upscale_factor` times coarser and upscale
@@ -103,7 +103,7 @@ class TensorMaskHead(hyperparams.Config):
 
 @dataclasses.dataclass
 class DetectionGenerator(hyperparams.Config):
-  """Inference post-processing (SPEC.md 3, the release's; see
+  """Inference post-processing (docs/model.md, the release's; see
   modeling/detection_generator.py).
 
   mask_size: 0 returns each detection's natural M x M mask over its window
@@ -194,7 +194,7 @@ class DataConfig(cfg.DataConfig):
 
 @dataclasses.dataclass
 class Losses(hyperparams.Config):
-  """SPEC.md 3's losses; `l2_weight_decay` is the SGD weight decay.
+  """docs/model.md's losses; `l2_weight_decay` is the SGD weight decay.
 
   `static_mask_shapes`: compute the masks of every row of the mask caps
   (padding rows included, static shapes) rather than the positives' only;

@@ -113,7 +113,7 @@ def resize_image(image, output_size: tuple[int, int],
     aug_scale_min, aug_scale_max: scale jitter range. With short_side it
       scales the short side only, drawn uniformly from [short_side *
       aug_scale_min, short_side * aug_scale_max], the long side still at
-      most long_side (SPEC.md 4: "short-side scale jitter 640..800", as
+      most long_side (docs/training.md: "short-side scale jitter 640..800", as
       detectron2's ResizeShortestEdge); otherwise Model Garden's jitter of
       the whole resized image, randomly cropped to output_size.
 

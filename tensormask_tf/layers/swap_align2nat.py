@@ -13,7 +13,7 @@ class SwapAlign2Nat(tf_keras.layers.Layer):
   """Aligned masks on a fine grid -> natural masks on a `lam` times coarser one.
 
   Input `[N, H, W, S*S]`, output `[N, ceil(H/lam), ceil(W/lam), (lam*S)**2]`
-  (SPEC.md section 2). H, W and S*S must be static (the op's tap tables
+  (docs/ops.md). H, W and S*S must be static (the op's tap tables
   are built from them); N may be unknown. The layer has no weights.
   """
 

@@ -1,4 +1,4 @@
-"""TensorMask's losses (SPEC.md 3)."""
+"""TensorMask's losses (docs/model.md)."""
 
 from tensormask_tf.losses.tensormask_losses import box_l1_loss
 from tensormask_tf.losses.tensormask_losses import focal_loss_star

@@ -1,4 +1,4 @@
-"""TensorMask's losses (SPEC.md 3), written with TF core ops.
+"""TensorMask's losses (docs/model.md), written with TF core ops.
 
 Each loss is summed here; the task divides every sum by
 `positive_normalizer(num_positives)`: max(1, the number of positive windows

@@ -1,4 +1,4 @@
-"""TensorMask inference: detections and their window masks (SPEC.md 3).
+"""TensorMask inference: detections and their window masks (docs/model.md).
 
 The release's post-processing (detectron2 `projects/TensorMask`,
 `inference_single_image` and `_postprocess`), for every model:
@@ -109,7 +109,7 @@ def generate_detections(outputs: dict, mask_logits_fn,
     image_size: (height, width) of the model input.
     num_classes: K.
     score_threshold, pre_nms_top_k, nms_iou_threshold, max_detections: the
-      post-processing of SPEC.md 3.
+      post-processing of docs/model.md.
     mask_size: 0 returns each detection's natural M x M mask; R > 0
       resamples every mask to R x R (bilinear, antialiased).
     image_sizes: optional [N, 2] (height, width) of each image inside the

@@ -1,5 +1,5 @@
-"""Pure functions on tensors: the tensor-representation ops (SPEC.md 2),
-windows, the assignment rule and training targets (SPEC.md 3)."""
+"""Pure functions on tensors: the tensor-representation ops (docs/ops.md),
+windows, the assignment rule and training targets (docs/model.md)."""
 
 from tensormask_tf.ops.mask_projection import GatherRequest
 from tensormask_tf.ops.mask_projection import project_swap_align2nat_gather

@@ -1,9 +1,9 @@
 """Natural masks of selected windows straight from the mask features.
 
 The bipyramid's masks at level k are
-`swap_align2nat_gather(conv1x1(fused_k), indices, lam=2**k)` (SPEC.md 3). The
+`swap_align2nat_gather(conv1x1(fused_k), indices, lam=2**k)` (docs/model.md). The
 projection conv1x1 lives on the P2 grid for every level, so computed densely
-it is as large as the dense swap output, gradient included (SPEC.md 2, memory
+it is as large as the dense swap output, gradient included (docs/ops.md, fused ops
 note). `project_swap_align2nat_gather` computes the same masks, and with the
 custom-op backend holds no projection between the forward and backward
 passes: memory O(K (lam S)^2) besides the features' gradient (and op-local

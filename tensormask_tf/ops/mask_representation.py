@@ -1,4 +1,4 @@
-"""TensorMask's tensor-representation ops in pure TensorFlow (SPEC.md section 2).
+"""TensorMask's tensor-representation ops in pure TensorFlow (docs/ops.md).
 
 A mask tensor is `[N, H, W, S*S]` (NHWC) with channel `c = v*S + u`; `(v, u)`
 is the offset inside a window of side S. The ops move between the *aligned*
@@ -49,7 +49,7 @@ _INTERPOLATIONS = ("bilinear", "nearest")
 
 
 # ---------------------------------------------------------------------------
-# The coordinate formulas of SPEC.md section 2, one axis at a time. `stride` is
+# The coordinate formulas of docs/ops.md, one axis at a time. `stride` is
 # the spacing of the output windows in input cells (lam for swap_align2nat, 1
 # otherwise); T = lam * S is the output window side.
 # ---------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def _dense_op(op_name: str, x, pad, make_taps, custom_op=None) -> tf.Tensor:
 def swap_align2nat(x, lam: int, pad: float = DEFAULT_PAD,
                    backend: str = "auto",
                    name: str | None = None) -> tf.Tensor:
-  """Aligned -> natural representation with swapped units (SPEC.md 2).
+  """Aligned -> natural representation with swapped units (docs/ops.md).
 
   Args:
     x: [N, H, W, S*S] aligned mask tensor whose (V, U) unit is `lam` times
@@ -384,7 +384,7 @@ def up_align2nat(x, lam, interpolation: str = "bilinear",
       (H, W) unit.
     lam: Python number >= 1, the window upscale factor; lam * S must be a
       whole number T (e.g. 1.5 with S = 10: 10 x 10 -> 15 x 15 windows).
-    interpolation: "bilinear" (the aligned upscale of SPEC.md 2) or
+    interpolation: "bilinear" (the aligned upscale of docs/ops.md) or
       "nearest" (window taps `floor(v/lam)`, the unaligned ablation).
     pad: value read for taps outside the input.
     backend: "auto", "tf" or "custom" (see `backend.py`); use "tf" inside

@@ -1,6 +1,6 @@
 """conv3x3 of a bilinearly upsampled tensor, computed on the coarse grid.
 
-The bipyramid's fuse (SPEC.md 3) convolves every level's mask feature after
+The bipyramid's fuse (docs/model.md) convolves every level's mask feature after
 upsampling it by 2**k to the P2 grid. Channel mixing commutes with the
 per-channel upsampling, so
 

@@ -1,4 +1,4 @@
-"""TensorMask's assignment rule of windows to ground truths (SPEC.md 3).
+"""TensorMask's assignment rule of windows to ground truths (docs/model.md).
 
 A window W (box, unit length u = its stride) is positive for ground truth G
 iff all of:

@@ -1,4 +1,4 @@
-"""Training labels of one image's windows (SPEC.md 3), with static shapes.
+"""Training labels of one image's windows (docs/model.md), with static shapes.
 
 For every level k the labels hold class targets `[H_k, W_k, A]` (class id,
 or -1 for negative windows) and box targets `[H_k, W_k, A*4]` (deltas, zero
@@ -10,7 +10,7 @@ H_k * W_k)` of them: their grid positions `[cap, 2]` (y, x), a weight
 feature-pyramid heads). When an image has more positives of a (level, size)
 than the cap, a random subset is kept, each weighted (positives / kept), so
 the mask loss stays an unbiased estimate of its sum over every positive
-(SPEC.md 3 divides that sum by the number of positives); the number left
+(docs/model.md divides that sum by the number of positives); the number left
 out is counted in `num_mask_positives_dropped`.
 Crowd and padding ground truths (class < 0) never make a window positive.
 

@@ -1,6 +1,6 @@
 """Interpolation taps of the tensor-representation ops, one image axis at a time.
 
-Every op of SPEC.md section 2 reads, for an output element `(y, x, v, u)`, the
+Every op of docs/ops.md reads, for an output element `(y, x, v, u)`, the
 input at four fractional coordinates: a spatial and a window coordinate per axis
 (`oy, ov` for rows, `ox, ou` for columns). Each fractional coordinate `o` has two
 linear taps, `floor(o)` with weight `1 - frac(o)` and `ceil(o)` with weight

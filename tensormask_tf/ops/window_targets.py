@@ -1,4 +1,4 @@
-"""Regression and mask targets of positive windows (SPEC.md 3).
+"""Regression and mask targets of positive windows (docs/model.md).
 
 Box deltas are Model Garden's box coding (`official.vision.ops.box_ops`)
 relative to the window box with weights (1.5, 1.5, 0.75, 0.75). The mask

@@ -2,7 +2,7 @@
 
 At pyramid level k (k = 0 for P2, stride `stride0 * 2**k`) there is one square
 window per window size per location; its side is `base_side * 2**k` pixels
-for each base side (SPEC.md 3: [44, 60]), and its centre is at
+for each base side (docs/model.md: [44, 60]), and its centre is at
 `(x * stride, y * stride)` for grid position (y, x), as in the authors'
 release. In mask pixels of the P2 grid a level-0 window has side
 `S = base_side / stride0` (11 and 15); at level k its natural mask has side
@@ -72,7 +72,7 @@ class WindowSpec:
   @property
   def min_window_size(self) -> float:
     """Smallest min_level window side minus its stride (the scale clause's
-    fallback for small objects, SPEC.md 3)."""
+    fallback for small objects, docs/model.md)."""
     return float(min(self.base_sides) - self.min_level_stride)
 
   def stride(self, level: int) -> int:

@@ -1,4 +1,4 @@
-"""TensorMask's heads (SPEC.md 3): class, box and mask towers and the masks.
+"""TensorMask's heads (docs/model.md): class, box and mask towers and the masks.
 
 Inputs are Model Garden style per-level dicts `{str(level): [N, H_k, W_k, C]}`.
 The class and box towers are shared across levels (4 conv3x3 + ReLU, normal
@@ -320,7 +320,7 @@ class TensorMaskHead(tf_keras.layers.Layer):
       if indices is None:
         return ops.swap_align2nat(projection(feature), lam, pad=c["mask_pad"],
                                   backend=c["ops_backend"])
-      # The projection only where the windows read it (SPEC.md 2, memory
+      # The projection only where the windows read it (docs/ops.md, fused ops
       # note): it is [N, H2, W2, S*S] on the P2 grid for every level.
       return ops.project_swap_align2nat_gather(
           feature, projection.kernel, projection.bias, indices, lam,
