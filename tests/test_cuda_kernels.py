@@ -1,5 +1,5 @@
-"""The CUDA kernels of swap_align2nat and project_swap_align2nat_gather,
-without TensorFlow.
+"""The CUDA kernels of swap_align2nat, project_swap_align2nat_gather and
+up_align2nat, without TensorFlow.
 
 (a) The kernels, and the standalone harness's sources (its extern "C" shim
     and the original-style baseline it times against), compile with nvcc for
@@ -8,8 +8,9 @@ without TensorFlow.
     all four swap_align2nat launchers against the numpy reference on the
     foundation cases, and run_projection_kernels.py both launchers of the
     fused op (both forward paths) against a numpy projection and the
-    reference (NaN-poisoned outputs, bit-reproducible gradients); each must
-    exit 0.
+    reference (NaN-poisoned outputs, bit-reproducible gradients), and
+    run_up_align2nat_kernels.py the four up_align2nat launchers (integer and
+    fractional lam) against the reference and its Jacobian; each must exit 0.
 """
 
 import os
@@ -22,7 +23,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = os.path.join(ROOT, "custom_ops", "kernels")
 CUDA_TEST = os.path.join(ROOT, "custom_ops", "cuda_test")
-RUNNERS = ["run_cuda_kernels.py", "run_projection_kernels.py"]
+RUNNERS = ["run_cuda_kernels.py", "run_projection_kernels.py",
+           "run_up_align2nat_kernels.py"]
 # *.cu.cc is CUDA only with -x cu (nvcc would hand a .cc to the host compiler).
 NVCC_FLAGS = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC",
               "--expt-relaxed-constexpr",
@@ -34,10 +36,12 @@ NVCC_FLAGS = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC",
 @pytest.mark.parametrize("source", [
     os.path.join(KERNELS, "swap_align2nat_cuda.cu.cc"),
     os.path.join(KERNELS, "project_swap_align2nat_cuda.cu.cc"),
+    os.path.join(KERNELS, "up_align2nat_cuda.cu.cc"),
     os.path.join(CUDA_TEST, "standalone.cu"),
+    os.path.join(CUDA_TEST, "up_standalone.cu"),
     os.path.join(CUDA_TEST, "naive_baseline.cu"),
-], ids=["kernels", "projection_kernels", "standalone_shim",
-        "original_style_baseline"])
+], ids=["kernels", "projection_kernels", "up_kernels", "standalone_shim",
+        "up_standalone_shim", "original_style_baseline"])
 def test_cuda_sources_compile(tmp_path, source):
   nvcc = shutil.which("nvcc")
   if nvcc is None:
