@@ -42,6 +42,22 @@ HEADS = {
 }
 
 
+def _labels(spec):
+  """Window labels of a fixed batch of two images (one object each), as the
+  task's input pipeline makes them."""
+  from tensormask_tf.ops import window_labeler  # pylint: disable=g-import-not-at-top
+  masks = np.zeros((2, IMAGE, IMAGE), np.float32)
+  masks[0, 20:40, 20:44] = 1
+  masks[1, 60:110, 50:100] = 1
+  boxes = np.array([[20, 20, 40, 44], [60, 50, 110, 100]], np.float32)
+  one = window_labeler.label_windows(spec, (IMAGE, IMAGE), boxes, [1, 2],
+                                     masks, {2: 8, 3: 8, 4: 4, 5: 4}, seed=0)
+  return {k: tf.stack([v, v]) for k, v in one.items()}
+
+
+TRAIN_STEPS = 6
+
+
 @pytest.mark.parametrize("head_type", sorted(HEADS))
 def test_every_head_type_builds_runs_and_trains(head_type):
   overrides = dict(HEADS[head_type])
@@ -49,6 +65,7 @@ def test_every_head_type_builds_runs_and_trains(head_type):
                                        if k != "base_sides"})
   if "base_sides" in overrides:
     config.windows.base_sides = overrides["base_sides"]
+  tf_keras.utils.set_random_seed(7)
   model = _build(config)
   built_variables = {v.name for v in model.variables}
   assert len(built_variables) == len(model.variables)  # Unique names.
@@ -90,6 +107,22 @@ def test_every_head_type_builds_runs_and_trains(head_type):
     assert head.mask_side(5, 1) == 5 * 8  # S * 2**k
   else:
     assert head.mask_side(5, 1) == config.windows.base_sides[1] // 4
+
+  # Trains: optimizer steps on one fixed batch lower the task's loss
+  # (losses.tensormask_losses through the model, masks at the labelled
+  # windows by mask_logits_at), every step, and its mask part with it.
+  spec = factory.window_spec(config)
+  step = training_helpers.make_train_step(
+      model, spec, config.num_classes, tf_keras.optimizers.Adam(1e-3))
+  labels = _labels(spec)
+  history = [step(images, labels) for _ in range(TRAIN_STEPS)]
+  assert float(history[0]["num_positives"]) > 0
+  for key in ("total_loss", "mask_loss"):
+    values = [float(result[key]) for result in history]
+    assert np.all(np.isfinite(values)), (key, values)
+    assert np.all(np.diff(values) < 0), (key, values)
+  total = [float(result["total_loss"]) for result in history]
+  assert total[-1] < 0.95 * total[0], total
 
 
 def test_class_logits_start_at_the_prior():
@@ -207,19 +240,12 @@ def test_input_size_must_fit_the_coarsest_level():
 
 
 def test_training_step_compiles_with_xla_on_the_pure_tf_backend():
-  from tensormask_tf.ops import window_labeler  # pylint: disable=g-import-not-at-top
   config = _small_config()
   config.windows.base_sides = [16, 24]
   config.ops_backend = "tf"  # XLA cannot compile the custom op.
   model = _build(config)
   spec = factory.window_spec(config)
-  masks = np.zeros((2, IMAGE, IMAGE), np.float32)
-  masks[0, 20:40, 20:44] = 1
-  masks[1, 60:110, 50:100] = 1
-  boxes = np.array([[20, 20, 40, 44], [60, 50, 110, 100]], np.float32)
-  one = window_labeler.label_windows(spec, (IMAGE, IMAGE), boxes, [1, 2],
-                                     masks, {2: 8, 3: 8, 4: 4, 5: 4}, seed=0)
-  labels = {k: tf.stack([v, v]) for k, v in one.items()}
+  labels = _labels(spec)
   images = tf.random.normal([2, IMAGE, IMAGE, 3], seed=5)
   optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
 
