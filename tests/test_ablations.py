@@ -110,7 +110,7 @@ def test_every_ablation_experiment_trains_and_evaluates(
                                                      "val*"),
                           "global_batch_size": 2}}}, is_strict=True)
   row = ablations.ROWS[experiment]
-  task, model, optimizer = training_helpers.build_task(params)
+  task, model, _ = training_helpers.build_task(params)
   _, labels = next(iter(task.build_inputs(params.task.train_data)))
   # The paper's mask sides: S x S on each level's grid for the feature
   # pyramid, S * 2**k on P2's for the bipyramid (sides in increasing order).
@@ -119,8 +119,7 @@ def test_every_ablation_experiment_trains_and_evaluates(
       expected = side * 2**(level - 2) if row.head == "bipyramid" else side
       assert labels[f"mask_targets_{level}_{a}"].shape[2:] == (expected,
                                                                expected)
-  result = training_helpers.train_then_evaluate(task, model, optimizer,
-                                                params)
+  result = training_helpers.train_then_evaluate(task, model, params)
   assert 0.0 <= result["mask_AP"] <= 1.0
 
 

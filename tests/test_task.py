@@ -247,7 +247,7 @@ def test_every_head_type_trains_and_evaluates_through_the_task(
   params = tiny_experiment.tiny_shapes_experiment(shapes_records)
   params.override({"task": {"model": {"head": {
       "head_type": head_type, "upscale_factor": 2}}}})
-  task, model, optimizer = training_helpers.build_task(params)
+  task, model, _ = training_helpers.build_task(params)
   _, labels = next(iter(task.build_inputs(params.task.train_data)))
   sides = params.task.model.windows.base_sides  # [24, 40]: S = 6, 10
   bipyramid = head_type == "bipyramid"
@@ -255,8 +255,7 @@ def test_every_head_type_trains_and_evaluates_through_the_task(
     for a, base in enumerate(sides):
       side = base // 4 * (2**(level - 2) if bipyramid else 1)
       assert labels[f"mask_targets_{level}_{a}"].shape[2:] == (side, side)
-  result = training_helpers.train_then_evaluate(task, model, optimizer,
-                                                params)
+  result = training_helpers.train_then_evaluate(task, model, params)
   assert 0.0 <= result["mask_AP"] <= 1.0
 
 
