@@ -121,3 +121,16 @@ def swap_align2nat_loops(x, lam, pad=-6.0):
                     total += wa * wb * wc * wd * read(n, a, b, c, d)
             out[n, y, xx, v, u] = total
   return out.reshape(batch, out_h, out_w, t * t)
+
+
+def jacobian(fn, shape):
+  """[out, in] Jacobian of an affine numpy function of an array of `shape`:
+  column i is fn(e_i) - fn(0) (the layout of tf.test.compute_gradient)."""
+  size = int(np.prod(shape))
+  base = np.asarray(fn(np.zeros(shape))).ravel()
+  columns = []
+  for i in range(size):
+    e = np.zeros(size)
+    e[i] = 1.0
+    columns.append(np.asarray(fn(e.reshape(shape))).ravel() - base)
+  return np.stack(columns, axis=1)

@@ -319,7 +319,7 @@ def test_default_input_size_fits_the_coarsest_level():
 
 
 # ---------------------------------------------------------------------------
-# The head's numbers against a numpy float64 reference of SPEC.md 3.
+# The head's numbers against a numpy float64 reference of docs/model.md.
 # ---------------------------------------------------------------------------
 # (head widths, P2 grid side): the small head, and one wide enough, on a
 # grid large enough, for its 3x3 convolutions to run as Winograd at

@@ -5,7 +5,7 @@
 // atomicAdd (so dx must be zeroed first, and the sum order is not fixed).
 // The original has no gathered op: it computes every window's mask and then
 // picks the positives, so its cost for K windows is the dense op's.
-// Written from SPEC.md 2, not from the original's source.
+// Written from docs/ops.md's definitions, not from the original's source.
 //   nvcc -std=c++17 -O3 -Xcompiler -fPIC -shared -arch=sm_90 \
 //     custom_ops/cuda_test/naive_baseline.cu -o libnaive_baseline.so
 #include <cuda_runtime.h>

@@ -22,7 +22,6 @@ import ctypes
 import fractions
 import importlib.util
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -38,14 +37,16 @@ SHIM = os.path.join(HERE, "up_standalone.cu")
 LIB_NAME = "libup_align2nat_standalone.so"
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 # (S, lam, interpolation, pad, (H, W)): Jacobian-checked (small) cases.
-SMALL_CASES = [(2, 1.5, "bilinear", -6.0, (3, 4)), (4, 1.5, "nearest", 0.5, (3, 3)),
-               (3, 5 / 3, "bilinear", 0.0, (4, 2)), (4, 1.25, "bilinear", -6.0, (2, 3)),
-               (3, 2, "bilinear", 0.5, (3, 3)), (2, 3, "nearest", -6.0, (2, 4)),
-               (3, 1, "bilinear", -6.0, (4, 3))]
+SMALL_CASES = [
+    (2, 1.5, "bilinear", -6.0, (3, 4)), (4, 1.5, "nearest", 0.5, (3, 3)),
+    (3, 5 / 3, "bilinear", 0.0, (4, 2)), (4, 1.25, "bilinear", -6.0, (2, 3)),
+    (3, 2, "bilinear", 0.5, (3, 3)), (2, 3, "nearest", -6.0, (2, 4)),
+    (3, 1, "bilinear", -6.0, (4, 3))]
 # Larger cases: the forward against the reference, the adjoint identity.
-LARGE_CASES = [(10, 1.5, "bilinear", -6.0, (9, 11)), (15, 1.0, "bilinear", 0.0, (7, 6)),
-               (5, 3, "bilinear", -6.0, (8, 8)), (5, 3, "nearest", 0.5, (6, 9)),
-               (8, 1.25, "bilinear", 0.5, (5, 7)), (6, 5 / 3, "nearest", -6.0, (7, 5))]
+LARGE_CASES = [
+    (10, 1.5, "bilinear", -6.0, (9, 11)), (15, 1.0, "bilinear", 0.0, (7, 6)),
+    (5, 3, "bilinear", -6.0, (8, 8)), (5, 3, "nearest", 0.5, (6, 9)),
+    (8, 1.25, "bilinear", 0.5, (5, 7)), (6, 5 / 3, "nearest", -6.0, (7, 5))]
 BATCH = 2
 
 
@@ -61,15 +62,9 @@ reference = _load_by_path("up_reference",
 
 
 def build(build_dir):
-  os.makedirs(build_dir, exist_ok=True)
-  arch = cp.cuda.Device().compute_capability
-  lib = os.path.join(build_dir, LIB_NAME)
-  cmd = ["nvcc", "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
-         "--expt-relaxed-constexpr", "-shared",
-         f"-gencode=arch=compute_{arch},code=sm_{arch}", SHIM, "-o", lib]
-  print("$", " ".join(cmd), flush=True)
-  subprocess.run(cmd, check=True)
-  return lib
+  """Compiles the shim for the current device (run_cuda_kernels.build)."""
+  return _load_by_path("run_cuda_kernels", os.path.join(
+      HERE, "run_cuda_kernels.py")).build(build_dir, SHIM, LIB_NAME)
 
 
 class Kernels:
@@ -137,17 +132,6 @@ def run_backward(kernels, dy, x_shape, s, lam, interpolation, indices=None):
   return cp.asnumpy(dx)
 
 
-def jacobian(fn, shape):
-  """[out, in] Jacobian of an affine numpy function on basis vectors."""
-  base = fn(np.zeros(shape)).ravel()
-  columns = []
-  for i in range(int(np.prod(shape))):
-    e = np.zeros(int(np.prod(shape)))
-    e[i] = 1.0
-    columns.append(fn(e.reshape(shape)).ravel() - base)
-  return np.stack(columns, axis=1)
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--build_dir", default="/tmp/up_align2nat_cuda")
@@ -205,7 +189,7 @@ def main():
                          indices)
       if (s, lam, interpolation, pad, (h, w)) in SMALL_CASES:
         shape = (BATCH, h, w, s * s)
-        dense_j = jacobian(
+        dense_j = reference.jacobian(
             lambda v: reference.up_align2nat(v, lam, interpolation, pad),
             shape)
         check(np.abs(dx.ravel() - dense_j.T @ dy.astype(np.float64).ravel()

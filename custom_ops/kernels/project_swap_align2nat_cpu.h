@@ -4,7 +4,7 @@
 //
 // computed from the features f without ever forming the projection
 // conv1x1(f, w), which is [N, H, W, S*S] for every level of the bipyramid
-// (SPEC.md 2, memory note). TF-free, parallel through the same callable as
+// (docs/ops.md, the fused ops). TF-free, parallel through the same callable as
 // swap_align2nat_cpu.h; every unit writes a disjoint part of its output and
 // sums in a fixed order, so results and gradients are bit-reproducible
 // whatever the thread count.
@@ -14,7 +14,7 @@
 // [S*S]; indices [K, 3] rows (n, y, x) on the output grid; out [K, T, T],
 // T = lam*S.
 //
-// Why it factors. Per axis (rows shown) the taps of SPEC.md 2 are the product
+// Why it factors. Per axis (rows shown) the taps of docs/ops.md are the product
 // of spatial taps a (one of weight 1 when T is odd, two of weight 1/2 when T
 // is even: SpatialShift) and window taps c (WindowTaps), and a 4D tap reads
 // the input only when all four indices are inside. So, for output (k, v, u),

@@ -19,14 +19,12 @@
 #include <immintrin.h>
 #endif
 
+#include "parallel_for.h"
 #include "swap_align2nat_math.h"
 #include "swap_align2nat_shift_cpu.h"
 
 namespace tensormask {
 namespace cpu {
-
-using ParallelFor =
-    std::function<void(int64_t, int64_t, std::function<void(int64_t, int64_t)>)>;
 
 // The taps of one axis for every (position, offset), padded to a fixed slot
 // count (unused slots have weight 0 and index 0) so inner loops are

@@ -1,4 +1,4 @@
-// The arithmetic of swap_align2nat (SPEC.md section 2), shared by the CPU and
+// The arithmetic of swap_align2nat (docs/ops.md), shared by the CPU and
 // CUDA kernels. Depends on no TensorFlow header, so the CUDA kernels can be
 // compiled and tested standalone (nvcc, CuPy) against the numpy reference.
 //

@@ -20,6 +20,7 @@
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/util/work_sharder.h"
 
+#include "op_util.h"
 #include "project_swap_align2nat_cpu.h"
 #include "swap_align2nat_cpu.h"
 #include "swap_align2nat_math.h"
@@ -44,6 +45,14 @@ using ::tensorflow::errors::InvalidArgument;
 using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
+using op_util::AccType;
+using op_util::CpuParallelFor;
+using op_util::GradShape;
+using op_util::Poison;
+#if GOOGLE_CUDA
+using op_util::CudaStatus;
+using op_util::GpuStream;
+#endif
 
 // ---------------------------------------------------------------------------
 // Op definitions.
@@ -100,15 +109,6 @@ Status GatherShape(InferenceContext* c) {
   return Status();
 }
 
-// The gradients take the input's shape as a host int64 vector x_shape.
-Status GradShape(InferenceContext* c, int shape_input) {
-  ShapeHandle shape;
-  TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(shape_input, &shape));
-  TF_RETURN_IF_ERROR(c->WithRank(shape, 4, &shape));
-  c->set_output(0, shape);
-  return Status();
-}
-
 REGISTER_OP("SwapAlign2Nat")
     .Input("x: T")
     .Output("y: T")
@@ -118,7 +118,7 @@ REGISTER_OP("SwapAlign2Nat")
     .Attr("T: {float, double}")
     .SetShapeFn(SwapAlign2NatShape)
     .Doc(R"doc(
-Aligned [N,H,W,S*S] -> natural [N,ceil(H/lam),ceil(W/lam),(lam*S)^2] (SPEC.md 2).
+Aligned [N,H,W,S*S] -> natural [N,ceil(H/lam),ceil(W/lam),(lam*S)^2] (docs/ops.md).
 )doc");
 
 REGISTER_OP("SwapAlign2NatGrad")
@@ -297,23 +297,6 @@ Status CheckIndices(const Tensor& indices, const Geometry& g) {
   return Status();
 }
 
-template <typename T>
-void Poison(Tensor* t) {
-  t->flat<T>().setConstant(std::numeric_limits<T>::quiet_NaN());
-}
-
-cpu::ParallelFor CpuParallelFor(OpKernelContext* context) {
-  auto* workers = context->device()->tensorflow_cpu_worker_threads();
-  return [workers](int64_t units, int64_t cost,
-                   std::function<void(int64_t, int64_t)> fn) {
-    tensorflow::Shard(workers->num_threads, workers->workers, units, cost, fn);
-  };
-}
-
-// Accumulation type: double for double, float otherwise.
-template <typename T> struct AccType { using type = float; };
-template <> struct AccType<double> { using type = double; };
-
 // ---------------------------------------------------------------------------
 // Kernels. `Device` dispatch is in the Run* functions below.
 // ---------------------------------------------------------------------------
@@ -400,17 +383,6 @@ struct Runner<CpuDevice, T> {
 };
 
 #if GOOGLE_CUDA
-cudaStream_t GpuStream(OpKernelContext* c) {
-  return static_cast<cudaStream_t>(
-      c->op_device_context()->stream()->platform_specific_handle().stream);
-}
-
-Status CudaStatus(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return Status();
-  return tensorflow::errors::Internal(what, " failed: ",
-                                      cudaGetErrorString(err));
-}
-
 template <typename T>
 struct Runner<GpuDevice, T> {
   static Status Forward(OpKernelContext* c, const Geometry& g, float pad,

@@ -1,5 +1,5 @@
 // swap_align2nat with lam = 1 and odd S on the CPU: the pure shift of
-// SPEC.md section 2 (the paper's eq. (1)),
+// docs/ops.md (the paper's eq. (1)),
 //
 //   Y[n, y, x, v*S + u] = X[n, y + v - c, x + u - c, v*S + u],  c = (S-1)/2,
 //

@@ -1,6 +1,5 @@
 // CPU kernels of up_align2nat (dense and gathered, forward and gradient).
-// TF-free, parallel through the same `ParallelFor` callable as
-// swap_align2nat_cpu.h. Every unit writes a disjoint part of its output and
+// TF-free, parallel through a `ParallelFor` (parallel_for.h). Every unit writes a disjoint part of its output and
 // sums in a fixed order, so results, gradients included, are bit-reproducible
 // whatever the thread count. The taps come from up_align2nat_math.h.
 #ifndef TENSORMASK_CUSTOM_OPS_KERNELS_UP_ALIGN2NAT_CPU_H_
@@ -11,13 +10,11 @@
 #include <functional>
 #include <vector>
 
+#include "parallel_for.h"
 #include "up_align2nat_math.h"
 
 namespace tensormask {
 namespace cpu {
-
-using UpParallelFor =
-    std::function<void(int64_t, int64_t, std::function<void(int64_t, int64_t)>)>;
 
 // The taps of one axis for every (position, offset): [P * T] lists.
 template <typename Acc>
@@ -124,7 +121,7 @@ void UpWindow(const UpGeometry& g, T pad, const T* x, int64_t n, int64_t y,
 // x [N, H, W, S*S] -> y [N, H, W, T*T]; parallel over (n, y) rows.
 template <typename T, typename Acc>
 void UpAlign2NatForward(const UpGeometry& g, T pad, const T* x, T* y,
-                        const UpParallelFor& parallel_for) {
+                        const ParallelFor& parallel_for) {
   const auto rows = MakeUpAxisTable<Acc>(g, g.height);
   const auto cols = MakeUpAxisTable<Acc>(g, g.width);
   const int64_t window_size = int64_t{g.out_window} * g.out_window;
@@ -144,7 +141,7 @@ void UpAlign2NatForward(const UpGeometry& g, T pad, const T* x, T* y,
 // hits; parallel over (n, a) rows.
 template <typename T, typename Acc>
 void UpAlign2NatBackward(const UpGeometry& g, const T* dy, T* dx,
-                         const UpParallelFor& parallel_for) {
+                         const ParallelFor& parallel_for) {
   const auto rows = MakeUpAxisHitTable<Acc>(g, g.height);
   const auto cols = MakeUpAxisHitTable<Acc>(g, g.width);
   const int s = g.window;
@@ -185,7 +182,7 @@ void UpAlign2NatBackward(const UpGeometry& g, const T* dy, T* dx,
 template <typename T, typename Acc>
 void UpAlign2NatGatherForward(const UpGeometry& g, T pad, const T* x,
                               const int32_t* indices, int64_t num_indices,
-                              T* y, const UpParallelFor& parallel_for) {
+                              T* y, const ParallelFor& parallel_for) {
   const auto rows = MakeUpAxisTable<Acc>(g, g.height);
   const auto cols = MakeUpAxisTable<Acc>(g, g.width);
   const int64_t window_size = int64_t{g.out_window} * g.out_window;
@@ -202,7 +199,7 @@ void UpAlign2NatGatherForward(const UpGeometry& g, T pad, const T* x,
 template <typename T, typename Acc>
 void UpAlign2NatGatherBackward(const UpGeometry& g, const T* dy,
                                const int32_t* indices, int64_t num_indices,
-                               T* dx, const UpParallelFor& parallel_for) {
+                               T* dx, const ParallelFor& parallel_for) {
   const auto rows = MakeUpAxisTable<Acc>(g, g.height);
   const auto cols = MakeUpAxisTable<Acc>(g, g.width);
   const int s = g.window;

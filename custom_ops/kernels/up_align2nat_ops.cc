@@ -15,14 +15,13 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/util/work_sharder.h"
 
+#include "op_util.h"
 #include "up_align2nat_cpu.h"
 #include "up_align2nat_math.h"
 
 #if GOOGLE_CUDA
 #include "up_align2nat_cuda.h"
-#include "xla/stream_executor/stream.h"
 #endif
 
 namespace tensormask {
@@ -39,6 +38,13 @@ using ::tensorflow::errors::InvalidArgument;
 using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
+using op_util::AccType;
+using op_util::CpuParallelFor;
+using op_util::GradShape;
+#if GOOGLE_CUDA
+using op_util::CudaStatus;
+using op_util::GpuStream;
+#endif
 
 // T = lam * S from the channel count and the attrs, or an error naming both.
 Status OutputWindow(int64_t channels, int lam_num, int lam_den,
@@ -100,15 +106,6 @@ Status GatherShape(InferenceContext* c) {
   return Status();
 }
 
-// The gradients take the input's shape as a host int64 vector x_shape.
-Status GradShape(InferenceContext* c, int shape_input) {
-  ShapeHandle shape;
-  TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(shape_input, &shape));
-  TF_RETURN_IF_ERROR(c->WithRank(shape, 4, &shape));
-  c->set_output(0, shape);
-  return Status();
-}
-
 #define UP_ATTRS                                                       \
   Attr("lam_num: int >= 1")                                            \
       .Attr("lam_den: int >= 1")                                       \
@@ -153,19 +150,8 @@ REGISTER_OP("UpAlign2NatGatherGrad")
 // ---------------------------------------------------------------------------
 // Kernels.
 // ---------------------------------------------------------------------------
-template <typename T> struct AccType { using type = float; };
-template <> struct AccType<double> { using type = double; };
-
 struct CpuDevice {};
 struct GpuDevice {};
-
-cpu::UpParallelFor CpuParallelFor(OpKernelContext* context) {
-  auto* workers = context->device()->tensorflow_cpu_worker_threads();
-  return [workers](int64_t units, int64_t cost,
-                   std::function<void(int64_t, int64_t)> fn) {
-    tensorflow::Shard(workers->num_threads, workers->workers, units, cost, fn);
-  };
-}
 
 // Rows (n, y, x) inside the batch and the grid [H, W] (host memory).
 Status CheckIndices(const Tensor& indices, const UpGeometry& g) {
@@ -223,17 +209,6 @@ struct Runner<CpuDevice, T> {
 };
 
 #if GOOGLE_CUDA
-cudaStream_t GpuStream(OpKernelContext* c) {
-  return static_cast<cudaStream_t>(
-      c->op_device_context()->stream()->platform_specific_handle().stream);
-}
-
-Status CudaStatus(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return Status();
-  return tensorflow::errors::Internal(what, " failed: ",
-                                      cudaGetErrorString(err));
-}
-
 // Index rows are validated by the Python wrapper (tf.debugging asserts); the
 // CUDA kernels write pad for (and ignore in the gradient) any row still out
 // of range.
