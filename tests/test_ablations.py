@@ -172,6 +172,52 @@ def test_report_means_seeds_and_takes_the_paper_differences(tmp_path):
   assert ablations.collect(root, repeats=1)[natural5]["AP"] == 10.0
 
 
+def test_a_previous_report_is_reused_and_new_runs_join_it(tmp_path):
+  # docs/ablations.json's rows count as finished runs: run_table skips
+  # them, collect takes their per-seed values; runs on disk join them.
+  root = str(tmp_path / "runs")
+  simple_n = "tensormask_shapes_large_simple_natural"
+  simple_a = "tensormask_shapes_large_simple_aligned"
+  nearest = "tensormask_shapes_large_upscale_aligned_nearest_lam1.5"
+  bilinear = "tensormask_shapes_large_upscale_aligned_lam1.5"
+  for seed, (n, a, near, bil) in enumerate([(0.10, 0.104, 0.171, 0.165),
+                                            (0.12, 0.122, 0.170, 0.172)]):
+    _write_run(root, simple_n, seed, n, 0.2)
+    _write_run(root, simple_a, seed, a, 0.2)
+    _write_run(root, nearest, seed, near, 0.2)
+  report = tmp_path / "ablations.json"
+  with open(report, "w") as f:
+    json.dump(ablations.report_rows(ablations.collect(root, 2)), f)
+  previous = ablations.read_report(str(report))
+  assert previous[simple_n][1]["per_seed"]["AP"] == 12.0
+  assert previous[simple_n][0]["wall_s"] == 300.0
+  fresh = str(tmp_path / "fresh")
+  for seed, value in enumerate((0.165, 0.172)):
+    _write_run(fresh, bilinear, seed, value, 0.2)
+  ran = []
+  ablations.run_table("1", 2, "unused", fresh, report=ran.append,
+                      previous=previous)
+  assert "table 1: 4 runs, 4 already done, 0 to run" in ran[0]
+  results = ablations.collect(fresh, 2, previous=previous)
+  assert results[simple_n]["per_seed"]["AP"] == [10.0, 12.0]
+  assert results[bilinear]["per_seed"]["AP"] == [16.5, 17.2]
+  text = ablations.markdown(results, "cmd", "x", figure=None)
+  # The paper's simple heads are equal: +0.3 is within 0.5 AP.
+  assert ("| 1 | aligned - natural, simple heads | +0.3 | +0.4, +0.2 | "
+          "equal within 0.2 AP | yes |") in text
+  # Bilinear - nearest = 16.85 - 17.05: the other sign, but within the
+  # seeds' spread (bilinear 16.5 .. 17.2).
+  assert ("| 2b | bilinear - nearest (aligned), lam=1.5 | -0.2 | -0.6, +0.2 "
+          "| +0.3 AP (nearest 29.4, bilinear 29.7) | within seed noise "
+          "(0.7 AP) |") in text
+  row = next(r for r in ablations.report_rows(results)
+             if r["table"] == "1" and r["experiment"] == simple_a)
+  assert (row["head"], row["lam"], row["row"]) == (
+      "simple_aligned", None, "simple aligned")
+  assert next(r for r in ablations.report_rows(results)
+              if r["experiment"] == bilinear)["lam"] == 1.5
+
+
 def test_matched_mask_iou_takes_each_ground_truths_best_detection(tmp_path):
   def rle(mask):
     encoded = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))
