@@ -117,15 +117,6 @@ def pasted_probabilities(raw: dict, i: int) -> np.ndarray:
   return full
 
 
-def detections_and_raw(session, image: np.ndarray) -> tuple[dict, dict]:
-  """(`session(image)`'s detections, the raw outputs they were pasted
-  from) of an `OnnxPredictor` and one [H, W, 3] uint8 image."""
-  raw, = detection_generator.unbatch_detections(
-      session.run(np.ascontiguousarray(image[None], np.uint8)))
-  return detection_generator.detections_in_original_image(
-      raw, raw["image_info"]), raw
-
-
 def assert_flips_are_ties(got: np.ndarray, ref: np.ndarray,
                           probabilities: np.ndarray | None, what: str):
   """Two binary masks [H, W] equal, but where `probabilities` (one side's

@@ -91,7 +91,7 @@ def test_onnxruntime_equals_tensorflow(exported):
   checkpoint = predictor.CheckpointPredictor(exported["params"],
                                              exported["checkpoint"])
   for n, image in enumerate(exported["images"]):
-    found, raw = serving_fixtures.detections_and_raw(session, image)
+    found, raw = session.detections_and_raw(image)
     serving_fixtures.assert_same_detections(
         found, checkpoint(image), f"image {n}", found_raw=raw)
   # A batch: each image's raw outputs as the graph's in TensorFlow.
@@ -139,8 +139,7 @@ def test_export_onnx_and_predict_onnx_commands(exported, tmp_path):
   # Masks pixel for pixel but where onnxruntime's probability is 0.5 to
   # float32 noise (its raw outputs, in process, give the probabilities).
   session = predictor.OnnxPredictor(exported["onnx"])
-  detections, raw = serving_fixtures.detections_and_raw(
-      session, exported["images"][2])
+  detections, raw = session.detections_and_raw(exported["images"][2])
   ids = detection_generator.category_ids_of(detections["classes"],
                                             session.category_ids)
   (y0, x0, y1, x1), unmatched = detections["boxes"].T, list(range(len(ids)))

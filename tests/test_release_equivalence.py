@@ -244,7 +244,7 @@ def test_onnx_detections_match_release(model_dir, tmp_path):
   images = {name: _image(name) for name in IMAGES}
   images["A cropped"] = _image("A")[:250, :370]
   for name, image in images.items():
-    found, raw = serving_fixtures.detections_and_raw(session, image)
+    found, raw = session.detections_and_raw(image)
     if name in IMAGES:
       assert_detections_match(
           found, np.load(os.path.join(DATA, f"infer_{name}.npz")),

@@ -405,9 +405,15 @@ class OnnxPredictor:
       raise RunError(str(e).splitlines()[0] if str(e) else type(e).__name__
                      ) from e
 
-  def __call__(self, image: np.ndarray) -> dict:
-    """Like CheckpointPredictor.__call__."""
-    detections, = detection_generator.unbatch_detections(
+  def detections_and_raw(self, image: np.ndarray) -> tuple[dict, dict]:
+    """(`__call__`'s detections of an [H, W, 3] uint8 image, the model's
+    raw outputs for it (`unbatch_detections` of `run`) they were pasted
+    from)."""
+    raw, = detection_generator.unbatch_detections(
         self.run(np.ascontiguousarray(image[None], np.uint8)))
     return detection_generator.detections_in_original_image(
-        detections, detections["image_info"])
+        raw, raw["image_info"]), raw
+
+  def __call__(self, image: np.ndarray) -> dict:
+    """Like CheckpointPredictor.__call__."""
+    return self.detections_and_raw(image)[0]
